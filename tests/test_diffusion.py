@@ -1,0 +1,213 @@
+"""The forward process, posterior, reverse kernel, KL and bound: closed forms and gradients."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from conftest import tiny_model_config
+from dpm_jax import diffusion, schedule
+
+
+def isotropic_params(params):
+  """Zeroes the last layer of the upper MLP: mu_coeff = 0 and beta_rev = beta_t."""
+  params = jax.tree.map(lambda x: x, params)
+  upper = params["params"]["network"]["mlp_dense_upper"]
+  last = sorted(upper)[-1]
+  upper[last] = jax.tree.map(jnp.zeros_like, upper[last])
+  return params
+
+
+def test_posterior_matches_direct_bayes_on_a_grid():
+  # x_{t-1} | x_u ~ N(sqrt(abar_{t-1}) x_u, 1 - abar_{t-1}); x_t | x_{t-1} ~ N(sqrt(a_t) x_{t-1}, b_t).
+  beta = np.asarray(schedule.beta_schedule(100, 1e-3, schedule.temporal_basis(100, 10)), np.float64)
+  abar = np.cumprod(1 - beta)
+  for t in (1, 7, 60, 99):
+    x_u, x_t = 0.7, -0.3
+    grid = np.linspace(-8, 8, 400001)
+    log_prior = -(grid - np.sqrt(abar[t - 1]) * x_u) ** 2 / (2 * (1 - abar[t - 1]))
+    log_lik = -(x_t - np.sqrt(1 - beta[t]) * grid) ** 2 / (2 * beta[t])
+    w = np.exp(log_prior + log_lik - np.max(log_prior + log_lik))
+    w /= w.sum()
+    mean = np.sum(w * grid)
+    std = np.sqrt(np.sum(w * (grid - mean) ** 2))
+    mu, sigma = diffusion.posterior(x_u, x_t, beta[t], abar[t])
+    np.testing.assert_allclose(mu, mean, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(sigma, std, rtol=1e-4)
+
+
+def test_kl_against_monte_carlo():
+  rng = np.random.default_rng(0)
+  mu_q, s_q, mu_p, s_p = 0.3, 0.5, -0.2, 0.8
+  x = mu_q + s_q * rng.normal(size=2_000_000)
+  log_q = -0.5 * ((x - mu_q) / s_q) ** 2 - np.log(s_q)
+  log_p = -0.5 * ((x - mu_p) / s_p) ** 2 - np.log(s_p)
+  mc = np.mean(log_q - log_p)
+  stderr = np.std(log_q - log_p) / np.sqrt(x.size)
+  kl = float(diffusion.normal_kl(mu_q, s_q, mu_p, s_p))
+  assert abs(kl - mc) < 4 * stderr
+  assert float(diffusion.normal_kl(1.0, 2.0, 1.0, 2.0)) == pytest.approx(0.0, abs=1e-7)
+
+
+def expected_isotropic_kl(beta):
+  """E[KL_t] over unit-variance data for the isotropic reverse model, t = 1 .. T-1."""
+  kls = []
+  abar = schedule.alpha_cum(beta)
+  for t in range(1, beta.shape[0]):
+    def mean_gap(x_u, n):
+      x_t, mu_q, _, _ = diffusion.forward_diffusion_sample(
+          jnp.asarray(x_u), jnp.asarray(float(t)), beta, noise=jnp.asarray(n),
+          uniform=jnp.asarray(0.5), uniform_noise=0.0)
+      mu_p, _ = diffusion.reverse_kernel(x_t, 0.0, 0.0, beta[t], beta.shape[0])
+      return mu_q - mu_p
+    a, b = mean_gap(1.0, 0.0), mean_gap(0.0, 1.0)  # the gap is linear in (x_u, n)
+    _, s_q = diffusion.posterior(0.0, 0.0, beta[t], abar[t])
+    s_p = jnp.sqrt(beta[t])
+    kls.append(jnp.log(s_p / s_q) + (s_q**2 + a**2 + b**2) / (2 * s_p**2) - 0.5)
+  return jnp.stack(kls)
+
+
+def test_isotropic_model_bound_is_exactly_zero_in_expectation():
+  with jax.enable_x64(True):
+    T = 200
+    beta = schedule.beta_schedule(T, 1e-3, schedule.temporal_basis(T, 10), dtype=jnp.float64)
+    kl = expected_isotropic_kl(beta)
+    bits = diffusion.bound_bits(jnp.mean(kl), beta, multiplier=T - 1, n_colors=1)
+    assert abs(float(bits)) < 1e-9
+    # The reference code's multiplier T is pessimistic by E[KL] / ln 2.
+    bits_t = diffusion.bound_bits(jnp.mean(kl), beta, multiplier=T, n_colors=1)
+    np.testing.assert_allclose(bits_t - bits, jnp.mean(kl) / math.log(2), rtol=1e-9)
+    assert float(bits_t) > 0
+
+
+def test_isotropic_model_bound_is_zero_within_sampling_error():
+  cfg = tiny_model_config(t_sampling="per_example", trajectory_length=100, n_temporal_basis=5)
+  model = diffusion.make_model(cfg)
+  params = isotropic_params(diffusion.init_params(model, jax.random.key(0)))
+  loss_fn = jax.jit(diffusion.make_loss_fn(model))
+  data_rng = jax.random.key(1)
+  losses = []
+  for i in range(40):
+    x = jax.random.normal(jax.random.fold_in(data_rng, i), (256, 8, 8, 1))
+    losses.append(float(loss_fn(params, x, jax.random.key(100 + i))[0]))
+  mean, stderr = np.mean(losses), np.std(losses, ddof=1) / np.sqrt(len(losses))
+  assert abs(mean) < 4 * stderr, (mean, stderr)
+  assert stderr < 0.1  # sensitive to a bias of a few tenths of a bit
+
+
+def test_loss_is_deterministic_and_uses_the_key():
+  model = diffusion.make_model(tiny_model_config())
+  params = diffusion.init_params(model, jax.random.key(0))
+  x = jax.random.normal(jax.random.key(1), (4, 8, 8, 1))
+  loss_fn = jax.jit(diffusion.make_loss_fn(model, uniform_noise=0.1))
+  a, metrics = loss_fn(params, x, jax.random.key(2))
+  b, _ = loss_fn(params, x, jax.random.key(2))
+  c, _ = loss_fn(params, x, jax.random.key(3))
+  assert float(a) == float(b)
+  assert float(a) != float(c)
+  assert set(metrics) == {"loss", "kl_nats", "t_mean"}
+  assert 1 <= float(metrics["t_mean"]) <= 19
+
+
+def test_n_t_per_minibatch_averages_independent_draws():
+  model = diffusion.make_model(tiny_model_config(n_t_per_minibatch=3))
+  params = diffusion.init_params(model, jax.random.key(0))
+  x = jax.random.normal(jax.random.key(1), (4, 8, 8, 1))
+  loss3, m3 = diffusion.make_loss_fn(model)(params, x, jax.random.key(5))
+  single = diffusion.make_model(tiny_model_config())
+  keys = jax.random.split(jax.random.key(5), 3)
+  ones = [diffusion.make_loss_fn(single)(params, x, k)[0] for k in keys]
+  np.testing.assert_allclose(loss3, np.mean(ones), rtol=1e-6)
+
+
+def test_per_example_t_equals_per_minibatch_t_when_all_equal():
+  cfg = tiny_model_config()
+  model = diffusion.make_model(cfg)
+  params = diffusion.init_params(model, jax.random.key(0))
+  x = jax.random.normal(jax.random.key(1), (3, 8, 8, 1))
+  mu1, s1 = model.apply(params, x, jnp.asarray(7.0), method=diffusion.DiffusionModel.get_mu_sigma)
+  mu2, s2 = model.apply(params, x, jnp.full((3,), 7.0), method=diffusion.DiffusionModel.get_mu_sigma)
+  np.testing.assert_allclose(mu1, mu2, rtol=1e-6)
+  np.testing.assert_allclose(s1, s2, rtol=1e-6)
+
+
+def test_reverse_kernel_with_zero_coefficients_is_the_forward_kernel():
+  x = jnp.linspace(-2, 2, 5)
+  mu, sigma = diffusion.reverse_kernel(x, 0.0, 0.0, 0.3, 1000)
+  np.testing.assert_allclose(mu, x * np.sqrt(0.7), rtol=1e-6)
+  np.testing.assert_allclose(sigma, np.sqrt(0.3), rtol=1e-6)
+
+
+def test_kl_multiplier_switch():
+  assert diffusion.kl_multiplier(tiny_model_config()) == 19
+  assert diffusion.kl_multiplier(tiny_model_config(kl_multiplier="T")) == 20
+
+
+def test_dropout_only_in_training():
+  model = diffusion.make_model(tiny_model_config(dropout_rate=0.5))
+  params = diffusion.init_params(model, jax.random.key(0))
+  x = jax.random.normal(jax.random.key(1), (4, 8, 8, 1))
+  train = jax.jit(diffusion.make_loss_fn(model, train=True))
+  evaluate = jax.jit(diffusion.make_loss_fn(model, train=False))
+  nodrop = jax.jit(diffusion.make_loss_fn(diffusion.make_model(tiny_model_config()), train=True))
+  key = jax.random.key(2)
+  assert float(evaluate(params, x, key)[0]) == pytest.approx(float(nodrop(params, x, key)[0]), rel=1e-6)
+  assert float(train(params, x, key)[0]) != pytest.approx(float(evaluate(params, x, key)[0]), rel=1e-6)
+
+
+# A small step: finite differences must not straddle the LeakyReLU kinks.
+def _to64(tree):
+  return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)
+
+
+@pytest.mark.parametrize("conv_impl", ["xla", "matmul"])
+def test_check_grads_network_float64(conv_impl):
+  with jax.enable_x64(True):
+    model = diffusion.make_model(tiny_model_config(conv_impl=conv_impl, n_hidden_conv=3))
+    params = _to64(diffusion.init_params(model, jax.random.key(0)))
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1), jnp.float64)
+    f = lambda p: model.apply(p, x, method=diffusion.DiffusionModel.network_output)
+    check_grads(jax.jit(f), (params,), order=1, modes=("rev",), atol=1e-5, rtol=1e-5, eps=1e-6)
+    g = lambda xx: model.apply(params, xx, method=diffusion.DiffusionModel.network_output)
+    check_grads(jax.jit(g), (x,), order=1, modes=("rev",), atol=1e-5, rtol=1e-5, eps=1e-6)
+
+
+@pytest.mark.parametrize("learn_beta", [False, True])
+def test_check_grads_loss_float64(learn_beta):
+  with jax.enable_x64(True):
+    cfg = tiny_model_config(learn_beta=learn_beta, t_sampling="per_example")
+    model = diffusion.make_model(cfg)
+    params = _to64(diffusion.init_params(model, jax.random.key(0)))
+    if learn_beta:
+      params["params"]["beta_perturb_coefficients"] = jnp.asarray([0.1, -0.2, 0.3, 0.05])
+    x = jax.random.normal(jax.random.key(1), (3, 8, 8, 1), jnp.float64)
+    loss_fn = diffusion.make_loss_fn(model, uniform_noise=0.05)
+    f = lambda p: loss_fn(p, x, jax.random.key(3))[0]
+    check_grads(jax.jit(f), (params,), order=1, modes=("rev",), atol=1e-5, rtol=1e-5, eps=1e-6)
+    if learn_beta:
+      grad = jax.grad(f)(params)["params"]["beta_perturb_coefficients"]
+      assert np.all(np.isfinite(grad)) and np.any(np.abs(grad) > 0)
+
+
+def test_learned_schedule_starts_at_the_reference_schedule():
+  model = diffusion.make_model(tiny_model_config(learn_beta=True))
+  params = diffusion.init_params(model, jax.random.key(0))
+  np.testing.assert_array_equal(params["params"]["beta_perturb_coefficients"], np.zeros(4))
+  fixed = diffusion.make_model(tiny_model_config())
+  np.testing.assert_allclose(
+      model.apply(params, method=diffusion.DiffusionModel.beta_arr),
+      fixed.apply(diffusion.init_params(fixed, jax.random.key(0)),
+                  method=diffusion.DiffusionModel.beta_arr), rtol=1e-7)
+
+
+def test_get_norms_matches_the_seed_definition():
+  params = {"a": {"w": jnp.asarray([[3.0, 4.0]])}, "b": jnp.asarray([1.0, 1.0, 1.0, 1.0])}
+  grads = jax.tree.map(lambda x: 2 * x, params)
+  norms = diffusion.get_norms(params, grads)
+  assert norms["norm/a/w"] == pytest.approx(5.0 / 2)
+  assert norms["norm/b"] == pytest.approx(2.0 / 4)
+  assert norms["grad_norm/a/w"] == pytest.approx(10.0 / 2)
+  assert set(diffusion.get_norms(params)) == {"norm/a/w", "norm/b"}
