@@ -239,8 +239,9 @@ def make_loss_fn(model: DiffusionModel, *, uniform_noise: float = 0.0,
 
   def loss_fn(params, images, rng):
     # As the reference code: the mean of n_t_per_minibatch one-t estimates.
-    results = [loss_one_t(params, images, key)
-               for key in jax.random.split(rng, cfg.n_t_per_minibatch)]
+    keys = [rng] if cfg.n_t_per_minibatch == 1 else jax.random.split(
+        rng, cfg.n_t_per_minibatch)
+    results = [loss_one_t(params, images, key) for key in keys]
     n = len(results)
     loss = sum(r[0] for r in results) / n
     metrics = {"loss": loss,
