@@ -1,0 +1,310 @@
+"""Data sources and preprocessing.
+
+Sources (config.data.source):
+  'embedded': 5000 real MNIST digits shipped inside the package (offline).
+  'idx':      the standard gzipped IDX files (MNIST, Fashion-MNIST) in data.dir.
+  'tfds':     tensorflow-datasets' random-access `data_source` (no TensorFlow
+              needed), for MNIST, Fashion-MNIST and CIFAR-10.
+
+Images are kept as uint8 NHWC arrays in host memory; a batch is scaled to
+the model's units inside the jitted step. Preprocessing follows the
+reference code with its defects fixed (README, "Differences"): one scalar
+scale and shift, computed on the whole training set, that give the data zero
+mean and unit variance; dequantisation noise one 8-bit bin wide in those
+units.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import gzip
+import json
+import os
+import socket
+import struct
+from typing import Optional
+
+import numpy as np
+
+EMBEDDED_FILE = os.path.join(os.path.dirname(__file__), "data", "mnist_5k.npz")
+EMBEDDED_TEST_PER_CLASS = 50
+EMBEDDED_SPLIT_SEED = 0
+
+TFDS_NAMES = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "cifar10": "cifar10"}
+IMAGE_SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
+SOURCES = ("embedded", "idx", "tfds")
+# One 8-bit quantisation bin of data in [0, 1].
+BIN_WIDTH = 1.0 / 255.0
+
+
+class DataError(RuntimeError):
+  """A data set that cannot be found, read or used; the message says what to do."""
+
+
+OFFLINE_OPTIONS = (
+    "Offline options: data.source='embedded' (5000 real MNIST digits shipped "
+    "with the package); data.source='idx' with data.dir pointing at gzipped "
+    "IDX files (e.g. Debian's dataset-fashion-mnist installs Fashion-MNIST in "
+    "/usr/share/datasets/fashion-mnist); or prepare the tfds data set on a "
+    "machine with internet (tfds.data_source(name, download=True, "
+    "download_and_prepare_kwargs={'file_format': 'array_record'})) and copy "
+    "its data_dir here, then set data.tfds_data_dir.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """Training and test images, uint8 (N, H, W, C)."""
+  train: np.ndarray
+  test: np.ndarray
+  name: str
+
+  @property
+  def image_shape(self):
+    return self.train.shape[1:]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataStats:
+  """The affine map from [0, 1] pixels to model units, and the dequantisation width.
+
+  x_model = x01 * scale + shift; uniform_noise is in model units.
+  """
+  scale: float
+  shift: float
+  uniform_noise: float
+
+  def to_json(self) -> str:
+    return json.dumps(dataclasses.asdict(self), indent=2)
+
+  @classmethod
+  def from_dict(cls, d) -> "DataStats":
+    return cls(float(d["scale"]), float(d["shift"]), float(d["uniform_noise"]))
+
+
+# ----------------------------------------------------------------------------
+# Sources.
+
+
+def load_dataset(data_config) -> Dataset:
+  """Loads the configured data set into memory as uint8 NHWC arrays."""
+  source = data_config.source
+  if source == "embedded":
+    if data_config.dataset != "mnist":
+      raise DataError(
+          f"data.source='embedded' ships MNIST only, but data.dataset="
+          f"{data_config.dataset!r}; set data.dataset='mnist' or use "
+          "data.source='idx' or 'tfds'.")
+    return load_embedded()
+  if source == "idx":
+    return load_idx(data_config.dir, name=data_config.dataset)
+  if source == "tfds":
+    return load_tfds(data_config.dataset, data_dir=data_config.tfds_data_dir or None,
+                     download=data_config.download)
+  raise DataError(f"data.source must be one of {SOURCES}, got {source!r}.")
+
+
+def embedded_split(labels: np.ndarray, test_per_class: int = EMBEDDED_TEST_PER_CLASS,
+                   seed: int = EMBEDDED_SPLIT_SEED):
+  """A stratified train/test split of indices: test_per_class test digits per class."""
+  rng = np.random.default_rng(seed)
+  train, test = [], []
+  for label in np.unique(labels):
+    idx = rng.permutation(np.flatnonzero(labels == label))
+    test.append(idx[:test_per_class])
+    train.append(idx[test_per_class:])
+  return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def load_embedded() -> Dataset:
+  """The 5000 MNIST digits shipped with the package: 4500 train, 500 test."""
+  if not os.path.exists(EMBEDDED_FILE):
+    raise DataError(
+        f"The embedded digits {EMBEDDED_FILE} are missing from this install; "
+        "reinstall the package (pip install .) or run "
+        "tools/make_embedded_mnist.py.")
+  with np.load(EMBEDDED_FILE) as f:
+    images, labels = f["images"], f["labels"]
+  train, test = embedded_split(labels)
+  return Dataset(images[train, :, :, None], images[test, :, :, None], "mnist_embedded")
+
+
+def read_idx_images(path: str) -> np.ndarray:
+  """Reads an IDX3 ubyte image file (optionally gzipped) to uint8 (N, H, W)."""
+  opener = gzip.open if path.endswith(".gz") else open
+  try:
+    with opener(path, "rb") as f:
+      header = f.read(16)
+      if len(header) < 16:
+        raise DataError(f"{path} is too short to be an IDX image file.")
+      magic, n, rows, cols = struct.unpack(">IIII", header)
+      if magic != 0x00000803:
+        raise DataError(
+            f"{path} is not an IDX3 ubyte image file (magic {magic:#010x}, "
+            "expected 0x00000803).")
+      data = np.frombuffer(f.read(), dtype=np.uint8)
+  except (OSError, EOFError) as e:
+    raise DataError(f"Cannot read IDX file {path}: {e}") from e
+  if data.size != n * rows * cols:
+    raise DataError(
+        f"{path} holds {data.size} pixels, but its header promises "
+        f"{n}x{rows}x{cols}; the file is truncated or corrupt.")
+  return data.reshape(n, rows, cols)
+
+
+def _find_idx(directory: str, stem: str) -> str:
+  for name in (f"{stem}.gz", stem, stem.replace("-idx3-", ".idx3-") + ".gz"):
+    path = os.path.join(directory, name)
+    if os.path.exists(path):
+      return path
+  raise DataError(
+      f"No {stem}[.gz] in data.dir={directory!r}. Point data.dir at a folder "
+      "with the standard IDX files train-images-idx3-ubyte.gz and "
+      "t10k-images-idx3-ubyte.gz (MNIST or Fashion-MNIST). " + OFFLINE_OPTIONS)
+
+
+def load_idx(directory: str, name: str = "idx") -> Dataset:
+  """Loads train-images-idx3-ubyte(.gz) and t10k-images-idx3-ubyte(.gz) from a folder."""
+  if not directory:
+    raise DataError("data.source='idx' needs data.dir, the folder holding the IDX files. "
+                    + OFFLINE_OPTIONS)
+  if not os.path.isdir(directory):
+    raise DataError(f"data.dir={directory!r} is not a folder. " + OFFLINE_OPTIONS)
+  train = read_idx_images(_find_idx(directory, "train-images-idx3-ubyte"))
+  test = read_idx_images(_find_idx(directory, "t10k-images-idx3-ubyte"))
+  return Dataset(train[..., None], test[..., None], f"{name}_idx")
+
+
+def _can_reach(host: str = "storage.googleapis.com", port: int = 443,
+               timeout: float = 3.0) -> bool:
+  try:
+    with socket.create_connection((host, port), timeout=timeout):
+      return True
+  except OSError:
+    return False
+
+
+def load_tfds(dataset: str, data_dir: Optional[str] = None, download: bool = False) -> Dataset:
+  """Loads a data set through tfds.data_source (array_record; no TensorFlow needed).
+
+  Never waits on download retries: without a prepared copy it fails at once,
+  and with download=True it first checks that the download host answers.
+  """
+  if dataset not in TFDS_NAMES:
+    raise DataError(f"data.dataset must be one of {sorted(TFDS_NAMES)} for "
+                    f"data.source='tfds', got {dataset!r}.")
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  name = TFDS_NAMES[dataset]
+  try:
+    sources = tfds.data_source(name, split=["train", "test"], data_dir=data_dir,
+                               download=False)
+  except Exception as err:  # pylint: disable=broad-except
+    if not download:
+      raise DataError(
+          f"tfds data set {name!r} is not prepared in array_record format in "
+          f"{data_dir or 'the default tfds data_dir (~/tensorflow_datasets)'} "
+          f"({type(err).__name__}). Set data.download=True on a machine with "
+          "internet, or work offline. " + OFFLINE_OPTIONS) from err
+    if not _can_reach():
+      raise DataError(
+          f"data.download=True but the tfds download host cannot be reached; "
+          f"{name!r} cannot be fetched from this machine. " + OFFLINE_OPTIONS) from err
+    sources = tfds.data_source(
+        name, split=["train", "test"], data_dir=data_dir, download=True,
+        download_and_prepare_kwargs={"file_format": "array_record"})
+  train, test = (_read_all(s, name) for s in sources)
+  return Dataset(train, test, f"{dataset}_tfds")
+
+
+def _read_all(source, name) -> np.ndarray:
+  n = len(source)
+  if n == 0:
+    raise DataError(f"tfds split of {name!r} is empty.")
+  first = np.asarray(source[0]["image"])
+  out = np.empty((n,) + first.shape, np.uint8)
+  for i in range(n):
+    out[i] = np.asarray(source[i]["image"])
+  return out
+
+
+# ----------------------------------------------------------------------------
+# Preprocessing.
+
+
+def compute_stats(train: np.ndarray, *, scale_from: str = "train_set",
+                  dequantization: str = "bin", batch_size: int = 512,
+                  seed: int = 0) -> DataStats:
+  """Scale and shift to zero mean, unit variance; dequantisation width.
+
+  Args:
+    train: uint8 training images.
+    scale_from: 'train_set' (default) or 'first_batch' (the reference code:
+      one shuffled training minibatch).
+    dequantization: 'bin' (one 8-bit bin, scale / 255, default) or
+      'reference' ((1/255) / scale, the reference code's value).
+    batch_size: the minibatch size for 'first_batch'.
+    seed: the shuffling seed for 'first_batch'.
+
+  Returns:
+    DataStats.
+  """
+  if scale_from == "train_set":
+    x = train
+  elif scale_from == "first_batch":
+    x = train[epoch_permutation(len(train), seed, 0)[:batch_size]]
+  else:
+    raise DataError(f"data.scale_from must be 'train_set' or 'first_batch', got {scale_from!r}.")
+  # Two passes in float64, chunked: exact enough and bounded in memory.
+  n = x.size
+  mean = sum(float(c.sum(dtype=np.float64)) for c in _chunks(x)) / n / 255.0
+  var = sum(float(np.square(c / 255.0 - mean).sum()) for c in _chunks(x)) / n
+  if var <= 0:
+    raise DataError("The training images are constant; they cannot be scaled to unit variance.")
+  scale = 1.0 / np.sqrt(var)
+  shift = -mean * scale
+  if dequantization == "bin":
+    uniform_noise = BIN_WIDTH * scale
+  elif dequantization == "reference":
+    uniform_noise = BIN_WIDTH / scale
+  else:
+    raise DataError(f"data.dequantization must be 'bin' or 'reference', got {dequantization!r}.")
+  return DataStats(float(scale), float(shift), float(uniform_noise))
+
+
+def _chunks(x, size=4096):
+  for i in range(0, len(x), size):
+    yield x[i:i + size].astype(np.float64)
+
+
+def to_model_units(images_uint8, stats: DataStats, dtype=None):
+  """uint8 pixels -> model units (works on numpy and jax arrays, inside jit too)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  x = jnp.asarray(images_uint8).astype(dtype or jnp.float32)
+  return x * (stats.scale / 255.0) + stats.shift
+
+
+def to_pixels(x, stats: DataStats):
+  """Model units -> [0, 1] pixel intensities (not clipped)."""
+  return (np.asarray(x) - stats.shift) / stats.scale
+
+
+@functools.lru_cache(maxsize=4)
+def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+  """The order of the training set in a given epoch: a function of (seed, epoch) alone."""
+  return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+  """Full batches in one pass over the training set (the remainder is dropped)."""
+  if batch_size > n_train:
+    raise DataError(
+        f"train.batch_size={batch_size} exceeds the {n_train} training images; "
+        "lower train.batch_size.")
+  return n_train // batch_size
+
+
+def batch_indices(step: int, n_train: int, batch_size: int, seed: int) -> np.ndarray:
+  """Indices of the training batch used at a given step (0-based); deterministic."""
+  per_epoch = steps_per_epoch(n_train, batch_size)
+  epoch, i = divmod(step, per_epoch)
+  return epoch_permutation(n_train, seed, epoch)[i * batch_size:(i + 1) * batch_size]
