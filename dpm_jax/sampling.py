@@ -1,0 +1,196 @@
+"""The reverse trajectory: sampling, inpainting, denoising and perturbed posteriors.
+
+Indexing: x_t is the state after forward step t (t = 0 .. T-1), so the
+forward trajectory runs x_data -> x_0 -> ... -> x_{T-1} ~ N(0, I). The
+learned reverse kernels map x_t to x_{t-1} for t = T-1 .. 1; the first
+forward step is reversed by a fixed kernel, the isotropic one at t = 0:
+x_data ~ N(x_0 sqrt(1 - beta_0), beta_0). The reference sampler stopped at
+x_0 (config switch `skip_first_step`).
+
+The whole trajectory is one jitted `lax.scan`; each step draws its noise
+from fold_in(key, t), so a sample is a function of the key alone.
+
+Conditioning, applied to every reverse step including the fixed one
+(paper section 2.5, "distribution multiplication"):
+  inpainting: for known pixels mu = the known value and sigma = 0;
+  denoising:  multiply the step's Gaussian by N(y, sigma_d^2);
+  posterior:  shift the step's mean by sigma^2 * grad log r(mu).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dpm_jax import diffusion
+from dpm_jax import ops
+
+DiffusionModel = diffusion.DiffusionModel
+
+
+def condition_step(mu, sigma, *, mask=None, known=None, y=None, denoise_sigma=None,
+                   log_r: Optional[Callable] = None):
+  """Applies the conditioning of one reverse step to its (mu, sigma).
+
+  Args:
+    mu, sigma: the step's Gaussian, (B, H, W, C) (sigma may broadcast).
+    mask: boolean, True where the pixel is known (inpainting).
+    known: the known pixel values (model units), shape of mu.
+    y: a noisy observation (denoising), shape of mu.
+    denoise_sigma: the observation noise's standard deviation.
+    log_r: x -> log r(x) per image, (B, H, W, C) -> (B,) (or a scalar sum),
+      differentiable; the perturbation of paper section 2.5.
+
+  Returns:
+    (mu, sigma) of the conditioned step.
+  """
+  sigma = jnp.broadcast_to(sigma, mu.shape)
+  if log_r is not None:
+    grad = jax.grad(lambda x: jnp.sum(log_r(x)))(mu)
+    mu = mu + sigma**2 * grad
+  if y is not None:
+    new_sigma = (sigma**-2 + denoise_sigma**-2) ** -0.5
+    mu = new_sigma**2 * (mu / sigma**2 + y / denoise_sigma**2)
+    sigma = new_sigma
+  if mask is not None:
+    mu = jnp.where(mask, known, mu)
+    sigma = jnp.where(mask, 0.0, sigma)
+  return mu, sigma
+
+
+def make_sampler(model: DiffusionModel, *, num_images: int,
+                 skip_first_step: bool = False, record_t: Sequence[int] = (),
+                 log_r: Optional[Callable] = None) -> Callable:
+  """Builds a jitted sampler fn(params, key, **conditioning).
+
+  Args:
+    model: the DiffusionModel.
+    num_images: batch of samples drawn per call.
+    skip_first_step: stop at x_0 as the reference sampler (no fixed step).
+    record_t: time steps whose states x_t to return as well (x_{T-1} is the
+      start; use -1 for the final sample, which is also returned on its own).
+    log_r: a differentiable log-perturbation for posterior sampling.
+
+  Returns:
+    fn(params, key, *, x_init=None, mask=None, known=None, y=None,
+    denoise_sigma=None) -> samples (B, H, W, C), or (samples, states)
+    with states (len(record_t), B, H, W, C) when record_t is given.
+    Denoising starts from y (as the reference code), inpainting from N(0, I)
+    with the known pixels set.
+  """
+  cfg = model.config
+  T = cfg.trajectory_length
+  shape = (num_images, cfg.spatial_width, cfg.spatial_width, cfg.n_colors)
+  record = jnp.asarray(list(record_t) or [-2], jnp.int32)
+
+  def run(params, key, x_init=None, mask=None, known=None, y=None, denoise_sigma=None):
+    if y is not None and denoise_sigma is None:
+      raise ValueError("denoising needs denoise_sigma with y")
+    if mask is not None:
+      mask = jnp.broadcast_to(mask, shape)
+    cond = dict(mask=mask, known=known, y=y, denoise_sigma=denoise_sigma, log_r=log_r)
+    if x_init is None:
+      x_init = (y if y is not None else
+                jax.random.normal(jax.random.fold_in(key, T), shape, jnp.float32))
+    if mask is not None:
+      x_init = jnp.where(mask, known, x_init)
+    beta_arr = model.apply(params, jnp.float32, method=DiffusionModel.beta_arr)
+    states = jnp.zeros((record.shape[0],) + shape, jnp.float32)
+    states = _record(states, record, T - 1, x_init)
+
+    def body(carry, t):
+      x, states = carry
+      mu, sigma = model.apply(params, x, t.astype(jnp.float32),
+                              method=DiffusionModel.get_mu_sigma)
+      mu, sigma = condition_step(mu, sigma, **cond)
+      x = mu + sigma * jax.random.normal(jax.random.fold_in(key, t), shape, jnp.float32)
+      return (x, _record(states, record, t - 1, x)), None
+
+    ts = jnp.arange(T - 1, 0, -1, dtype=jnp.int32)
+    (x, states), _ = jax.lax.scan(body, (x_init.astype(jnp.float32), states), ts)
+    if not skip_first_step:
+      mu, sigma = diffusion.reverse_kernel(x, 0.0, 0.0, beta_arr[0], T, cfg.beta_link)
+      mu, sigma = condition_step(mu, sigma, **cond)
+      x = mu + sigma * jax.random.normal(jax.random.fold_in(key, 0), shape, jnp.float32)
+    states = _record(states, record, -1, x)
+    return (x, states) if record_t else x
+
+  jitted = jax.jit(run)
+
+  def sampler(params, key, **conditioning):
+    return jitted(params, key, **conditioning)
+
+  return sampler
+
+
+def _record(states, record, t, x):
+  hit = (record == t)[:, None, None, None, None]
+  return jnp.where(hit, x[None], states)
+
+
+# ----------------------------------------------------------------------------
+# Masks and perturbations.
+
+MASKS = ("right_half", "left_half", "centre_square", "random_pixels")
+
+
+def inpaint_mask(kind: str, spatial_width: int, n_colors: int = 1, *,
+                 fraction: float = 0.5, seed: int = 0) -> np.ndarray:
+  """A boolean (H, W, C) mask, True where the pixel is known.
+
+  'right_half' is the reference code's mask (the left half is generated).
+  """
+  w = spatial_width
+  mask = np.zeros((w, w, n_colors), bool)
+  if kind == "right_half":
+    mask[:, w // 2:] = True
+  elif kind == "left_half":
+    mask[:, :w // 2] = True
+  elif kind == "centre_square":
+    mask[:] = True
+    a, b = w // 4, w - w // 4
+    mask[a:b, a:b] = False
+  elif kind == "random_pixels":
+    known = np.random.default_rng(seed).random((w, w)) < fraction
+    mask[:] = known[:, :, None]
+  else:
+    raise ValueError(f"Unknown mask {kind!r}; choose one of {MASKS}.")
+  return mask
+
+
+def downsampling_log_r(y_low, factor: int, noise_std: float) -> Callable:
+  """log r(x) for super-resolution: y_low = mean_pool(x, factor) + N(0, noise_std^2).
+
+  r(x) = N(y_low; mean_pool(x), noise_std^2), a Gaussian likelihood of a
+  linear measurement; multiplying the model by it samples high-resolution
+  images consistent with a low-resolution one (paper section 2.5).
+  """
+  y_low = jnp.asarray(y_low)
+
+  def log_r(x):
+    resid = ops.mean_pool(x, factor) - y_low
+    return -0.5 * jnp.sum(resid**2, axis=(1, 2, 3)) / noise_std**2
+  return log_r
+
+
+def gaussian_log_r(y, noise_std: float) -> Callable:
+  """log r(x) = log N(y; x, noise_std^2) per image, up to a constant."""
+  y = jnp.asarray(y)
+
+  def log_r(x):
+    return -0.5 * jnp.sum((x - y) ** 2, axis=tuple(range(1, x.ndim))) / noise_std**2
+  return log_r
+
+
+def default_record_t(trajectory_length: int, num_intermediate: int = 4) -> list:
+  """The start, num_intermediate evenly spaced states, and the final sample (-1)."""
+  T = trajectory_length
+  inner = np.linspace(T - 1, 0, num_intermediate + 2)[1:-1].round().astype(int).tolist()
+  return [T - 1] + inner + [0, -1] if 0 not in inner else [T - 1] + inner + [-1]
+
+
+def label_of_t(t: int) -> str:
+  return "sample" if t == -1 else f"t={t}"

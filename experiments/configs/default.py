@@ -1,0 +1,60 @@
+"""The default experiment config: the reference MNIST model and recipe.
+
+Every experiment config starts from this one (experiments/configs/*.py import
+it by absolute package path) and overrides what differs. Any field can be
+overridden on the command line, e.g. --config.train.num_steps=100.
+"""
+
+import ml_collections
+
+from dpm_jax import config as model_config
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  # Run directory when --workdir is not given: <output_dir>/dpm_<dataset><suffix>-<time>.
+  config.output_dir = "runs"
+  config.suffix = ""
+
+  config.model = model_config.get_model_config("mnist")
+
+  config.data = data = ml_collections.ConfigDict()
+  data.source = "embedded"        # 'embedded' | 'idx' | 'tfds'
+  data.dataset = "mnist"          # 'mnist' | 'fashion_mnist' | 'cifar10'
+  data.dir = ""                   # folder of IDX files, for source='idx'
+  data.tfds_data_dir = ""         # tfds data_dir ('' = tfds default)
+  data.download = False           # let tfds download (needs internet)
+  data.scale_from = "train_set"   # 'train_set' | 'first_batch' (reference code)
+  data.dequantization = "bin"     # 'bin' (one 8-bit bin) | 'reference' ((1/255)/scale)
+
+  config.train = train = ml_collections.ConfigDict()
+  train.batch_size = 512
+  train.learning_rate = 1e-3
+  train.min_learning_rate = 1e-4
+  train.rmsprop_decay = 0.9
+  train.rmsprop_eps = 1e-10
+  train.num_epochs = 100
+  train.num_steps = 0             # > 0: stop after this many steps instead of epochs
+  # Steps per "epoch" for the learning-rate decay and num_epochs; 0 = one pass
+  # over the training set. The reference code used 500 batches.
+  train.batches_per_epoch = 0
+  train.log_every_steps = 50
+  train.eval_every_steps = 1000
+  train.checkpoint_every_steps = 500
+  train.keep_checkpoints = 3
+  train.sample_every_steps = 0    # > 0: write a sample grid to workdir/samples
+  train.sample_num_images = 36
+  train.max_nonfinite_steps = 20  # stop after this many non-finite losses in a row
+
+  config.eval = ev = ml_collections.ConfigDict()
+  ev.batch_size = 512
+  ev.num_batches = 20             # one random t per batch, as the reference code
+  ev.seed = 0
+
+  config.sample = sample = ml_collections.ConfigDict()
+  sample.skip_first_step = False  # True: stop at x_0, as the reference sampler
+  sample.num_intermediate = 4
+  sample.denoise_sigma = 1.0      # reference: signal-to-noise ratio 1
+  sample.mask = "right_half"      # reference: the right half known
+  return config

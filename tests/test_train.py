@@ -1,0 +1,327 @@
+"""Training: optimiser semantics, end-to-end runs, exact resume, errors, the CLI."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from dpm_jax import checkpoints, data as data_lib, train
+from experiments.configs import test as test_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**train_overrides):
+  config = test_config.get_config()
+  for k, v in train_overrides.items():
+    config.train[k] = v
+  return config
+
+
+def small_dataset(n_train=96, n_test=40):
+  ds = data_lib.load_embedded()
+  return data_lib.Dataset(ds.train[:n_train], ds.test[:n_test], "mnist_embedded_small")
+
+
+def run_cli(args, timeout=300, **kwargs):
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m"] + args, cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=timeout, **kwargs)
+
+
+def final_params(workdir):
+  run = checkpoints.load_run(workdir)
+  return run.step, jax.tree.leaves(run.params)
+
+
+def deterministic_metrics(workdir):
+  """metrics.jsonl without the wall-clock fields."""
+  return [{k: v for k, v in r.items() if not k.startswith("perf/")}
+          for r in train.read_metrics(workdir)]
+
+
+# ----------------------------------------------------------------------------
+# The optimiser.
+
+
+def test_nonfinite_rule_zeroes_only_the_bad_tensor_and_counts_it():
+  tx = optax.chain(train.zero_nonfinite_per_tensor(), optax.sgd(1.0))
+  params = {"a": jnp.ones(3), "b": jnp.ones(2), "c": jnp.ones(1)}
+  state = tx.init(params)
+  grads = {"a": jnp.asarray([1.0, jnp.nan, 1.0]), "b": jnp.asarray([0.5, 0.5]),
+           "c": jnp.asarray([jnp.inf])}
+  updates, state = tx.update(grads, state, params)
+  new = optax.apply_updates(params, updates)
+  np.testing.assert_array_equal(new["a"], [1, 1, 1])
+  np.testing.assert_array_equal(new["c"], [1])
+  np.testing.assert_array_equal(new["b"], [0.5, 0.5])
+  assert int(state[0].last) == 2 and int(state[0].total) == 2
+  updates, state = tx.update({"a": jnp.zeros(3), "b": jnp.zeros(2), "c": jnp.asarray([-jnp.inf])},
+                             state, params)
+  assert int(state[0].last) == 1 and int(state[0].total) == 3
+
+
+def test_rmsprop_matches_the_reference_rule():
+  config = tiny_config()
+  tx = train.make_optimizer(config.train, steps_per_epoch=1000)
+  p = {"w": jnp.asarray([1.0, -2.0, 3.0])}
+  state = tx.init(p)
+  ms = np.zeros(3)
+  w = np.asarray(p["w"], np.float64)
+  rng = np.random.default_rng(0)
+  for _ in range(5):
+    g = rng.normal(size=3)
+    ms = 0.9 * ms + 0.1 * g**2
+    w = w - 1e-3 * g / np.maximum(np.sqrt(ms), 1e-10)
+    updates, state = tx.update({"w": jnp.asarray(g, jnp.float32)}, state, p)
+    p = optax.apply_updates(p, updates)
+  np.testing.assert_allclose(p["w"], w, rtol=1e-6)
+
+
+def test_learning_rate_decays_10x_per_1000_epochs_with_a_floor():
+  config = tiny_config()
+  schedule = train.learning_rate_schedule(config.train, steps_per_epoch=10)
+  assert float(schedule(0)) == pytest.approx(1e-3)
+  assert float(schedule(9)) == pytest.approx(1e-3)          # decays once an epoch
+  assert float(schedule(10)) == pytest.approx(1e-3 * 0.1 ** (1 / 1000), rel=1e-6)
+  assert float(schedule(10 * 500)) == pytest.approx(1e-3 * 0.1 ** 0.5, rel=1e-4)  # float32 power
+  assert float(schedule(10 * 5000)) == pytest.approx(1e-4)  # floor
+
+
+# ----------------------------------------------------------------------------
+# End to end.
+
+
+def test_train_and_evaluate_on_embedded_digits(tmp_path):
+  config = tiny_config(num_steps=10, sample_every_steps=10)
+  config.model.trajectory_length = 20
+  state = train.train_and_evaluate(config, str(tmp_path), dataset=small_dataset())
+  assert int(state.step) == 10
+  records = train.read_metrics(str(tmp_path))
+  assert [r["step"] for r in records] == [5, 10]
+  last = records[-1]
+  for key in ("train/loss", "train/learning_rate", "train/nonfinite_tensors", "perf/images_per_sec",
+              "eval/loss", "eval/loss_stderr", "eval/nll_bpd",
+              "train/norm/network/mlp_conv/layer0/kernel_scale0",
+              "train/grad_norm/network/mlp_dense_upper/dense1/bias"):
+    assert key in last, key
+  assert np.isfinite(last["train/loss"]) and last["eval/loss_stderr"] > 0
+  for name in ("config.json", "data_stats.json", "learning_curves.png", "samples/step_00000010.png"):
+    assert os.path.exists(tmp_path / name), name
+  assert os.listdir(tmp_path / "tensorboard")
+  assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()) == [10]
+  stats = json.load(open(tmp_path / "data_stats.json"))
+  assert stats["uniform_noise"] == pytest.approx(stats["scale"] / 255)
+  run = checkpoints.load_run(str(tmp_path))
+  assert run.step == 10 and run.config.model.trajectory_length == 20
+
+
+def test_training_lowers_the_bound(tmp_path):
+  config = tiny_config(num_steps=150, log_every_steps=50, eval_every_steps=150,
+                       checkpoint_every_steps=150)
+  config.train.learning_rate = 3e-3
+  train.train_and_evaluate(config, str(tmp_path), dataset=small_dataset(n_train=512))
+  losses = [r["train/loss"] for r in train.read_metrics(str(tmp_path)) if "train/loss" in r]
+  assert losses[-1] < losses[0] - 0.2, losses
+
+
+def test_resume_in_process_equals_uninterrupted(tmp_path):
+  ds = small_dataset()
+  full = tiny_config(num_steps=12, checkpoint_every_steps=4, log_every_steps=3, eval_every_steps=6)
+  a = train.train_and_evaluate(full, str(tmp_path / "a"), dataset=ds)
+  first = tiny_config(num_steps=5, checkpoint_every_steps=4, log_every_steps=3, eval_every_steps=6)
+  train.train_and_evaluate(first, str(tmp_path / "b"), dataset=ds)  # saves 4 and 5
+  # Rewind to step 4, as if killed just after that checkpoint.
+  import shutil
+  shutil.rmtree(tmp_path / "b" / "checkpoints" / "5")
+  b = train.train_and_evaluate(full, str(tmp_path / "b"), dataset=ds)
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    np.testing.assert_array_equal(x, y)
+  assert deterministic_metrics(tmp_path / "a") == deterministic_metrics(tmp_path / "b")
+
+
+def _wait_for_step(workdir, step, proc, timeout=240):
+  start = time.time()
+  while time.time() - start < timeout:
+    records = train.read_metrics(workdir) if os.path.exists(os.path.join(workdir, "metrics.jsonl")) else []
+    if records and records[-1]["step"] >= step:
+      return
+    if proc.poll() is not None:
+      raise AssertionError(f"training exited early: {proc.stderr.read()[-2000:]}")
+    time.sleep(0.05)
+  raise AssertionError("training did not reach the step in time")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_kill_and_rerun_reproduces_the_uninterrupted_run(tmp_path, sig):
+  args = ["experiments.mnist", "--config=experiments/configs/test.py",
+          "--config.train.num_steps=60", "--config.train.log_every_steps=2",
+          "--config.train.checkpoint_every_steps=7", "--config.train.eval_every_steps=20"]
+  ref = tmp_path / "ref"
+  done = run_cli(args + [f"--workdir={ref}"])
+  assert done.returncode == 0, done.stderr[-3000:]
+  killed = tmp_path / "killed"
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.Popen([sys.executable, "-m"] + args + [f"--workdir={killed}"], cwd=ROOT,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  _wait_for_step(str(killed), 24, proc)
+  proc.send_signal(sig)
+  _, err = proc.communicate(timeout=120)
+  if sig == signal.SIGTERM:
+    assert proc.returncode == 143, err[-3000:]
+    assert "SIGTERM received: saved a checkpoint at step" in err
+    stopped = checkpoints.load_run(str(killed)).step
+    assert 24 <= stopped < 60 and stopped % 7 != 0 or stopped >= 24
+  else:
+    assert proc.returncode == -signal.SIGKILL
+  rerun = run_cli(args + [f"--workdir={killed}"])
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert "Resumed from step" in rerun.stderr
+  step_a, params_a = final_params(str(ref))
+  step_b, params_b = final_params(str(killed))
+  assert step_a == step_b == 60
+  for x, y in zip(params_a, params_b):
+    np.testing.assert_array_equal(x, y)
+  assert deterministic_metrics(ref) == deterministic_metrics(killed)
+
+
+# ----------------------------------------------------------------------------
+# Failure modes.
+
+
+def test_nonfinite_losses_stop_training_and_keep_the_last_good_checkpoint(tmp_path, monkeypatch):
+  ds = small_dataset()
+  train.train_and_evaluate(tiny_config(num_steps=10), str(tmp_path), dataset=ds)
+  good = checkpoints.load_run(str(tmp_path))
+  real = data_lib.DataStats.from_dict
+  # From here on every batch maps to NaN, as a broken preprocessing would.
+  monkeypatch.setattr(data_lib.DataStats, "from_dict",
+                      classmethod(lambda cls, d: real(d).__class__(float("nan"), 0.0, 0.0)))
+  config = tiny_config(num_steps=30, max_nonfinite_steps=4)
+  with pytest.raises(train.NonFiniteLossError, match="non-finite for 4 consecutive steps"):
+    train.train_and_evaluate(config, str(tmp_path), dataset=ds)
+  monkeypatch.undo()
+  after = checkpoints.load_run(str(tmp_path))
+  assert after.step == 10
+  for x, y in zip(jax.tree.leaves(good.params), jax.tree.leaves(after.params)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_corrupt_checkpoint_is_an_error_not_a_restart(tmp_path):
+  ds = small_dataset()
+  train.train_and_evaluate(tiny_config(num_steps=10), str(tmp_path), dataset=ds)
+  step_dir = tmp_path / "checkpoints" / "10" / "state"
+  for root, _, files in os.walk(step_dir):
+    for name in files:
+      if "manifest" in name or name.endswith(".ocdbt") or "d" == os.path.basename(root):
+        with open(os.path.join(root, name), "wb") as f:
+          f.write(b"garbage")
+  with pytest.raises(checkpoints.CheckpointError, match="Cannot restore the checkpoint"):
+    train.train_and_evaluate(tiny_config(num_steps=20), str(tmp_path), dataset=ds)
+
+
+def test_unfinished_step_folder_is_an_error(tmp_path):
+  ds = small_dataset()
+  train.train_and_evaluate(tiny_config(num_steps=10), str(tmp_path), dataset=ds)
+  os.makedirs(tmp_path / "checkpoints" / "15")
+  with pytest.raises(checkpoints.CheckpointError, match=r"(?s)checkpoints/15.*corrupt"):
+    train.train_and_evaluate(tiny_config(num_steps=20), str(tmp_path), dataset=ds)
+
+
+def test_changed_model_config_is_an_error(tmp_path):
+  ds = small_dataset()
+  train.train_and_evaluate(tiny_config(num_steps=10), str(tmp_path), dataset=ds)
+  config = tiny_config(num_steps=20)
+  config.model.n_hidden_conv = 5
+  with pytest.raises(checkpoints.CheckpointError, match="model.n_hidden_conv: checkpoint 4 vs now 5"):
+    train.train_and_evaluate(config, str(tmp_path), dataset=ds)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("batch_size", 0, "train.batch_size must be a positive integer"),
+    ("num_steps", -1, "Set train.num_steps > 0"),
+    ("learning_rate", 0.0, "train.learning_rate must be > 0"),
+])
+def test_bad_train_config(field, value, message):
+  config = tiny_config()
+  config.train[field] = value
+  with pytest.raises(train.config_lib.ConfigError, match=message):
+    train.validate_config(config)
+
+
+def test_image_shape_mismatch(tmp_path):
+  config = tiny_config()
+  config.model.spatial_width = 32
+  with pytest.raises(train.config_lib.ConfigError, match=r"images are \(28, 28, 1\)"):
+    train.train_and_evaluate(config, str(tmp_path), dataset=small_dataset())
+
+
+# ----------------------------------------------------------------------------
+# The command line.
+
+
+def test_cli_overrides_and_default_workdir(tmp_path):
+  out = tmp_path / "out"
+  res = run_cli(["experiments.mnist", "--config=experiments/configs/test.py",
+                 "--config.train.num_steps=4", "--config.model.n_hidden_conv=3",
+                 f"--config.output_dir={out}", "--config.suffix=_smoke"])
+  assert res.returncode == 0, res.stderr[-3000:]
+  (workdir,) = os.listdir(out)
+  assert workdir.startswith("dpm_mnist_smoke-")
+  saved = json.load(open(out / workdir / "config.json"))
+  assert saved["model"]["n_hidden_conv"] == 3 and saved["train"]["num_steps"] == 4
+
+
+def test_cli_errors_are_clear(tmp_path):
+  res = run_cli(["experiments.mnist", "--config=experiments/configs/test.py",
+                 "--config.train.batch_size=0", f"--workdir={tmp_path / 'a'}"])
+  assert res.returncode == 2 and "train.batch_size must be a positive integer" in res.stderr
+  res = run_cli(["experiments.mnist", "--config=experiments/configs/test.py",
+                 "--config.data.source=idx", f"--config.data.dir={tmp_path}", f"--workdir={tmp_path / 'b'}"])
+  assert res.returncode == 2 and "No train-images-idx3-ubyte" in res.stderr
+  start = time.time()
+  res = run_cli(["experiments.cifar10", "--config=experiments/configs/cifar10.py",
+                 f"--config.data.tfds_data_dir={tmp_path / 'tfds'}", f"--workdir={tmp_path / 'c'}"])
+  assert res.returncode == 2 and "not prepared" in res.stderr and "data.source='embedded'" in res.stderr
+  assert time.time() - start < 60
+
+
+MOCK_RUNNER = """
+import sys
+import tensorflow_datasets as tfds
+from experiments import launch
+entry, config = sys.argv[1], sys.argv[2]
+sys.argv = [entry] + sys.argv[2:]
+with tfds.testing.mock_data(num_examples=64):
+  launch.run(config.split("=", 1)[1])
+"""
+
+
+@pytest.mark.parametrize("entry,config,extra", [
+    ("mnist", "experiments/configs/mnist.py", ["--config.data.source=tfds"]),
+    ("cifar10", "experiments/configs/cifar10.py", []),
+])
+def test_entry_points_on_tfds_mock_data(tmp_path, entry, config, extra):
+  tiny = ["--config.model.n_hidden_dense_lower=8", "--config.model.n_hidden_conv=4",
+          "--config.model.n_hidden_dense_upper=4", "--config.model.n_layers_conv=2",
+          "--config.model.n_layers_dense_lower=2", "--config.model.n_layers_dense_upper=2",
+          "--config.model.trajectory_length=30", "--config.train.batch_size=16",
+          "--config.eval.batch_size=16", "--config.eval.num_batches=2",
+          "--config.train.num_steps=3", "--config.train.log_every_steps=1"]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  res = subprocess.run([sys.executable, "-c", MOCK_RUNNER, entry, f"--config={config}"] + extra + tiny
+                       + [f"--workdir={tmp_path}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
+  assert res.returncode == 0, res.stderr[-3000:]
+  records = train.read_metrics(str(tmp_path))
+  assert [r["step"] for r in records] == [1, 2, 3]
+  assert "eval/loss" in records[-1]
+  assert json.load(open(tmp_path / "config.json"))["data"]["source"] == "tfds"
