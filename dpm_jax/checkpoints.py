@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging as py_logging
 import os
 import re
 from typing import Any, Optional
 
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -33,6 +35,29 @@ CHECKPOINT_DIR = "checkpoints"
 
 class CheckpointError(RuntimeError):
   """A checkpoint that cannot be restored or does not fit this run."""
+
+
+class _OrbaxFilter(py_logging.Filter):
+  """Drops Orbax's INFO lines and its read-only notices."""
+
+  def filter(self, record):
+    if "/orbax/" not in record.pathname:
+      return True
+    if record.levelno >= py_logging.WARNING:
+      message = record.getMessage()
+      return "read only" not in message and "read_only" not in message
+    return False
+
+
+def quiet_orbax_logs() -> None:
+  """Hides Orbax's per-save INFO lines and read-only notices; other warnings show.
+
+  The filter sits on absl's logger, so it works in notebooks as well as
+  under absl.app.
+  """
+  logger = logging.get_absl_logger()
+  if not any(isinstance(f, _OrbaxFilter) for f in logger.filters):
+    logger.addFilter(_OrbaxFilter())
 
 
 def checkpoint_dir(workdir: str) -> str:

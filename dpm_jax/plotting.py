@@ -1,4 +1,8 @@
-"""Image grids and learning curves (PNG, matplotlib's Agg backend)."""
+"""Image grids and learning curves as PNG files.
+
+Figures are drawn on matplotlib's Agg canvas directly, without pyplot, so
+writing them never changes the backend of an interactive session.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,14 @@ from typing import Optional, Sequence
 import numpy as np
 
 
-def _plt():
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  return plt
+def _figure(**kwargs):
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  return Figure(**kwargs)
+
+
+def _imsave(path, image, **kwargs):
+  from matplotlib import image as mpl_image  # pylint: disable=g-import-not-at-top
+  mpl_image.imsave(path, image, **kwargs)
 
 
 def image_grid(images, ncols: Optional[int] = None, pad: int = 1) -> np.ndarray:
@@ -37,9 +44,9 @@ def save_image_grid(images, path: str, ncols: Optional[int] = None, scale: int =
     grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   if grid.shape[-1] == 1:
-    _plt().imsave(path, grid[..., 0], cmap="gray", vmin=0.0, vmax=1.0)
+    _imsave(path, grid[..., 0], cmap="gray", vmin=0.0, vmax=1.0)
   else:
-    _plt().imsave(path, grid)
+    _imsave(path, grid)
   return path
 
 
@@ -56,9 +63,8 @@ def save_trajectory_grid(states, labels: Sequence[str], path: str, scale: int = 
   k, n = states.shape[:2]
   tiles = np.transpose(states, (1, 0, 2, 3, 4)).reshape((n * k,) + states.shape[2:])
   grid = image_grid(tiles, ncols=k)
-  plt = _plt()
   height, width = grid.shape[:2]
-  fig = plt.figure(figsize=(width * scale / 100, (height * scale + 24) / 100), dpi=100)
+  fig = _figure(figsize=(width * scale / 100, (height * scale + 24) / 100), dpi=100)
   ax = fig.add_axes([0, 0, 1, height * scale / (height * scale + 24)])
   ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1,
             interpolation="nearest")
@@ -68,7 +74,6 @@ def save_trajectory_grid(states, labels: Sequence[str], path: str, scale: int = 
     ax.text((i + 0.5) * cell, -2, label, ha="center", va="bottom", fontsize=7)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path)
-  plt.close(fig)
   return path
 
 
@@ -80,8 +85,8 @@ def plot_learning_curves(records: Sequence[dict], path: str) -> Optional[str]:
            if "eval/loss" in r]
   if not train and not evals:
     return None
-  plt = _plt()
-  fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+  fig = _figure(figsize=(6, 4), dpi=100)
+  ax = fig.subplots()
   if train:
     s, v = zip(*train)
     ax.plot(s, v, label="train (one t per batch)", lw=1)
@@ -96,19 +101,17 @@ def plot_learning_curves(records: Sequence[dict], path: str) -> Optional[str]:
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path)
-  plt.close(fig)
   return path
 
 
 def plot_kl_per_t(t, kl, path: str) -> str:
   """The per-t KL curve of the all-t evaluation."""
-  plt = _plt()
-  fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+  fig = _figure(figsize=(6, 3.5), dpi=100)
+  ax = fig.subplots()
   ax.semilogy(t, np.maximum(kl, 1e-12), lw=1)
   ax.set_xlabel("t")
   ax.set_ylabel("E KL(q || p), nats per dimension")
   ax.grid(alpha=0.3)
   fig.tight_layout()
   fig.savefig(path)
-  plt.close(fig)
   return path

@@ -179,27 +179,22 @@ class DataParallel:
     return jax.device_put(tree, self.replicated)
 
 
-def quiet_library_logs() -> None:
-  """Hides Orbax's per-save INFO lines from the console; warnings still show."""
-  import logging as py_logging  # pylint: disable=g-import-not-at-top
-
-  class _Filter(py_logging.Filter):
-
-    def filter(self, record):
-      return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
-
-  logging.get_absl_handler().addFilter(_Filter())
-
-
 def maybe_initialize_distributed() -> None:
-  """Joins a multi-host job when the environment describes one (TPU pods, SLURM, ...)."""
-  if jax.process_count() > 1:
+  """Joins a multi-host job when the environment describes one.
+
+  Only for several hosts (a coordinator address, several SLURM tasks or TPU
+  workers); it must run before JAX starts its backends.
+  """
+  env = os.environ
+  multi_host = ("JAX_COORDINATOR_ADDRESS" in env
+                or int(env.get("SLURM_NTASKS", "1") or 1) > 1
+                or "," in env.get("TPU_WORKER_HOSTNAMES", ""))
+  if not multi_host or jax.distributed.is_initialized():
     return
-  if any(k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES")):
-    try:
-      jax.distributed.initialize()
-    except (RuntimeError, ValueError) as err:
-      logging.warning("Not joining a multi-host job: %s", err)
+  try:
+    jax.distributed.initialize()
+  except (RuntimeError, ValueError) as err:
+    logging.warning("Not joining a multi-host job: %s", err)
 
 
 # ----------------------------------------------------------------------------

@@ -24,7 +24,7 @@ def main(argv) -> None:
   # Imported here so that --help stays fast.
   from dpm_jax import checkpoints, config as config_lib, data, train  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.INFO)
-  train.quiet_library_logs()
+  checkpoints.quiet_orbax_logs()
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except train.TrainingInterrupted as e:
