@@ -58,6 +58,30 @@ def _eval_batch_size(requested: int, n_test: int, num_devices: int) -> int:
   return size
 
 
+def _one_t_losses(model, stats, images, batch_size, *, seed=0):
+  """fn(params, num_batches, key, put=None) -> per-batch bound (bits/pixel), one t each.
+
+  Batch i takes batch_size images in a fixed shuffled order (wrapping
+  around) and the key fold_in(key, i).
+  """
+  order = np.random.default_rng(seed).permutation(len(images))
+  loss_fn = diffusion.make_loss_fn(model, uniform_noise=stats.uniform_noise, train=False)
+
+  @jax.jit
+  def eval_step(params, batch, rng):
+    return loss_fn(params, data_lib.to_model_units(batch, stats), rng)[0]
+
+  def losses(params, num_batches, key, put=None):
+    out = []
+    for i in range(num_batches):
+      start = (i * batch_size) % len(images)
+      batch = images[np.take(order, np.arange(start, start + batch_size), mode="wrap")]
+      out.append(eval_step(params, put(batch) if put else batch, jax.random.fold_in(key, i)))
+    return np.asarray(jax.device_get(out), np.float64)
+
+  return losses
+
+
 def make_test_evaluator(model: DiffusionModel, stats: data_lib.DataStats, test: np.ndarray,
                         eval_config, par, *, key):
   """The periodic test-set bound during training: one t per batch, as the reference.
@@ -68,20 +92,10 @@ def make_test_evaluator(model: DiffusionModel, stats: data_lib.DataStats, test: 
   """
   n_colors = model.config.n_colors
   batch_size = _eval_batch_size(eval_config.batch_size, len(test), par.num_devices)
-  order = np.random.default_rng(eval_config.seed).permutation(len(test))
-  loss_fn = diffusion.make_loss_fn(model, uniform_noise=stats.uniform_noise, train=False)
-
-  @jax.jit
-  def eval_step(params, batch, rng):
-    return loss_fn(params, data_lib.to_model_units(batch, stats), rng)[0]
+  losses_fn = _one_t_losses(model, stats, test, batch_size, seed=eval_config.seed)
 
   def evaluate(params):
-    losses = []
-    for i in range(eval_config.num_batches):
-      start = (i * batch_size) % len(test)
-      idx = np.take(order, np.arange(start, start + batch_size), mode="wrap")
-      losses.append(eval_step(params, par.put_batch(test[idx]), jax.random.fold_in(key, i)))
-    losses = np.asarray(jax.device_get(losses))
+    losses = losses_fn(params, eval_config.num_batches, key, par.put_batch)
     mean, stderr = _mean_stderr(losses)
     return {"eval/loss": mean, "eval/loss_stderr": stderr,
             "eval/nll_bpd": float(nll_bits_per_dim(mean, stats, n_colors)),
@@ -89,6 +103,19 @@ def make_test_evaluator(model: DiffusionModel, stats: data_lib.DataStats, test: 
             "eval/num_batches": len(losses)}
 
   return evaluate
+
+
+def bound_one_t(model: DiffusionModel, params, images: np.ndarray, stats: data_lib.DataStats,
+                key, *, num_batches: int = 200, batch_size: int = 100):
+  """The reference code's test-set estimate: many batches, one random t each.
+
+  The standard error is across batches, as the reference code's.
+  """
+  batch_size = min(batch_size, len(images))
+  losses = _one_t_losses(model, stats, images, batch_size)(params, num_batches, key)
+  return _summary(losses, stats, model.config.n_colors,
+                  extra={"per_batch": losses, "num_batches": num_batches,
+                         "num_images": int(min(len(images), num_batches * batch_size))})
 
 
 def make_kl_at_t(model: DiffusionModel, stats: data_lib.DataStats):
@@ -183,7 +210,7 @@ def bound_stratified(model: DiffusionModel, params, images: np.ndarray,
 
     def body(total, k):
       kk = jax.random.fold_in(bkey, k)
-      t = lo[k] + jax.random.randint(jax.random.fold_in(kk, -1), (n,), 0, sizes[k].astype(jnp.int32))
+      t = lo[k] + jax.random.randint(jax.random.fold_in(kk, 2**31 - 1), (n,), 0, sizes[k].astype(jnp.int32))
       return total + sizes[k] * kl_at_t(params, images, t, kk), None
     total, _ = jax.lax.scan(body, jnp.zeros(n), jnp.arange(num_strata))
     return total
@@ -202,7 +229,7 @@ def _summary(bits_per_image, stats, n_colors, extra):
          "nll_bits_per_dim": float(nll_bits_per_dim(mean, stats, n_colors)),
          "nll_bits_per_dim_stderr": stderr / n_colors,
          "num_images": int(np.size(bits_per_image))}
-  out.update(extra)
+  out.update(extra)  # may override num_images
   return out
 
 

@@ -186,11 +186,82 @@ def gaussian_log_r(y, noise_std: float) -> Callable:
 
 
 def default_record_t(trajectory_length: int, num_intermediate: int = 4) -> list:
-  """The start, num_intermediate evenly spaced states, and the final sample (-1)."""
-  T = trajectory_length
-  inner = np.linspace(T - 1, 0, num_intermediate + 2)[1:-1].round().astype(int).tolist()
-  return [T - 1] + inner + [0, -1] if 0 not in inner else [T - 1] + inner + [-1]
+  """The start x_{T-1}, num_intermediate evenly spaced states, x_0, and the sample (-1)."""
+  T, n = trajectory_length, num_intermediate
+  inner = [round(T * (n + 1 - k) / (n + 1)) for k in range(1, n + 1)]
+  return [T - 1] + [t for t in inner if 0 < t < T - 1] + [0, -1]
 
 
 def label_of_t(t: int) -> str:
   return "sample" if t == -1 else f"t={t}"
+
+
+# ----------------------------------------------------------------------------
+# The modes of the sampling entry point.
+
+MODES = ("sample", "inpaint", "denoise", "superres")
+# Key streams beside the per-step ones (which use t = 0 .. T).
+OBSERVATION_STREAM = 2**31 - 1
+
+
+def generate(model: DiffusionModel, params, stats, mode: str, key, *, num_images: int,
+             true_images=None, mask_kind: str = "right_half", denoise_sigma: float = 1.0,
+             superres_factor: int = 4, superres_noise: float = 0.1,
+             record_t: Sequence[int] = (), skip_first_step: bool = False) -> dict:
+  """Runs one sampling mode and returns its arrays in [0, 1] pixel units.
+
+  Args:
+    model, params: the model.
+    stats: the run's DataStats (pixels <-> model units).
+    mode: 'sample', 'inpaint' (mask_kind known), 'denoise' (observation
+      x + denoise_sigma * N(0, I) in model units; the reference used 1) or
+      'superres' (a mean-pooled observation, by superres_factor, with
+      superres_noise, sampled through the perturbed posterior of section 2.5).
+    key: PRNG key.
+    num_images: batch size.
+    true_images: uint8 images (num_images, H, W, C), needed except for 'sample'.
+    mask_kind, denoise_sigma, superres_factor, superres_noise: see above.
+    record_t: time steps whose states to return (see make_sampler).
+    skip_first_step: stop at x_0 as the reference sampler.
+
+  Returns:
+    dict with 'samples' (N, H, W, C), 'states' (K, N, H, W, C) if record_t,
+    'record_t', and for conditional modes 'true' and 'observed' (and 'mask').
+  """
+  from dpm_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  if mode not in MODES:
+    raise ValueError(f"Unknown mode {mode!r}; choose one of {MODES}.")
+  cfg = model.config
+  out = {"record_t": np.asarray(list(record_t), np.int32)}
+  cond, log_r = {}, None
+  if mode != "sample":
+    if true_images is None or len(true_images) < num_images:
+      raise ValueError(f"mode {mode!r} needs {num_images} true images.")
+    x_true = data_lib.to_model_units(true_images[:num_images], stats)
+    out["true"] = data_lib.to_pixels(x_true, stats)
+    k_obs = jax.random.fold_in(key, OBSERVATION_STREAM)
+    if mode == "inpaint":
+      mask = inpaint_mask(mask_kind, cfg.spatial_width, cfg.n_colors)
+      cond = {"mask": jnp.asarray(mask), "known": x_true}
+      out["mask"] = mask
+      out["observed"] = np.where(mask, out["true"], 0.5)
+    elif mode == "denoise":
+      y = x_true + denoise_sigma * jax.random.normal(k_obs, x_true.shape)
+      cond = {"y": y, "denoise_sigma": jnp.asarray(denoise_sigma, jnp.float32)}
+      out["observed"] = data_lib.to_pixels(y, stats)
+    else:
+      if cfg.spatial_width % superres_factor:
+        raise ValueError(f"superres_factor {superres_factor} does not divide the image width.")
+      y_low = (ops.mean_pool(x_true, superres_factor)
+               + superres_noise * jax.random.normal(k_obs, (num_images, cfg.spatial_width // superres_factor,
+                                                            cfg.spatial_width // superres_factor, cfg.n_colors)))
+      log_r = downsampling_log_r(y_low, superres_factor, superres_noise)
+      out["observed"] = data_lib.to_pixels(ops.upsample_nearest(y_low, superres_factor), stats)
+  sampler = make_sampler(model, num_images=num_images, skip_first_step=skip_first_step,
+                         record_t=record_t, log_r=log_r)
+  result = sampler(params, key, **cond)
+  samples, states = result if record_t else (result, None)
+  out["samples"] = data_lib.to_pixels(samples, stats)
+  if states is not None:
+    out["states"] = data_lib.to_pixels(states, stats)
+  return out

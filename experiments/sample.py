@@ -1,0 +1,86 @@
+"""Samples, inpaints, denoises or super-resolves with a trained run.
+
+  python -m experiments.sample --workdir=runs/mnist --mode=sample --num_images=36 --output=samples.png
+
+Writes the PNG grid and an .npz of the arrays (same name, .npz) in [0, 1]
+pixel units. With --intermediate, each row is one image and the columns are
+the states along the reverse trajectory.
+"""
+
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+
+flags.DEFINE_string("workdir", None, "Run directory made by the training entry point.", required=True)
+flags.DEFINE_enum("mode", "sample", ["sample", "inpaint", "denoise", "superres"], "What to generate.")
+flags.DEFINE_integer("num_images", 36, "Images in the grid.")
+flags.DEFINE_string("output", None, "PNG path (default: <workdir>/samples/<mode>.png).")
+flags.DEFINE_bool("intermediate", False, "Show states at several t as columns.")
+flags.DEFINE_integer("num_intermediate", None, "Intermediate columns (default: config.sample).")
+flags.DEFINE_integer("seed", 0, "Sampling seed.")
+flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+flags.DEFINE_enum("mask", None, ["right_half", "left_half", "centre_square", "random_pixels"],
+                  "Known pixels for --mode=inpaint (default: config.sample.mask).")
+flags.DEFINE_float("denoise_sigma", None, "Observation noise for --mode=denoise, in model "
+                   "units (default: config.sample.denoise_sigma, 1 as the reference).")
+flags.DEFINE_integer("superres_factor", 4, "Downsampling factor for --mode=superres.")
+flags.DEFINE_float("superres_noise", 0.1, "Observation noise for --mode=superres (model units).")
+flags.DEFINE_bool("skip_first_step", None, "Stop at x_0 like the reference sampler "
+                  "(default: config.sample.skip_first_step).")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from dpm_jax import checkpoints, data, diffusion, plotting, sampling  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.INFO)
+  checkpoints.quiet_orbax_logs()
+  try:
+    run = checkpoints.load_run(FLAGS.workdir, FLAGS.step)
+  except checkpoints.CheckpointError as e:
+    raise app.UsageError(str(e))
+  cfg = run.config
+  model = diffusion.make_model(cfg.model)
+  n = FLAGS.num_images
+  true = None
+  if FLAGS.mode != "sample":
+    test = data.load_dataset(cfg.data).test
+    if len(test) < n:
+      raise app.UsageError(f"--num_images={n} exceeds the {len(test)} test images.")
+    true = test[np.random.default_rng(FLAGS.seed).permutation(len(test))[:n]]
+  record_t = (sampling.default_record_t(cfg.model.trajectory_length,
+                                        FLAGS.num_intermediate or cfg.sample.num_intermediate)
+              if FLAGS.intermediate else ())
+  skip = cfg.sample.skip_first_step if FLAGS.skip_first_step is None else FLAGS.skip_first_step
+  out = sampling.generate(
+      model, run.params, run.stats, FLAGS.mode, jax.random.key(FLAGS.seed), num_images=n,
+      true_images=true, mask_kind=FLAGS.mask or cfg.sample.mask,
+      denoise_sigma=FLAGS.denoise_sigma if FLAGS.denoise_sigma is not None else cfg.sample.denoise_sigma,
+      superres_factor=FLAGS.superres_factor, superres_noise=FLAGS.superres_noise,
+      record_t=record_t, skip_first_step=skip)
+  path = FLAGS.output or os.path.join(FLAGS.workdir, "samples", f"{FLAGS.mode}.png")
+  columns, labels = [], []
+  if FLAGS.mode != "sample":
+    columns += [out["true"], out["observed"]]
+    labels += ["original", "observed"]
+  if record_t:
+    columns += list(out["states"])
+    labels += [sampling.label_of_t(t) for t in record_t]
+  elif FLAGS.mode != "sample":
+    columns.append(out["samples"])
+    labels.append(FLAGS.mode)
+  if columns:
+    plotting.save_trajectory_grid(np.stack(columns), labels, path)
+  else:
+    plotting.save_image_grid(out["samples"], path)
+  np.savez_compressed(os.path.splitext(path)[0] + ".npz",
+                      **{k: np.asarray(v) for k, v in out.items()})
+  print(f"{FLAGS.mode}: {n} images from step {run.step} -> {path} (+ .npz)")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,102 @@
+"""Test-set bounds (one t, all t, stratified), unit conversion, Parzen windows."""
+
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import tiny_model_config
+from dpm_jax import data as data_lib, diffusion, evaluate
+
+
+@pytest.fixture(scope="module")
+def setup():
+  cfg = tiny_model_config(trajectory_length=20, t_sampling="per_example")
+  model = diffusion.make_model(cfg)
+  params = diffusion.init_params(model, jax.random.key(0))
+  # Larger weights than at initialisation, so the KL varies with t and image.
+  params = jax.tree.map(lambda x: x * 3.0, params)
+  images = np.random.default_rng(0).integers(0, 256, (60, 8, 8, 1), dtype=np.uint8)
+  stats = data_lib.compute_stats(images)
+  return model, params, images, stats
+
+
+def test_all_t_bound_equals_the_mean_of_single_t_estimates(setup):
+  model, params, images, stats = setup
+  exact = evaluate.bound_all_t(model, params, images, stats, jax.random.key(1), batch_size=25)
+  assert exact["per_image"].shape == (60,) and exact["kl_per_t"].shape == (19,)
+  assert np.all(exact["kl_per_t"] > 0)
+  # The training loss is a one-t estimate of the same bound: average many.
+  loss_fn = jax.jit(diffusion.make_loss_fn(model, uniform_noise=stats.uniform_noise, train=False))
+  x = data_lib.to_model_units(images, stats)
+  draws = np.asarray([loss_fn(params, x, jax.random.key(100 + i))[0] for i in range(300)])
+  mean, stderr = draws.mean(), draws.std(ddof=1) / math.sqrt(draws.size)
+  # Both carry Monte Carlo noise over the forward noise; the all-t one is over 60 images.
+  tol = 4 * math.hypot(stderr, exact["neg_K_minus_L_null_stderr"])
+  assert abs(mean - exact["neg_K_minus_L_null_bits_per_pixel"]) < tol, (mean, exact)
+
+
+def test_all_t_curve_sums_to_the_bound(setup):
+  model, params, images, stats = setup
+  exact = evaluate.bound_all_t(model, params, images, stats, jax.random.key(2), batch_size=60)
+  beta = model.apply(params, method=diffusion.DiffusionModel.beta_arr)
+  h_start, h_end, _ = diffusion.bound_terms(beta)
+  from_curve = (exact["kl_per_t"].sum() + h_start - h_end) / math.log(2)
+  np.testing.assert_allclose(from_curve, exact["neg_K_minus_L_null_bits_per_pixel"], rtol=1e-4)
+
+
+def test_stratified_and_one_t_estimates_agree_with_all_t(setup):
+  model, params, images, stats = setup
+  exact = evaluate.bound_all_t(model, params, images, stats, jax.random.key(3))
+  strat = evaluate.bound_stratified(model, params, images, stats, jax.random.key(4), num_strata=5)
+  one_t = evaluate.bound_one_t(model, params, images, stats, jax.random.key(5), num_batches=200,
+                               batch_size=20)
+  for est in (strat, one_t):
+    tol = 4 * math.hypot(est["neg_K_minus_L_null_stderr"], exact["neg_K_minus_L_null_stderr"])
+    assert abs(est["neg_K_minus_L_null_bits_per_pixel"]
+               - exact["neg_K_minus_L_null_bits_per_pixel"]) < tol
+  # Stratification removes variance over t: compare with one random t per image.
+  single = evaluate.bound_stratified(model, params, images, stats, jax.random.key(4), num_strata=1)
+  assert strat["neg_K_minus_L_null_stderr"] < single["neg_K_minus_L_null_stderr"]
+  with pytest.raises(ValueError, match="exceeds the 19 time steps"):
+    evaluate.bound_stratified(model, params, images, stats, jax.random.key(4), num_strata=25)
+
+
+def test_bits_per_dim_conversion():
+  stats = data_lib.DataStats(scale=3.0, shift=-1.0, uniform_noise=3.0 / 255)
+  # cost 0: the data is as likely as under N(0, 1) in model units.
+  expected = (0.5 * math.log(2 * math.pi * math.e) + math.log(255 / 3.0)) / math.log(2)
+  assert evaluate.nll_bits_per_dim(0.0, stats, 1) == pytest.approx(expected)
+  # Summed over colours in the cost, per dimension in the NLL.
+  assert evaluate.nll_bits_per_dim(-3.0, stats, 3) == pytest.approx(expected - 1.0)
+
+
+def test_parzen_single_sample_is_a_gaussian_density():
+  s = np.array([[0.2, -0.4, 1.0]])
+  x = np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+  sigma = 0.7
+  expected = (-np.sum((x - s) ** 2, axis=1) / (2 * sigma**2) - 1.5 * math.log(2 * math.pi * sigma**2))
+  np.testing.assert_allclose(evaluate.parzen_log_likelihood(s, x, sigma), expected, rtol=1e-5)
+
+
+def test_parzen_of_gaussian_samples_tends_to_the_convolved_gaussian():
+  rng = np.random.default_rng(0)
+  d, tau, sigma = 2, 1.0, 0.3
+  samples = tau * rng.normal(size=(100000, d))
+  x = rng.normal(size=(2000, d))
+  var = tau**2 + sigma**2
+  exact = -np.sum(x**2, axis=1) / (2 * var) - 0.5 * d * math.log(2 * math.pi * var)
+  est = evaluate.parzen_log_likelihood(samples, x, sigma)
+  assert abs(est.mean() - exact.mean()) < 0.01
+  assert np.median(np.abs(est - exact)) < 0.02  # tails are sparse in samples
+
+
+def test_parzen_window_selection_prefers_the_right_width():
+  rng = np.random.default_rng(1)
+  samples = rng.normal(size=(3000, 2))
+  validation, test = rng.normal(size=(500, 2)), rng.normal(size=(500, 2))
+  result = evaluate.parzen_select_and_score(samples, validation, test, sigmas=[0.01, 0.3, 10.0])
+  assert result["sigma"] == 0.3
+  assert result["test_bits"] == pytest.approx(result["test_nats"] / math.log(2))
+  assert result["test_nats_stderr"] > 0
