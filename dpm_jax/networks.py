@@ -57,8 +57,10 @@ class MultiScaleConvolution(nn.Module):
       bias = self.param(f"bias_scale{scale}", nn.initializers.zeros,
                         (self.num_filters,), jnp.float32)
       x_down = ops.mean_pool(x, 2**scale)
-      y = ops.conv2d_same(x_down, kernel.astype(x.dtype), self.conv_impl)
-      y = ops.leaky_relu(y + bias.astype(x.dtype))
+      # Convolution, bias and LeakyReLU as one op: on CPU one chunked pass
+      # that keeps only the layer's input and output for the backward pass.
+      y = ops.conv2d_same_bias_leaky_relu(x_down, kernel.astype(x.dtype),
+                                          bias.astype(x.dtype), self.conv_impl)
       acc = y if acc is None else acc + y
       if scale > 0:
         acc = ops.upsample_nearest(acc, 2)
