@@ -12,8 +12,9 @@ Conventions: images NHWC; t an integer (or fractional) time step in
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -175,8 +176,12 @@ class DiffusionModel(nn.Module):
   def get_mu_sigma(self, x_t, t, deterministic: bool = True):
     """Mean and standard deviation of the reverse step at t."""
     cfg = self.config
-    z = self.network(x_t, deterministic)
-    mu_coeff, beta_coeff = schedule.temporal_readout(z, t, self.basis, cfg.n_colors)
+    # The readout at t is folded into the network's last layer (see
+    # schedule.folded_readout): the same values as reading out network_output.
+    weights = schedule.readout_weights(t, jnp.asarray(self.basis, x_t.dtype))
+    fold = functools.partial(schedule.folded_readout, weights=weights, n_colors=cfg.n_colors)
+    coeffs = self.network(x_t, deterministic, fold)
+    mu_coeff, beta_coeff = coeffs[..., 0], coeffs[..., 1]
     beta_t = schedule.at_t(self.beta_arr(x_t.dtype), t)
     return reverse_kernel(x_t, mu_coeff, beta_coeff, beta_t,
                           cfg.trajectory_length, cfg.beta_link)
@@ -199,13 +204,59 @@ def sample_t(rng, trajectory_length: int, shape=()):
   return jax.random.randint(rng, shape, 1, trajectory_length)
 
 
+class Draws(NamedTuple):
+  """The random draws of one t-sample of the bound (see make_loss_fn)."""
+  t: jax.Array        # scalar, or (B,) with one t per example
+  noise: jax.Array    # N(0, 1), shape of the images
+  uniform: jax.Array  # U(0, 1), shape of the images (dequantisation)
+  dropout: jax.Array  # PRNG key for dropout
+
+
+def _loss_parts(model: DiffusionModel, uniform_noise: float, train: bool):
+  """draw(rng, images) -> Draws and loss_from_draws(params, images, draws) -> (loss, aux)."""
+  cfg = model.config
+  T = cfg.trajectory_length
+  multiplier = kl_multiplier(cfg)
+  per_example = cfg.t_sampling == "per_example"
+  deterministic = not train or cfg.dropout_rate == 0.0
+
+  def draw(rng, images) -> Draws:
+    rng_t, rng_noise, rng_unif, rng_drop = jax.random.split(rng, 4)
+    t = sample_t(rng_t, T, images.shape[:1] if per_example else ())
+    return Draws(t, jax.random.normal(rng_noise, images.shape, images.dtype),
+                 jax.random.uniform(rng_unif, images.shape, images.dtype), rng_drop)
+
+  def loss_from_draws(params, images, d: Draws):
+    t = d.t.astype(images.dtype)
+    beta_arr = model.apply(params, images.dtype, method=DiffusionModel.beta_arr)
+    x_t, mu_q, sigma_q, _ = forward_diffusion_sample(
+        images, t, beta_arr, noise=d.noise, uniform=d.uniform, uniform_noise=uniform_noise)
+    mu, sigma = model.apply(params, x_t, t, deterministic, method=DiffusionModel.get_mu_sigma,
+                            rngs=None if deterministic else {"dropout": d.dropout})
+    kl = normal_kl(mu_q, sigma_q, mu, sigma)
+    loss = bound_bits(kl, beta_arr, multiplier=multiplier, n_colors=cfg.n_colors)
+    return loss, {"kl_nats": jnp.mean(kl), "t_mean": jnp.mean(d.t.astype(jnp.float32))}
+
+  return draw, loss_from_draws
+
+
+def _t_keys(rng, n_t: int):
+  # One t per minibatch uses the key as given; several split it.
+  return [rng] if n_t == 1 else list(jax.random.split(rng, n_t))
+
+
+def _mean(results):
+  return jax.tree.map(lambda *xs: sum(xs) / len(xs), *results)
+
+
 def make_loss_fn(model: DiffusionModel, *, uniform_noise: float = 0.0,
                  train: bool = True) -> Callable:
   """Builds loss_fn(params, images, rng) -> (loss, metrics).
 
   The loss is the bound -(K - L_null) in bits per pixel for one random t per
   minibatch (or per example, model.t_sampling), averaged over
-  n_t_per_minibatch draws. All randomness comes from splitting `rng`.
+  n_t_per_minibatch draws, as the reference code. All randomness comes from
+  splitting `rng`.
 
   Args:
     model: the DiffusionModel.
@@ -215,41 +266,60 @@ def make_loss_fn(model: DiffusionModel, *, uniform_noise: float = 0.0,
   Returns:
     A pure, jittable function of (params, images, rng).
   """
-  cfg = model.config
-  T = cfg.trajectory_length
-  multiplier = kl_multiplier(cfg)
-  per_example = cfg.t_sampling == "per_example"
-  deterministic = not train or cfg.dropout_rate == 0.0
-
-  def loss_one_t(params, images, rng):
-    rng_t, rng_noise, rng_unif, rng_drop = jax.random.split(rng, 4)
-    t = sample_t(rng_t, T, images.shape[:1] if per_example else ())
-    noise = jax.random.normal(rng_noise, images.shape, images.dtype)
-    unif = jax.random.uniform(rng_unif, images.shape, images.dtype)
-    beta_arr = model.apply(params, images.dtype, method=DiffusionModel.beta_arr)
-    x_t, mu_q, sigma_q, _ = forward_diffusion_sample(
-        images, t.astype(images.dtype), beta_arr, noise=noise, uniform=unif,
-        uniform_noise=uniform_noise)
-    mu, sigma = model.apply(params, x_t, t.astype(images.dtype), deterministic,
-                            method=DiffusionModel.get_mu_sigma,
-                            rngs=None if deterministic else {"dropout": rng_drop})
-    kl = normal_kl(mu_q, sigma_q, mu, sigma)
-    loss = bound_bits(kl, beta_arr, multiplier=multiplier, n_colors=cfg.n_colors)
-    return loss, {"kl_nats": jnp.mean(kl), "t": jnp.mean(t.astype(jnp.float32))}
+  draw, loss_from_draws = _loss_parts(model, uniform_noise, train)
 
   def loss_fn(params, images, rng):
-    # As the reference code: the mean of n_t_per_minibatch one-t estimates.
-    keys = [rng] if cfg.n_t_per_minibatch == 1 else jax.random.split(
-        rng, cfg.n_t_per_minibatch)
-    results = [loss_one_t(params, images, key) for key in keys]
-    n = len(results)
-    loss = sum(r[0] for r in results) / n
-    metrics = {"loss": loss,
-               "kl_nats": sum(r[1]["kl_nats"] for r in results) / n,
-               "t_mean": sum(r[1]["t"] for r in results) / n}
-    return loss, metrics
+    results = [loss_from_draws(params, images, draw(key, images))
+               for key in _t_keys(rng, model.config.n_t_per_minibatch)]
+    loss, aux = _mean(results)
+    return loss, {"loss": loss, **aux}
 
   return loss_fn
+
+
+def make_loss_and_grad_fn(model: DiffusionModel, *, uniform_noise: float = 0.0,
+                          train: bool = True, micro_batch_size: int = 0) -> Callable:
+  """fn(params, images, rng) -> ((loss, metrics), grads) of make_loss_fn's loss.
+
+  With micro_batch_size > 0 the gradient is accumulated over micro-batches in
+  a lax.scan, every micro-batch using its slice of the same draws (the same
+  t), so the result equals the whole-batch gradient up to float summation
+  order; only the memory of one micro-batch is live at a time, which is
+  faster on CPUs. Dropout masks are drawn per micro-batch.
+  """
+  loss_fn = make_loss_fn(model, uniform_noise=uniform_noise, train=train)
+  if not micro_batch_size:
+    return jax.value_and_grad(loss_fn, has_aux=True)
+  draw, loss_from_draws = _loss_parts(model, uniform_noise, train)
+  grad_fn = jax.value_and_grad(loss_from_draws, has_aux=True)
+  per_example = model.config.t_sampling == "per_example"
+  m = micro_batch_size
+
+  def one_draw(params, images, d: Draws):
+    b = images.shape[0]
+    if b % m:
+      raise ValueError(f"micro_batch_size={m} does not divide the batch of {b}.")
+
+    def micro(i):
+      take = lambda a: jax.lax.dynamic_slice_in_dim(a, i * m, m)
+      return take(images), Draws(take(d.t) if per_example else d.t, take(d.noise),
+                                 take(d.uniform), jax.random.fold_in(d.dropout, i))
+
+    def body(acc, i):
+      return jax.tree.map(jnp.add, acc, grad_fn(params, *micro(i))), None
+
+    zero = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
+                        jax.eval_shape(lambda: grad_fn(params, *micro(0))))
+    total, _ = jax.lax.scan(body, zero, jnp.arange(b // m))
+    return jax.tree.map(lambda a: a / (b // m), total)
+
+  def loss_and_grad(params, images, rng):
+    results = [one_draw(params, images, draw(key, images))
+               for key in _t_keys(rng, model.config.n_t_per_minibatch)]
+    (loss, aux), grads = _mean(results)
+    return (loss, {"loss": loss, **aux}), grads
+
+  return loss_and_grad
 
 
 def get_norms(params, grads=None):

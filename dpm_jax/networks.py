@@ -85,6 +85,25 @@ class MultiLayerConvolution(nn.Module):
     return x
 
 
+class Dense(nn.Module):
+  """A dense layer with nn.Dense's parameters (kernel, bias).
+
+  `fold`, if given, replaces the product: fold(x, kernel, bias) -> output.
+  The model uses it to fold the temporal readout, a linear map of the last
+  layer's outputs, into that layer's kernel (see DiffusionModel.get_mu_sigma).
+  """
+  features: int
+
+  @nn.compact
+  def __call__(self, x, fold=None):
+    kernel = self.param("kernel", dense_init, (x.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    kernel, bias = kernel.astype(x.dtype), bias.astype(x.dtype)
+    if fold is not None:
+      return fold(x, kernel, bias)
+    return x @ kernel + bias
+
+
 class MLP(nn.Module):
   """Dense layers with LeakyReLU(0.05) between them, orthogonal init, zero biases.
 
@@ -95,11 +114,12 @@ class MLP(nn.Module):
   dropout_rate: float = 0.0
 
   @nn.compact
-  def __call__(self, x, deterministic: bool = True):
+  def __call__(self, x, deterministic: bool = True, fold_final=None):
+    last = len(self.features) - 1
     for i, width in enumerate(self.features):
       x = _dropout(x, self.dropout_rate, deterministic)
-      x = nn.Dense(width, kernel_init=dense_init, name=f"dense{i}")(x)
-      if i < len(self.features) - 1 or self.activate_final:
+      x = Dense(width, name=f"dense{i}")(x, fold_final if i == last else None)
+      if i < last or self.activate_final:
         x = ops.leaky_relu(x)
     return x
 
@@ -117,8 +137,11 @@ class MLPConvDense(nn.Module):
     return cfg.n_hidden_dense_lower > 0 and config_lib.n_dense_lower_layers(cfg) > 0
 
   @nn.compact
-  def __call__(self, x, deterministic: bool = True):
-    """Maps (B, W, W, n_colors) to (B, W, W, n_colors * 2 * n_temporal_basis)."""
+  def __call__(self, x, deterministic: bool = True, fold_final=None):
+    """Maps (B, W, W, n_colors) to (B, W, W, n_colors * 2 * n_temporal_basis).
+
+    With fold_final, the last layer computes fold_final(h, kernel, bias) instead.
+    """
     cfg = self.config
     b, h, w, _ = x.shape
     y = MultiLayerConvolution(
@@ -137,7 +160,7 @@ class MLPConvDense(nn.Module):
     n_output = cfg.n_colors * cfg.n_temporal_basis * 2
     return MLP([cfg.n_hidden_dense_upper] * (cfg.n_layers_dense_upper - 1) + [n_output],
                dropout_rate=cfg.dropout_rate,
-               name="mlp_dense_upper")(y, deterministic)
+               name="mlp_dense_upper")(y, deterministic, fold_final)
 
 
 def _dropout(x, rate: float, deterministic: bool):

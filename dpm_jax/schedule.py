@@ -119,6 +119,41 @@ def alpha_cum(beta_arr) -> jax.Array:
   return jnp.cumprod(1.0 - beta_arr)
 
 
+def readout_weights(t, basis) -> jax.Array:
+  """The temporal basis read at t: (J,) for a scalar t, (B, J) for one t per example."""
+  basis = jnp.asarray(basis)
+  return t_weights(t, basis.shape[1]).astype(basis.dtype) @ basis.T
+
+
+def folded_readout(h, kernel, bias, weights, n_colors: int):
+  """The last layer and the temporal readout in one: (h @ kernel + bias) read at t.
+
+  The readout is linear in the last layer's outputs, so it can be applied to
+  that layer's kernel and bias first: one matmul with n_colors * 2 outputs
+  instead of n_colors * 2 * J. Equal to temporal_readout(h @ kernel + bias).
+
+  Args:
+    h: the last hidden layer, (B, H, W, K).
+    kernel, bias: the last layer's parameters, (K, n_colors * 2 * J), (n_colors * 2 * J,).
+    weights: readout_weights(t, basis), (J,) or (B, J).
+    n_colors: colour channels.
+
+  Returns:
+    (B, H, W, n_colors, 2): mu_coeff at [..., 0], beta_coeff at [..., 1].
+  """
+  n_basis = weights.shape[-1]
+  weights = weights.astype(h.dtype)
+  k = kernel.reshape(kernel.shape[0], n_colors, 2, n_basis)
+  b = bias.reshape(n_colors, 2, n_basis)
+  if weights.ndim == 1:
+    out = h @ (k @ weights).reshape(-1, n_colors * 2) + (b @ weights).reshape(n_colors * 2)
+  else:
+    k_eff = jnp.einsum("kcmj,bj->bkcm", k, weights).reshape(weights.shape[0], -1, n_colors * 2)
+    b_eff = jnp.einsum("cmj,bj->bcm", b, weights).reshape(weights.shape[0], 1, 1, n_colors * 2)
+    out = jnp.einsum("bxyk,bko->bxyo", h, k_eff) + b_eff
+  return out.reshape(h.shape[:-1] + (n_colors, 2))
+
+
 def temporal_readout(z, t, basis, n_colors: int):
   """Reads the network's per-pixel basis coefficients out at time step t.
 
@@ -131,9 +166,8 @@ def temporal_readout(z, t, basis, n_colors: int):
   Returns:
     (mu_coeff, beta_coeff), each (B, H, W, n_colors).
   """
-  n_basis, trajectory_length = basis.shape
-  basis = jnp.asarray(basis, z.dtype)
-  coeff_weights = t_weights(t, trajectory_length).astype(z.dtype) @ basis.T  # (..., J)
+  n_basis = basis.shape[0]
+  coeff_weights = readout_weights(t, jnp.asarray(basis, z.dtype))  # (..., J)
   z = z.reshape(z.shape[:3] + (n_colors, 2, n_basis))
   if coeff_weights.ndim == 1:
     concat = z @ coeff_weights

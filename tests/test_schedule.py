@@ -84,3 +84,18 @@ def test_temporal_readout_layout_and_per_example_t():
 def test_logit_inverts_sigmoid():
   u = jnp.asarray([1e-4, 0.3, 0.5, 0.9])
   np.testing.assert_allclose(1 / (1 + jnp.exp(-schedule.logit(u))), u, rtol=1e-5)
+
+
+def test_folded_readout_equals_reading_out_the_last_layer():
+  rng = np.random.default_rng(1)
+  basis = schedule.temporal_basis(30, 5)
+  n_colors, k = 3, 7
+  h = jnp.asarray(rng.normal(size=(2, 4, 4, k)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(k, n_colors * 2 * 5)), jnp.float32)
+  bias = jnp.asarray(rng.normal(size=(n_colors * 2 * 5,)), jnp.float32)
+  for t in (jnp.asarray(11.0), jnp.asarray([3.0, 26.5])):
+    mu, beta = schedule.temporal_readout(h @ kernel + bias, t, basis, n_colors)
+    w = schedule.readout_weights(t, jnp.asarray(basis, jnp.float32))
+    folded = schedule.folded_readout(h, kernel, bias, w, n_colors)
+    np.testing.assert_allclose(folded[..., 0], mu, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(folded[..., 1], beta, rtol=1e-5, atol=1e-5)
