@@ -31,6 +31,7 @@ from dpm_jax import config as config_lib
 from dpm_jax import data as data_lib
 from dpm_jax import diffusion
 from dpm_jax import evaluate as evaluate_lib
+from dpm_jax import ops
 from dpm_jax import plotting
 
 # The reference code decays the learning rate by 10x per 1000 epochs, once an epoch.
@@ -123,13 +124,18 @@ def nonfinite_last(state: TrainState) -> jax.Array:
   return state.opt_state[0].last
 
 
-def make_train_step(loss_fn: Callable, stats: data_lib.DataStats) -> Callable:
-  """train_step(state, batch_uint8, base_key) -> (state, step_metrics)."""
+def make_train_step(loss_and_grad_fn: Callable, stats: data_lib.DataStats) -> Callable:
+  """train_step(state, batch_uint8, base_key) -> (state, step_metrics).
+
+  Args:
+    loss_and_grad_fn: diffusion.make_loss_and_grad_fn(...).
+    stats: the data's scale and shift (uint8 batches are scaled in the step).
+  """
 
   def train_step(state: TrainState, batch, base_key):
     rng = jax.random.fold_in(base_key, state.step)
     images = data_lib.to_model_units(batch, stats)
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, images, rng)
+    (loss, aux), grads = loss_and_grad_fn(state.params, images, rng)
     new_state = state.apply_gradients(grads=grads)
     finite = jnp.isfinite(loss)
     new_state = new_state.replace(
@@ -141,6 +147,29 @@ def make_train_step(loss_fn: Callable, stats: data_lib.DataStats) -> Callable:
     return new_state, metrics
 
   return train_step
+
+
+CPU_MICRO_BATCH = 64
+
+
+def resolve_micro_batch_size(requested: int, batch_size: int, num_devices: int,
+                             conv_impl: str = "auto") -> int:
+  """train.micro_batch_size: -1 picks 64 for the CPU convolutions on one device, else 0.
+
+  0 computes the gradient of the whole batch at once; a positive value
+  accumulates it over micro-batches of that size (the same draws, so the
+  same gradient up to float rounding). Micro-batches keep the CPU
+  formulation's buffers small; XLA's own convolution gains nothing from them.
+  """
+  if requested == -1:
+    fits = batch_size > CPU_MICRO_BATCH and batch_size % CPU_MICRO_BATCH == 0
+    cpu_convs = ops.resolve_conv_impl(conv_impl) == "matmul"
+    return CPU_MICRO_BATCH if cpu_convs and num_devices == 1 and fits else 0
+  if requested < 0 or (requested and batch_size % (requested * num_devices)):
+    raise config_lib.ConfigError(
+        f"train.micro_batch_size={requested} must be -1 (auto), 0 (off) or divide the "
+        f"per-device batch {batch_size // num_devices}.")
+  return requested
 
 
 # ----------------------------------------------------------------------------
@@ -378,8 +407,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: Optional[str]
           "dataset": dataset.name}
 
   state = par.put_replicated(state)
-  loss_fn = diffusion.make_loss_fn(model, uniform_noise=stats.uniform_noise, train=True)
-  train_step = jax.jit(make_train_step(loss_fn, stats), donate_argnums=(0,),
+  micro_batch = resolve_micro_batch_size(config.train.micro_batch_size, batch_size,
+                                         par.num_devices, config.model.conv_impl)
+  loss_and_grad = diffusion.make_loss_and_grad_fn(
+      model, uniform_noise=stats.uniform_noise, train=True, micro_batch_size=micro_batch)
+  train_step = jax.jit(make_train_step(loss_and_grad, stats), donate_argnums=(0,),
                        in_shardings=(par.replicated, par.batch_sharding, par.replicated),
                        out_shardings=(par.replicated, par.replicated))
   lr_schedule = learning_rate_schedule(config.train, steps_per_epoch)
@@ -390,9 +422,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: Optional[str]
 
   logging.info(
       "Training %s on %s: %d train / %d test images, batch %d on %d device(s) "
-      "(%d process(es)), %d steps per epoch, steps %d..%d, %d parameters, workdir %s",
+      "(%d process(es)), gradients over micro-batches of %s, %d steps per epoch, "
+      "steps %d..%d, %d parameters, workdir %s",
       model.__class__.__name__, dataset.name, n_train, len(dataset.test), batch_size,
-      par.num_devices, jax.process_count(), steps_per_epoch, start, num_steps,
+      par.num_devices, jax.process_count(), micro_batch or batch_size, steps_per_epoch,
+      start, num_steps,
       diffusion.count_params(state.params), workdir)
 
   stop = _SigtermFlag()

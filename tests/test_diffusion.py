@@ -211,3 +211,20 @@ def test_get_norms_matches_the_seed_definition():
   assert norms["norm/b"] == pytest.approx(2.0 / 4)
   assert norms["grad_norm/a/w"] == pytest.approx(10.0 / 2)
   assert set(diffusion.get_norms(params)) == {"norm/a/w", "norm/b"}
+
+
+@pytest.mark.parametrize("t_sampling,n_t", [("per_minibatch", 1), ("per_example", 2)])
+def test_micro_batched_gradient_equals_whole_batch_gradient(t_sampling, n_t):
+  model = diffusion.make_model(tiny_model_config(t_sampling=t_sampling, n_t_per_minibatch=n_t))
+  params = diffusion.init_params(model, jax.random.key(0))
+  x = jax.random.normal(jax.random.key(1), (8, 8, 8, 1))
+  whole = jax.jit(diffusion.make_loss_and_grad_fn(model, uniform_noise=0.1))
+  micro = jax.jit(diffusion.make_loss_and_grad_fn(model, uniform_noise=0.1, micro_batch_size=2))
+  (l1, m1), g1 = whole(params, x, jax.random.key(2))
+  (l2, m2), g2 = micro(params, x, jax.random.key(2))
+  np.testing.assert_allclose(l1, l2, rtol=1e-5)
+  np.testing.assert_allclose(m1["t_mean"], m2["t_mean"], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+  with pytest.raises(ValueError, match="does not divide"):
+    diffusion.make_loss_and_grad_fn(model, micro_batch_size=3)(params, x, jax.random.key(2))

@@ -325,3 +325,23 @@ def test_entry_points_on_tfds_mock_data(tmp_path, entry, config, extra):
   assert [r["step"] for r in records] == [1, 2, 3]
   assert "eval/loss" in records[-1]
   assert json.load(open(tmp_path / "config.json"))["data"]["source"] == "tfds"
+
+
+def test_micro_batch_resolution():
+  assert train.resolve_micro_batch_size(-1, 512, 1, "matmul") == 64
+  assert train.resolve_micro_batch_size(-1, 512, 1, "xla") == 0
+  assert train.resolve_micro_batch_size(-1, 512, 2, "matmul") == 0
+  assert train.resolve_micro_batch_size(-1, 32, 1, "matmul") == 0
+  assert train.resolve_micro_batch_size(128, 512, 2) == 128
+  with pytest.raises(train.config_lib.ConfigError, match="must be -1 \\(auto\\), 0 \\(off\\) or divide"):
+    train.resolve_micro_batch_size(100, 512, 1)
+
+
+def test_training_with_micro_batches_matches_whole_batches(tmp_path):
+  ds = small_dataset()
+  states = []
+  for micro in (0, 8):
+    config = tiny_config(num_steps=4, micro_batch_size=micro)
+    states.append(train.train_and_evaluate(config, str(tmp_path / str(micro)), dataset=ds))
+  for a, b in zip(jax.tree.leaves(states[0].params), jax.tree.leaves(states[1].params)):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
