@@ -1,0 +1,313 @@
+"""Speed of the JAX model, side by side with the seed's PyTorch model, in one process.
+
+  python -m benchmarks.run            # MNIST and CIFAR-10 models, writes benchmarks/results.json
+  python -m benchmarks.run --quick    # a smoke run in seconds (small batches, T = 50)
+
+For each model it measures, after compilation: train-step images/s (median of
+several steps), compile time, sampling images/s over the full reverse
+trajectory, evaluation images/s (the forward bound, one t per batch), XLA's
+FLOPs per train step and the fraction of this machine's measured matmul
+peak, and memory (XLA's buffer sizes, the process's peak RSS). The seed's
+PyTorch model (benchmarks/seed_torch.py) runs the same work when torch is
+installed; otherwise it is skipped with a note. Ratios are JAX / PyTorch
+images/s from the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dpm_jax import config as config_lib
+from dpm_jax import data as data_lib
+from dpm_jax import diffusion
+from dpm_jax import ops
+from dpm_jax import sampling
+from dpm_jax import train
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+STATS = data_lib.DataStats(scale=3.25, shift=-0.42, uniform_noise=3.25 / 255)
+
+
+def _median_time(fn, repeats: int) -> float:
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def peak_rss_mib() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+  """float32 matmul throughput of this backend (the denominator of the peak fraction)."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  f(a).block_until_ready()
+  return 2 * n**3 / _median_time(lambda: f(a).block_until_ready(), repeats) / 1e9
+
+
+def model_config(name: str, quick: bool, conv_impl: str = "auto"):
+  cfg = config_lib.get_model_config(name)
+  cfg.conv_impl = conv_impl
+  if quick:
+    cfg.trajectory_length = 50
+  return cfg
+
+
+def bench_jax_train(cfg, batch: int, steps: int) -> dict:
+  """The training step of train.py (loss, gradients, RMSprop) on random uint8 images."""
+  model = diffusion.make_model(cfg)
+  params = diffusion.init_params(model, jax.random.key(0))
+  tx = train.make_optimizer(_train_config(), steps_per_epoch=1000)
+  state = train.create_train_state(model, params, tx)
+  micro = train.resolve_micro_batch_size(-1, batch, 1, cfg.conv_impl)
+  loss_and_grad = diffusion.make_loss_and_grad_fn(model, uniform_noise=STATS.uniform_noise,
+                                                  micro_batch_size=micro)
+  step_fn = jax.jit(train.make_train_step(loss_and_grad, STATS), donate_argnums=(0,))
+  images = np.random.default_rng(0).integers(
+      0, 256, (batch, cfg.spatial_width, cfg.spatial_width, cfg.n_colors), dtype=np.uint8)
+  images = jax.device_put(images)
+  key = jax.random.key(1)
+  start = time.perf_counter()
+  compiled = step_fn.lower(state, images, key).compile()
+  compile_s = time.perf_counter() - start
+  flops = model_flops_per_step(cfg, batch)
+  mem = compiled.memory_analysis()
+  for _ in range(2):  # warm up
+    state, metrics = compiled(state, images, key)
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    state, metrics = compiled(state, images, key)
+    jax.block_until_ready((state, metrics))
+    times.append(time.perf_counter() - t0)
+  step_s = statistics.median(times)
+  out = {"images_per_sec": batch / step_s, "step_ms": step_s * 1e3, "compile_s": compile_s,
+         "micro_batch_size": micro,
+         "flops_per_step": flops, "achieved_gflops": flops / step_s / 1e9}
+  if mem is not None:
+    out["xla_temp_mib"] = mem.temp_size_in_bytes / 2**20
+    out["xla_argument_mib"] = mem.argument_size_in_bytes / 2**20
+  return out
+
+
+def model_flops_per_step(cfg, batch: int) -> float:
+  """The train step's arithmetic, from XLA's cost analysis of the lax.conv formulation.
+
+  The CPU formulation runs its convolutions in loops over chunks, which the
+  cost analysis counts once, so the plain formulation of the same step is
+  what is analysed; both compute the same function.
+  """
+  cfg = config_lib.ml_collections.ConfigDict(cfg.to_dict())
+  cfg.conv_impl = "xla"
+  model = diffusion.make_model(cfg)
+  params = jax.eval_shape(lambda: diffusion.init_params(model, jax.random.key(0)))
+  tx = train.make_optimizer(_train_config(), steps_per_epoch=1000)
+  state = jax.eval_shape(lambda p: train.create_train_state(model, p, tx), params)
+  loss_fn = diffusion.make_loss_and_grad_fn(model, uniform_noise=STATS.uniform_noise)
+  images = jax.ShapeDtypeStruct((batch, cfg.spatial_width, cfg.spatial_width, cfg.n_colors), jnp.uint8)
+  lowered = jax.jit(train.make_train_step(loss_fn, STATS)).lower(state, images, jax.random.key(0))
+  cost = lowered.compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", float("nan"))) if cost else float("nan")
+
+
+def _train_config():
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  return ml_collections.ConfigDict(dict(learning_rate=1e-3, min_learning_rate=1e-4,
+                                        rmsprop_decay=0.9, rmsprop_eps=1e-10))
+
+
+def bench_jax_sample(cfg, num_images: int) -> dict:
+  """The full reverse trajectory (T - 1 learned steps and the fixed one) as one scan."""
+  model = diffusion.make_model(cfg)
+  params = diffusion.init_params(model, jax.random.key(0))
+  sample = sampling.make_sampler(model, num_images=num_images)
+  start = time.perf_counter()
+  sample(params, jax.random.key(0)).block_until_ready()
+  first = time.perf_counter() - start
+  seconds = _median_time(lambda: sample(params, jax.random.key(1)).block_until_ready(), 2)
+  return {"images_per_sec": num_images / seconds, "seconds": seconds,
+          "compile_and_first_s": first, "trajectory_length": cfg.trajectory_length}
+
+
+def bench_jax_eval(cfg, batch: int, repeats: int) -> dict:
+  """The test-set bound's forward pass (one t per batch), no gradients."""
+  model = diffusion.make_model(cfg)
+  params = diffusion.init_params(model, jax.random.key(0))
+  loss_fn = diffusion.make_loss_fn(model, uniform_noise=STATS.uniform_noise, train=False)
+  f = jax.jit(lambda p, x, k: loss_fn(p, data_lib.to_model_units(x, STATS), k)[0])
+  images = jnp.asarray(np.random.default_rng(0).integers(
+      0, 256, (batch, cfg.spatial_width, cfg.spatial_width, cfg.n_colors), dtype=np.uint8))
+  f(params, images, jax.random.key(0)).block_until_ready()
+  seconds = _median_time(lambda: f(params, images, jax.random.key(0)).block_until_ready(), repeats)
+  return {"images_per_sec": batch / seconds}
+
+
+def bench_torch(name: str, cfg, batch: int, steps: int, num_images: int) -> dict:
+  """The seed's PyTorch model: train step (RMSprop) and the sampling loop."""
+  import torch  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.dirname(HERE))
+  from benchmarks import seed_torch  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  torch.set_num_threads(os.cpu_count() or 1)
+  kwargs = {k: cfg[k] for k in (
+      "trajectory_length", "n_temporal_basis", "n_hidden_dense_lower", "n_hidden_dense_lower_output",
+      "n_hidden_dense_upper", "n_hidden_conv", "n_layers_conv", "n_layers_dense_lower",
+      "n_layers_dense_upper", "n_t_per_minibatch", "n_scales", "step1_beta")}
+  model = seed_torch.DiffusionModel(cfg.spatial_width, cfg.n_colors,
+                                    uniform_noise=STATS.uniform_noise, **kwargs)
+  opt = torch.optim.RMSprop(model.parameters(), lr=1e-3, alpha=0.9, eps=1e-10)
+  x = torch.randn(batch, cfg.n_colors, cfg.spatial_width, cfg.spatial_width)
+
+  def step():
+    opt.zero_grad()
+    loss = model.cost(x)
+    loss.backward()
+    opt.step()
+
+  for _ in range(2):
+    step()
+  step_s = _median_time(step, steps)
+  out = {"train_images_per_sec": batch / step_s, "step_ms": step_s * 1e3,
+         "torch_version": torch.__version__, "threads": torch.get_num_threads()}
+
+  xs = torch.randn(num_images, cfg.n_colors, cfg.spatial_width, cfg.spatial_width)
+  T = cfg.trajectory_length
+  with torch.no_grad():
+    start = time.perf_counter()
+    for t in range(T - 1, 0, -1):
+      mu, sigma = model.get_mu_sigma(xs, torch.tensor([[float(t)]]))
+      xs = mu + sigma * torch.randn_like(xs)
+    seconds = time.perf_counter() - start
+  out.update(sample_images_per_sec=num_images / seconds, sample_seconds=seconds)
+  del name
+  return out
+
+
+def machine_info() -> dict:
+  cpu = platform.processor()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          cpu = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  dev = jax.devices()[0]
+  return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+          "jax": jax.__version__, "backend": jax.default_backend(),
+          "device": getattr(dev, "device_kind", str(dev)), "device_count": jax.device_count()}
+
+
+def markdown_table(results: dict) -> str:
+  rows = ["| model | implementation | train img/s | step ms | compile s | GFLOP/step | % matmul peak "
+          "| sample img/s (T steps) | eval img/s |",
+          "|---|---|---|---|---|---|---|---|---|"]
+  for name, r in results["models"].items():
+    for impl, j in r["jax"].items():
+      tr = j["train"]
+      rows.append(
+          f"| {name} | JAX ({impl} conv) | {tr['images_per_sec']:.0f} | {tr['step_ms']:.0f} | "
+          f"{tr['compile_s']:.1f} | {tr['flops_per_step'] / 1e9:.1f} | "
+          f"{100 * tr['achieved_gflops'] / results['matmul_peak_gflops']:.0f}% | "
+          f"{j['sample']['images_per_sec']:.2f} ({j['sample']['trajectory_length']}) | "
+          f"{j['eval']['images_per_sec']:.0f} |")
+    t = r.get("torch")
+    if t and "train_images_per_sec" in t:
+      rows.append(f"| {name} | PyTorch seed (eager, {t['threads']} threads) | "
+                  f"{t['train_images_per_sec']:.0f} | {t['step_ms']:.0f} | - | - | - | "
+                  f"{t['sample_images_per_sec']:.2f} | - |")
+  lines = ["\n".join(rows), ""]
+  for key in ("train_speedup_vs_torch", "sample_speedup_vs_torch"):
+    if results.get(key) is not None:
+      lines.append(f"- {key}: {results[key]:.2f}")
+  return "\n".join(lines)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--quick", action="store_true", help="small batches, T = 50, few repeats")
+  parser.add_argument("--models", default="mnist,cifar10")
+  parser.add_argument("--impls", default="auto,xla",
+                      help="JAX convolution formulations to time ('auto' resolves per backend)")
+  parser.add_argument("--no_torch", action="store_true", help="skip the PyTorch seed model")
+  parser.add_argument("--output", default=os.path.join(HERE, "results.json"))
+  args = parser.parse_args(argv)
+
+  quick = args.quick
+  setups = {"mnist": dict(batch=512, sample=64), "cifar10": dict(batch=200, sample=16)}
+  if quick:
+    setups = {"mnist": dict(batch=32, sample=8), "cifar10": dict(batch=8, sample=2)}
+  steps = 3 if quick else 7
+  impls = [i.strip() for i in args.impls.split(",") if i.strip()]
+  results = {"machine": machine_info(), "quick": quick, "command": " ".join(["python -m benchmarks.run"] + (argv if argv is not None else sys.argv[1:])),
+             "matmul_peak_gflops": matmul_peak_gflops(512 if quick else 2048), "models": {}}
+  print(f"machine: {results['machine']}\nmatmul peak: {results['matmul_peak_gflops']:.0f} GFLOP/s",
+        flush=True)
+  for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+    s = setups[name]
+    entry = {"batch_size": s["batch"], "sample_images": s["sample"], "jax": {}}
+    for impl in impls:
+      cfg = model_config(name, quick, impl)
+      label = f"{impl}->{ops.resolve_conv_impl(impl)}" if impl == "auto" else impl
+      print(f"[{name}] JAX {label}: train step, batch {s['batch']} ...", flush=True)
+      j = {"train": bench_jax_train(cfg, s["batch"], steps)}
+      print(f"[{name}] JAX {label}: sampling {s['sample']} images, T={cfg.trajectory_length} ...", flush=True)
+      j["sample"] = bench_jax_sample(cfg, s["sample"])
+      j["eval"] = bench_jax_eval(cfg, s["batch"], steps)
+      j["peak_rss_mib"] = peak_rss_mib()
+      entry["jax"][label] = j
+      print(f"  train {j['train']['images_per_sec']:.0f} img/s, sample {j['sample']['images_per_sec']:.2f} img/s, "
+            f"eval {j['eval']['images_per_sec']:.0f} img/s", flush=True)
+    if args.no_torch:
+      entry["torch"] = {"skipped": "--no_torch"}
+    else:
+      try:
+        import torch  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+      except ImportError:
+        entry["torch"] = {"skipped": "torch is not installed (pip install torch==2.13.0 to compare)"}
+        print(f"[{name}] PyTorch seed model skipped: torch is not installed", flush=True)
+      else:
+        print(f"[{name}] PyTorch seed model ...", flush=True)
+        entry["torch"] = bench_torch(name, model_config(name, quick), s["batch"], steps, s["sample"])
+        t = entry["torch"]
+        print(f"  train {t['train_images_per_sec']:.0f} img/s, sample {t['sample_images_per_sec']:.2f} img/s",
+              flush=True)
+    results["models"][name] = entry
+
+  mnist = results["models"].get("mnist")
+  results["train_speedup_vs_torch"] = results["sample_speedup_vs_torch"] = None
+  if mnist and "train_images_per_sec" in mnist.get("torch", {}):
+    best = mnist["jax"][next(iter(mnist["jax"]))]
+    results["train_speedup_vs_torch"] = (best["train"]["images_per_sec"]
+                                         / mnist["torch"]["train_images_per_sec"])
+    results["sample_speedup_vs_torch"] = (best["sample"]["images_per_sec"]
+                                          / mnist["torch"]["sample_images_per_sec"])
+  table = markdown_table(results)
+  results["markdown"] = table
+  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+  with open(args.output, "w") as f:
+    json.dump(results, f, indent=2)
+  print("\n" + table + f"\n\nwrote {args.output}")
+  return results
+
+
+if __name__ == "__main__":
+  main()
