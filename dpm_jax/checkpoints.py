@@ -129,13 +129,18 @@ def config_from_dict(d: dict) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(d)
 
 
+# Fields that may change between a run and its resumption: where the data
+# lives, and how (not what) the network computes.
+RESUMABLE_FIELDS = ("model.conv_impl", "data.dir", "data.tfds_data_dir", "data.download")
+
+
 def diff_sections(saved: dict, current: dict, sections=("model", "data")) -> list:
   """Fields of the given sections that differ between two configs (as dicts)."""
   diffs = []
   for section in sections:
     a, b = saved.get(section, {}), current.get(section, {})
     for key in sorted(set(a) | set(b)):
-      if a.get(key) != b.get(key):
+      if f"{section}.{key}" not in RESUMABLE_FIELDS and a.get(key) != b.get(key):
         diffs.append(f"{section}.{key}: checkpoint {a.get(key)!r} vs now {b.get(key)!r}")
   return diffs
 

@@ -14,10 +14,9 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 from absl import logging
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections

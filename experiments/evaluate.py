@@ -13,7 +13,6 @@ import time
 
 from absl import app
 from absl import flags
-from absl import logging
 
 flags.DEFINE_string("workdir", None, "Run directory made by the training entry point.", required=True)
 flags.DEFINE_enum("method", "all_t", ["all_t", "stratified", "one_t"],
@@ -35,16 +34,11 @@ def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from dpm_jax import checkpoints, data, diffusion, evaluate, plotting, sampling  # pylint: disable=g-import-not-at-top
-  logging.set_verbosity(logging.INFO)
-  checkpoints.quiet_orbax_logs()
-  try:
-    run = checkpoints.load_run(FLAGS.workdir, FLAGS.step)
-  except checkpoints.CheckpointError as e:
-    raise app.UsageError(str(e))
+  from dpm_jax import data, evaluate, plotting, sampling  # pylint: disable=g-import-not-at-top
+  from experiments import launch  # pylint: disable=g-import-not-at-top
+  run, model = launch.open_run(FLAGS.workdir, FLAGS.step)
   cfg = run.config
-  model = diffusion.make_model(cfg.model)
-  dataset = data.load_dataset(cfg.data)
+  dataset = launch.load_data(cfg.data)
   test = dataset.test[:FLAGS.num_images] if FLAGS.num_images else dataset.test
   key = jax.random.key(FLAGS.seed)
   start = time.time()

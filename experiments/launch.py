@@ -1,4 +1,5 @@
-"""Shared absl main for the training entry points (experiments/mnist.py, cifar10.py)."""
+"""Shared pieces of the entry points: the training main (experiments/mnist.py,
+cifar10.py) and the loading of a run directory (experiments/sample.py, evaluate.py)."""
 
 import sys
 
@@ -40,3 +41,24 @@ def main(argv) -> None:
 def run(default_config: str) -> None:
   define_flags(default_config)
   app.run(main)
+
+
+def open_run(workdir: str, step=None):
+  """(run, model) of a run directory, or a usage error that says what is wrong."""
+  from dpm_jax import checkpoints, diffusion  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.INFO)
+  checkpoints.quiet_orbax_logs()
+  try:
+    run = checkpoints.load_run(workdir, step)
+  except checkpoints.CheckpointError as e:
+    raise app.UsageError(str(e))
+  return run, diffusion.make_model(run.config.model)
+
+
+def load_data(data_config):
+  """The run's data set, or a usage error naming the problem and the offline options."""
+  from dpm_jax import data  # pylint: disable=g-import-not-at-top
+  try:
+    return data.load_dataset(data_config)
+  except data.DataError as e:
+    raise app.UsageError(str(e))

@@ -11,7 +11,6 @@ import os
 
 from absl import app
 from absl import flags
-from absl import logging
 
 flags.DEFINE_string("workdir", None, "Run directory made by the training entry point.", required=True)
 flags.DEFINE_enum("mode", "sample", ["sample", "inpaint", "denoise", "superres"], "What to generate.")
@@ -36,19 +35,14 @@ def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from dpm_jax import checkpoints, data, diffusion, plotting, sampling  # pylint: disable=g-import-not-at-top
-  logging.set_verbosity(logging.INFO)
-  checkpoints.quiet_orbax_logs()
-  try:
-    run = checkpoints.load_run(FLAGS.workdir, FLAGS.step)
-  except checkpoints.CheckpointError as e:
-    raise app.UsageError(str(e))
+  from dpm_jax import plotting, sampling  # pylint: disable=g-import-not-at-top
+  from experiments import launch  # pylint: disable=g-import-not-at-top
+  run, model = launch.open_run(FLAGS.workdir, FLAGS.step)
   cfg = run.config
-  model = diffusion.make_model(cfg.model)
   n = FLAGS.num_images
   true = None
   if FLAGS.mode != "sample":
-    test = data.load_dataset(cfg.data).test
+    test = launch.load_data(cfg.data).test
     if len(test) < n:
       raise app.UsageError(f"--num_images={n} exceeds the {len(test)} test images.")
     true = test[np.random.default_rng(FLAGS.seed).permutation(len(test))[:n]]

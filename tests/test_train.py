@@ -345,3 +345,12 @@ def test_training_with_micro_batches_matches_whole_batches(tmp_path):
     states.append(train.train_and_evaluate(config, str(tmp_path / str(micro)), dataset=ds))
   for a, b in zip(jax.tree.leaves(states[0].params), jax.tree.leaves(states[1].params)):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_config_diff_ignores_where_the_data_lives():
+  saved = {"model": {"n_scales": 1, "conv_impl": "matmul"}, "data": {"dir": "/a", "dataset": "mnist"}}
+  now = {"model": {"n_scales": 1, "conv_impl": "xla"}, "data": {"dir": "/b", "dataset": "mnist"}}
+  assert checkpoints.diff_sections(saved, now) == []
+  now["data"]["dataset"] = "fashion_mnist"
+  assert checkpoints.diff_sections(saved, now) == [
+      "data.dataset: checkpoint 'mnist' vs now 'fashion_mnist'"]
