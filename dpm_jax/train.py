@@ -330,8 +330,20 @@ def validate_config(config) -> None:
   if config.data.source not in data_lib.SOURCES:
     raise config_lib.ConfigError(
         f"data.source must be one of {data_lib.SOURCES}, got {config.data.source!r}.")
-  if config.eval.num_batches < 2:
+  ev = config.eval
+  if ev.method not in ("stratified", "one_t"):
+    raise config_lib.ConfigError(
+        f"eval.method must be 'stratified' or 'one_t', got {ev.method!r}.")
+  if ev.method == "one_t" and ev.num_batches < 2:
     raise config_lib.ConfigError("eval.num_batches must be >= 2 for a standard error.")
+  T = config.model.trajectory_length
+  if ev.method == "stratified" and not 1 <= ev.num_strata <= T - 1:
+    raise config_lib.ConfigError(
+        f"eval.num_strata must be in 1..{T - 1} (trajectory_length - 1), got {ev.num_strata}.")
+  if ev.num_images < 0 or ev.batch_size < 1:
+    raise config_lib.ConfigError(
+        f"eval.num_images must be >= 0 (0: all) and eval.batch_size >= 1, got "
+        f"{ev.num_images} and {ev.batch_size}.")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: Optional[str] = None,

@@ -59,7 +59,7 @@ def test_stratified_and_one_t_estimates_agree_with_all_t(setup):
   # Stratification removes variance over t: compare with one random t per image.
   single = evaluate.bound_stratified(model, params, images, stats, jax.random.key(4), num_strata=1)
   assert strat["neg_K_minus_L_null_stderr"] < single["neg_K_minus_L_null_stderr"]
-  with pytest.raises(ValueError, match="exceeds the 19 time steps"):
+  with pytest.raises(ValueError, match=r"num_strata=25 must be in 1..19"):
     evaluate.bound_stratified(model, params, images, stats, jax.random.key(4), num_strata=25)
 
 
@@ -100,3 +100,28 @@ def test_parzen_window_selection_prefers_the_right_width():
   assert result["sigma"] == 0.3
   assert result["test_bits"] == pytest.approx(result["test_nats"] / math.log(2))
   assert result["test_nats_stderr"] > 0
+
+
+def test_training_evaluator_is_the_stratified_bound_on_a_fixed_subset(setup):
+  import ml_collections
+  from dpm_jax import train
+  model, params, images, stats = setup
+  cfg = ml_collections.ConfigDict(dict(method="stratified", num_strata=4, num_images=45,
+                                       batch_size=20, num_batches=2, seed=3))
+  key = jax.random.key(7)
+  ev = evaluate.make_test_evaluator(model, stats, images, cfg, train.DataParallel(), key=key)
+  got = ev(params)
+  # Whole batches only: 45 images -> 40, taken in the evaluator's fixed order.
+  subset = images[np.random.default_rng(3).permutation(60)[:40]]
+  want = evaluate.bound_stratified(model, params, subset, stats, key, num_strata=4, batch_size=20)
+  assert got["eval/num_images"] == 40
+  np.testing.assert_allclose(got["eval/loss"], want["neg_K_minus_L_null_bits_per_pixel"], rtol=1e-5)
+  np.testing.assert_allclose(got["eval/loss_stderr"], want["neg_K_minus_L_null_stderr"], rtol=1e-4)
+  assert ev(params) == got  # the same images and keys at every evaluation
+
+  cfg.method = "one_t"
+  res = evaluate.make_test_evaluator(model, stats, images, cfg, train.DataParallel(), key=key)(params)
+  assert res["eval/num_batches"] == 2 and np.isfinite(res["eval/loss"])
+  cfg.method = "all"
+  with pytest.raises(ValueError, match="eval.method"):
+    evaluate.make_test_evaluator(model, stats, images, cfg, train.DataParallel(), key=key)

@@ -257,6 +257,18 @@ def test_bad_train_config(field, value, message):
     train.validate_config(config)
 
 
+@pytest.mark.parametrize("field,value,message", [
+    ("method", "all", "eval.method must be 'stratified' or 'one_t'"),
+    ("num_strata", 50, r"eval.num_strata must be in 1..49"),
+    ("num_images", -1, "eval.num_images must be >= 0"),
+])
+def test_bad_eval_config(field, value, message):
+  config = tiny_config()
+  config.eval[field] = value
+  with pytest.raises(train.config_lib.ConfigError, match=message):
+    train.validate_config(config)
+
+
 def test_image_shape_mismatch(tmp_path):
   config = tiny_config()
   config.model.spatial_width = 32

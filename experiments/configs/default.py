@@ -52,8 +52,14 @@ def get_config() -> ml_collections.ConfigDict:
   train.max_nonfinite_steps = 20  # stop after this many non-finite losses in a row
 
   config.eval = ev = ml_collections.ConfigDict()
-  ev.batch_size = 512
-  ev.num_batches = 20             # one random t per batch, as the reference code
+  # 'stratified': num_strata random t per test image, the standard error
+  # across images; 'one_t': num_batches batches with one random t each, as the
+  # reference code (heavy-tailed in t: typically optimistic, see evaluate.py).
+  ev.method = "stratified"
+  ev.num_strata = 20
+  ev.num_images = 1000            # test images per evaluation (0: all)
+  ev.batch_size = 500
+  ev.num_batches = 20             # for method='one_t'
   ev.seed = 0
 
   config.sample = sample = ml_collections.ConfigDict()

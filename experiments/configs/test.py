@@ -22,4 +22,6 @@ def get_config():
   config.train.checkpoint_every_steps = 10
   config.eval.batch_size = 32
   config.eval.num_batches = 3
+  config.eval.num_strata = 5
+  config.eval.num_images = 64
   return config
