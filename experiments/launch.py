@@ -1,6 +1,7 @@
 """Shared pieces of the entry points: the training main (experiments/mnist.py,
 cifar10.py) and the loading of a run directory (experiments/sample.py, evaluate.py)."""
 
+import logging as std_logging
 import sys
 
 from absl import app
@@ -19,13 +20,20 @@ def define_flags(default_config: str) -> None:
                                   lock_config=True)
 
 
+def _quiet_logs() -> None:
+  """INFO logging, without Orbax's per-save lines or JAX's probe for absent TPUs."""
+  from dpm_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.INFO)
+  checkpoints.quiet_orbax_logs()
+  std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   # Imported here so that --help stays fast.
   from dpm_jax import checkpoints, config as config_lib, data, train  # pylint: disable=g-import-not-at-top
-  logging.set_verbosity(logging.INFO)
-  checkpoints.quiet_orbax_logs()
+  _quiet_logs()
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except train.TrainingInterrupted as e:
@@ -46,8 +54,7 @@ def run(default_config: str) -> None:
 def open_run(workdir: str, step=None):
   """(run, model) of a run directory, or a usage error that says what is wrong."""
   from dpm_jax import checkpoints, diffusion  # pylint: disable=g-import-not-at-top
-  logging.set_verbosity(logging.INFO)
-  checkpoints.quiet_orbax_logs()
+  _quiet_logs()
   try:
     run = checkpoints.load_run(workdir, step)
   except checkpoints.CheckpointError as e:
