@@ -396,13 +396,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: Optional[str]
   start = checkpoints.latest_step(manager)
   config_dict = json.loads(checkpoints.config_to_json(config))
   if start is not None:
-    saved_state, meta = checkpoints.restore(manager, start, jax.tree.map(np.asarray, state))
-    diffs = checkpoints.diff_sections(meta["config"], config_dict)
-    if diffs:
-      raise checkpoints.CheckpointError(
-          f"The checkpoint in {checkpoints.checkpoint_dir(workdir)} was made with a "
-          "different model or data config:\n  " + "\n  ".join(diffs) +
-          "\nUse the original config, or a new --workdir for the new one.")
+    try:
+      saved_state, meta = checkpoints.restore(manager, start, jax.tree.map(np.asarray, state))
+      diffs = checkpoints.diff_sections(meta["config"], config_dict)
+      if diffs:
+        raise checkpoints.CheckpointError(
+            f"The checkpoint in {checkpoints.checkpoint_dir(workdir)} was made with a "
+            "different model or data config:\n  " + "\n  ".join(diffs) +
+            "\nUse the original config, or a new --workdir for the new one.")
+    except BaseException:
+      manager.close()
+      raise
     state = saved_state
     stats = data_lib.DataStats.from_dict(meta["data_stats"])
     logging.info("Resumed from step %d in %s", start, workdir)
