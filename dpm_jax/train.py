@@ -559,8 +559,9 @@ def _make_periodic_sampler(model, stats, config, workdir, key):
   def write(params, step):
     images = sample(params, key)
     os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-    plotting.save_image_grid(data_lib.to_pixels(images, stats),
-                             os.path.join(workdir, "samples", f"step_{step:08d}.png"))
+    path = os.path.join(workdir, "samples", f"step_{step:08d}.png")
+    plotting.save_image_grid(data_lib.to_pixels(images, stats), path)
+    logging.info("step %d: %d samples -> %s", step, len(images), path)
   return write
 
 

@@ -11,4 +11,5 @@ def get_config():
   config.data.dataset = "cifar10"
   config.train.batch_size = 200
   config.eval.batch_size = 200
+  config.train.sample_num_images = 16
   return config

@@ -47,7 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
   train.eval_every_steps = 1000
   train.checkpoint_every_steps = 500
   train.keep_checkpoints = 3
-  train.sample_every_steps = 0    # > 0: write a sample grid to workdir/samples
+  train.sample_every_steps = 1000  # and at the last step; 0: off (grids in workdir/samples)
   train.sample_num_images = 36
   train.max_nonfinite_steps = 20  # stop after this many non-finite losses in a row
 

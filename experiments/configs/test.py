@@ -21,6 +21,7 @@ def get_config():
   config.train.eval_every_steps = 10
   config.train.checkpoint_every_steps = 10
   config.eval.batch_size = 32
+  config.train.sample_every_steps = 0
   config.eval.num_batches = 3
   config.eval.num_strata = 5
   config.eval.num_images = 64
