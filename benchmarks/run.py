@@ -88,16 +88,15 @@ def bench_jax_train(cfg, batch: int, steps: int) -> dict:
   compile_s = time.perf_counter() - start
   flops = model_flops_per_step(cfg, batch)
   mem = compiled.memory_analysis()
-  for _ in range(2):  # warm up
-    state, metrics = compiled(state, images, key)
-  jax.block_until_ready(state)
-  times = []
-  for _ in range(steps):
-    t0 = time.perf_counter()
+
+  def step():
+    nonlocal state
     state, metrics = compiled(state, images, key)
     jax.block_until_ready((state, metrics))
-    times.append(time.perf_counter() - t0)
-  step_s = statistics.median(times)
+
+  for _ in range(2):  # warm up
+    step()
+  step_s = _median_time(step, steps)
   out = {"images_per_sec": batch / step_s, "step_ms": step_s * 1e3, "compile_s": compile_s,
          "micro_batch_size": micro,
          "flops_per_step": flops, "achieved_gflops": flops / step_s / 1e9}

@@ -103,18 +103,20 @@ def make_test_evaluator(model: DiffusionModel, stats: data_lib.DataStats, test: 
   """
   n_colors = model.config.n_colors
   batch_size = _eval_batch_size(eval_config.batch_size, len(test), par.num_devices)
-  method = eval_config.get("method", "one_t")
+  method = eval_config.method
+
+  def record(values, extra):
+    mean, stderr = _mean_stderr(values)
+    return {"eval/loss": mean, "eval/loss_stderr": stderr,
+            "eval/nll_bpd": float(nll_bits_per_dim(mean, stats, n_colors)),
+            "eval/nll_bpd_stderr": stderr / n_colors, **extra}
 
   if method == "one_t":
     losses_fn = _one_t_losses(model, stats, test, batch_size, seed=eval_config.seed)
 
     def evaluate(params):
       losses = losses_fn(params, eval_config.num_batches, key, par.put_batch)
-      mean, stderr = _mean_stderr(losses)
-      return {"eval/loss": mean, "eval/loss_stderr": stderr,
-              "eval/nll_bpd": float(nll_bits_per_dim(mean, stats, n_colors)),
-              "eval/nll_bpd_stderr": stderr / n_colors,
-              "eval/num_batches": len(losses)}
+      return record(losses, {"eval/num_batches": len(losses)})
 
     return evaluate
 
@@ -125,19 +127,11 @@ def make_test_evaluator(model: DiffusionModel, stats: data_lib.DataStats, test: 
   n = max(batch_size, n - n % batch_size)
   order = np.random.default_rng(eval_config.seed).permutation(len(test))
   images = test[np.take(order, np.arange(n), mode="wrap")]
-  per_batch = _stratified_fn(model, stats, eval_config.num_strata)
-  beta_fn = jax.jit(lambda p: model.apply(p, jnp.float32, method=DiffusionModel.beta_arr))
+  stratified_bits = _stratified_bits_fn(model, stats, eval_config.num_strata)
 
   def evaluate(params):
-    totals = [per_batch(params, par.put_batch(images[s:s + batch_size]), jax.random.fold_in(key, b))
-              for b, s in enumerate(range(0, n, batch_size))]
-    kl_sum = jnp.asarray(np.concatenate([np.asarray(jax.device_get(t)) for t in totals]))
-    bits = np.asarray(_bound_from_kl_sum(kl_sum, beta_fn(params), n_colors))
-    mean, stderr = _mean_stderr(bits)
-    return {"eval/loss": mean, "eval/loss_stderr": stderr,
-            "eval/nll_bpd": float(nll_bits_per_dim(mean, stats, n_colors)),
-            "eval/nll_bpd_stderr": stderr / n_colors,
-            "eval/num_images": n}
+    bits = stratified_bits(params, images, key, batch_size, par.put_batch)
+    return record(bits, {"eval/num_images": n})
 
   return evaluate
 
@@ -223,8 +217,13 @@ def bound_all_t(model: DiffusionModel, params, images: np.ndarray, stats: data_l
       "per_image": bits, "kl_per_t": kl_curve / len(images), "t": np.arange(1, T)})
 
 
-def _stratified_fn(model: DiffusionModel, stats: data_lib.DataStats, num_strata: int):
-  """Jitted fn(params, uint8 batch, key) -> per-image sum_k n_k KL_{t_k} (nats per dim)."""
+def _stratified_bits_fn(model: DiffusionModel, stats: data_lib.DataStats, num_strata: int):
+  """fn(params, uint8 images, key, batch_size, put=None) -> per-image bound (bits/pixel).
+
+  Per image, sum_t KL_t is estimated by sum_k n_k KL_{t_k}, t_k uniform in
+  stratum k of size n_k; batch b uses fold_in(key, b), and `put` (if given)
+  places each batch on the devices.
+  """
   T = model.config.trajectory_length
   edges = np.linspace(1, T, num_strata + 1).round().astype(int)
   if num_strata < 1 or np.any(np.diff(edges) < 1):
@@ -244,7 +243,15 @@ def _stratified_fn(model: DiffusionModel, stats: data_lib.DataStats, num_strata:
     total, _ = jax.lax.scan(body, jnp.zeros(n), jnp.arange(num_strata))
     return total
 
-  return per_batch
+  def bits(params, images, key, batch_size, put=None):
+    put = put or (lambda batch: batch)
+    totals = [per_batch(params, put(images[s:s + batch_size]), jax.random.fold_in(key, b))
+              for b, s in enumerate(range(0, len(images), batch_size))]
+    kl_sum = np.concatenate([np.asarray(jax.device_get(t)) for t in totals])
+    beta_arr = model.apply(params, jnp.float32, method=DiffusionModel.beta_arr)
+    return np.asarray(_bound_from_kl_sum(jnp.asarray(kl_sum), beta_arr, model.config.n_colors))
+
+  return bits
 
 
 def bound_stratified(model: DiffusionModel, params, images: np.ndarray,
@@ -255,13 +262,9 @@ def bound_stratified(model: DiffusionModel, params, images: np.ndarray,
   sum_t KL_t is estimated per image by sum_k n_k KL_{t_k}, with t_k uniform
   in stratum k of size n_k.
   """
-  cfg = model.config
-  per_batch = _stratified_fn(model, stats, num_strata)
-  beta_arr = model.apply(params, jnp.float32, method=DiffusionModel.beta_arr)
-  totals = [np.asarray(per_batch(params, images[s:s + batch_size], jax.random.fold_in(key, b)))
-            for b, s in enumerate(range(0, len(images), batch_size))]
-  bits = np.asarray(_bound_from_kl_sum(jnp.asarray(np.concatenate(totals)), beta_arr, cfg.n_colors))
-  return _summary(bits, stats, cfg.n_colors, extra={"per_image": bits, "num_strata": num_strata})
+  bits = _stratified_bits_fn(model, stats, num_strata)(params, images, key, batch_size)
+  return _summary(bits, stats, model.config.n_colors,
+                  extra={"per_image": bits, "num_strata": num_strata})
 
 
 def _summary(bits_per_image, stats, n_colors, extra):
