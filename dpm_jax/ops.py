@@ -5,27 +5,28 @@ LeakyReLU), can be computed two ways that give the same function:
 
   'xla'     lax.conv_general_dilated, differentiated by JAX. GPUs and TPUs run
             it best.
-  'matmul'  the CPU formulation. On XLA's CPU backend the convolution's
-            gradients are slow (the weight gradient by far), and large
-            temporaries are costly: an executable's temporaries are one fresh
-            allocation per call, page-faulted in again every time. So the
-            layer is a jax.custom_vjp whose passes run over chunks of a few
-            images in a loop, every intermediate of a chunk staying in cache:
-              forward:  per chunk, the f vertical shifts of x side by side,
-                        one matmul with the (f*C_in, f*C_out) kernel giving
-                        every horizontal tap, the sum of the f horizontally
-                        shifted slices, bias and LeakyReLU;
-              backward: per chunk, the LeakyReLU's derivative from the saved
-                        output (y > 0 iff the pre-activation > 0), the f*f
-                        shifted copies of the output gradient g, and two
-                        matmuls with them: the input gradient (a 'same'
-                        convolution of g with the flipped kernel, channels
-                        swapped) and the weight gradient (x^T times the
-                        copies), accumulated over chunks; the input gradient
-                        overwrites g's buffer chunk by chunk.
+  'matmul'  the CPU formulation. XLA's CPU convolution runs its forward pass
+            well but its gradients slowly (the weight gradient by far), and
+            large temporaries are costly: an executable's temporaries are one
+            fresh allocation per call, page-faulted in again every time. So
+            the layer is a jax.custom_vjp:
+              forward:  XLA's convolution on the whole batch, bias and
+                        LeakyReLU (a plain op, so sharding the batch over
+                        devices splits it, see dpm_jax.parallel);
+              backward: over chunks of a few images in a loop, every
+                        intermediate of a chunk staying in cache: the
+                        LeakyReLU's derivative from the saved output (y > 0
+                        iff the pre-activation > 0), the f*f shifted copies of
+                        the output gradient g, and two matmuls with them: the
+                        input gradient (a 'same' convolution of g with the
+                        flipped kernel, channels swapped) and the weight
+                        gradient (x^T times the copies), accumulated over
+                        chunks; the input gradient overwrites g's buffer chunk
+                        by chunk.
             Only the layer's input and output are kept for the backward pass.
-            A layer with very few input channels (the image layer) runs its
-            forward pass as XLA's convolution on the whole batch.
+            The chunk loop slices the batch, so with several devices the
+            backward pass must see its device's part only: training runs the
+            gradient per device under shard_map (dpm_jax.diffusion).
 
 'auto' picks 'matmul' on CPU and 'xla' elsewhere. Both are float32 in
 float32 out (float64 with x64 enabled); no precision is traded.
@@ -39,20 +40,14 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-# Chunk sizes of the CPU formulation: the images per chunk divide the batch
-# and are as many as keep one chunk's largest intermediate (forward: the
-# output; backward: the f*f shifted copies of the output gradient) within
+# The backward pass's chunks: the images per chunk divide the batch and are
+# as many as keep a chunk's f*f shifted copies of the output gradient within
 # these many elements.
-_FORWARD_CHUNK_ELEMENTS = 800_000
 _BACKWARD_CHUNK_ELEMENTS = 1_200_000
-# Per-chunk kernels of the CPU formulation (see _conv_chunk, _backward_chunk):
-# forward 'xla', 'im2col' or 'taps'; backward 'im2col' or 'taps'. Module-level
-# so that tests can run each.
-_FORWARD_KERNEL = "taps"
+# The backward pass's per-chunk kernel ('im2col' or 'taps', see
+# _backward_chunk) and loop; module-level so that tests can run each.
 _BACKWARD_KERNEL = "im2col"
 _BACKWARD_IN_PLACE = True
-_FORWARD_FORI = True
-_MIN_CHUNKED_CHANNELS = 4
 
 
 def resolve_conv_impl(impl: str) -> str:
@@ -152,29 +147,6 @@ def _shifts(x, offsets, axes):
       axis=-1)
 
 
-def _conv_chunk(x, kernel, how: str):
-  """conv2d_same on one chunk.
-
-  'xla': XLA's convolution. 'im2col': the f*f shifted copies of x side by
-  side, then one matmul with the (f*f*C_in, C_out) kernel. 'taps': the f
-  vertical shifts of x side by side, one matmul with the (f*C_in, f*C_out)
-  kernel giving every horizontal tap's contribution, then the sum of the f
-  horizontally shifted slices of that product.
-  """
-  f, _, c_in, c_out = kernel.shape
-  p = (f - 1) // 2
-  if how == "xla":
-    return _conv_xla(x, kernel)
-  if how == "im2col":
-    patches = _shifts(x, [(i - p, j - p) for i in range(f) for j in range(f)], (1, 2))
-    return patches @ kernel.reshape(f * f * c_in, c_out)
-  if how == "taps":
-    rows = _shifts(x, [(i - p, 0) for i in range(f)], (1,))  # [i, c_in]
-    z = rows @ kernel.transpose(0, 2, 1, 3).reshape(f * c_in, f * c_out)  # [j, c_out]
-    return _sum_tap_slices(z, f, c_out, sign=1)
-  raise ValueError(f"unknown conv kernel {how!r}")
-
-
 def _sum_tap_slices(z, f: int, c: int, sign: int):
   """sum_j z[b, h, w + sign * (j - p), j, :] with z's last axis read as (f, c)."""
   if f == 1:
@@ -236,50 +208,13 @@ def _chunk_size(batch: int, elements_per_image: int, max_elements: int) -> int:
   return 1
 
 
-def _map_chunks(fn, chunk: int, *arrays):
-  """fn over batch chunks of the arrays in a lax.scan; outputs re-joined."""
-  b = arrays[0].shape[0]
-  if chunk >= b:
-    return fn(*arrays)
-  n = b // chunk
-  split = tuple(a.reshape((n, chunk) + a.shape[1:]) for a in arrays)
-  _, out = lax.scan(lambda _, xs: (None, fn(*xs)), None, split)
-  return jax.tree.map(lambda o: o.reshape((b,) + o.shape[2:]), out)
-
-
 def _layer_forward(x, kernel, bias, slope):
-  b, h, w, c_in = x.shape
-  f, _, _, c_out = kernel.shape
-  # A layer with few input channels (the image layer) is cheap; XLA's kernel
-  # on the whole batch runs it best.
-  small = c_in < _MIN_CHUNKED_CHANNELS
-  how = "xla" if small else _FORWARD_KERNEL
-
-  def one(xc):
-    y = _conv_chunk(xc, kernel, how)
-    if bias is not None:
-      y = y + bias
-    if slope is not None:
-      y = leaky_relu(y, slope)
-    return y
-
-  chunk = b if small else _chunk_size(b, h * w * f * max(c_in, c_out),
-                                      _FORWARD_CHUNK_ELEMENTS)
-  if chunk >= b or not _FORWARD_FORI:
-    return _map_chunks(one, chunk, x)
-  # The chunks' outputs are written into a buffer that starts as the bias
-  # broadcast: a fill of its own (a shared zero fill would be copied once per
-  # layer).
-  dtype = jnp.result_type(x.dtype, kernel.dtype)
-  fill = (jnp.zeros((c_out,), dtype) if bias is None else bias.astype(dtype))
-  out = jnp.broadcast_to(fill, (b, h, w, c_out))
-
-  def body(i, out):
-    start = i * chunk
-    y = one(lax.dynamic_slice_in_dim(x, start, chunk)).astype(dtype)
-    return lax.dynamic_update_slice_in_dim(out, y, start, 0)
-
-  return lax.fori_loop(0, b // chunk, body, out)
+  y = _conv_xla(x, kernel)
+  if bias is not None:
+    y = y + bias
+  if slope is not None:
+    y = leaky_relu(y, slope)
+  return y
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))

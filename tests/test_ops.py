@@ -1,8 +1,8 @@
 """The convolution formulations against lax.conv_general_dilated, and the pooling ops.
 
-Every CPU formulation (the per-chunk forward kernels 'xla', 'im2col', 'taps',
-the backward kernels 'im2col', 'taps', whole-batch or chunked, dx in place
-or not, the few-input-channel paths) must give XLA's 'SAME' convolution and its gradients.
+Every CPU formulation (the backward kernels 'im2col', 'taps', whole-batch or
+chunked, dx in place or not, the few-input-channel paths) must give XLA's
+'SAME' convolution and its gradients.
 """
 
 import jax
@@ -14,10 +14,8 @@ from jax.test_util import check_grads
 
 from dpm_jax import ops
 
-# Forward and backward kernels are independent code paths; these pairs run
-# each of them (forward: 'xla', 'im2col', 'taps'; backward: 'im2col',
-# 'taps') at least once.
-KERNEL_PAIRS = [("xla", "taps"), ("im2col", "im2col"), ("taps", "im2col")]
+# The backward pass's per-chunk kernels.
+BACKWARD_KERNELS = ["im2col", "taps"]
 # (batch, height, width, c_in, c_out, filter size)
 SHAPES = [
     (1, 5, 5, 1, 1, 1),
@@ -62,17 +60,13 @@ def value_and_grads(fn, x, kernel, bias, cotangent):
 def chunking(request, monkeypatch):
   """'chunked' makes every batch run one image per chunk, in a loop."""
   if request.param == "chunked":
-    monkeypatch.setattr(ops, "_FORWARD_CHUNK_ELEMENTS", 1)
     monkeypatch.setattr(ops, "_BACKWARD_CHUNK_ELEMENTS", 1)
   return request.param
 
 
-def set_kernels(monkeypatch, forward, backward, in_place=True, fori=True, min_channels=4):
-  monkeypatch.setattr(ops, "_FORWARD_KERNEL", forward)
+def set_kernels(monkeypatch, backward, in_place=True):
   monkeypatch.setattr(ops, "_BACKWARD_KERNEL", backward)
   monkeypatch.setattr(ops, "_BACKWARD_IN_PLACE", in_place)
-  monkeypatch.setattr(ops, "_FORWARD_FORI", fori)
-  monkeypatch.setattr(ops, "_MIN_CHUNKED_CHANNELS", min_channels)
 
 
 def assert_all_close(got, want, rtol, atol_scale):
@@ -84,10 +78,10 @@ def assert_all_close(got, want, rtol, atol_scale):
                                atol=atol_scale * max(1.0, np.abs(w).max()), err_msg=name)
 
 
-@pytest.mark.parametrize("forward,backward", KERNEL_PAIRS)
+@pytest.mark.parametrize("backward", BACKWARD_KERNELS)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_fused_layer_matches_xla_float32(shape, forward, backward, chunking, monkeypatch):
-  set_kernels(monkeypatch, forward, backward, min_channels=0)
+def test_fused_layer_matches_xla_float32(shape, backward, chunking, monkeypatch):
+  set_kernels(monkeypatch, backward)
   x, kernel, bias, ct = inputs(shape, jnp.float32)
   got = value_and_grads(
       lambda x, k, b: ops.conv2d_same_bias_leaky_relu(x, k, b, "matmul", 0.05),
@@ -97,10 +91,10 @@ def test_fused_layer_matches_xla_float32(shape, forward, backward, chunking, mon
   assert_all_close(got, want, rtol=1e-5, atol_scale=2e-5)
 
 
-@pytest.mark.parametrize("forward,backward", KERNEL_PAIRS)
+@pytest.mark.parametrize("backward", BACKWARD_KERNELS)
 @pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[4], SHAPES[5]], ids=str)
-def test_conv2d_same_matches_xla_float64(shape, forward, backward, chunking, monkeypatch):
-  set_kernels(monkeypatch, forward, backward, min_channels=0)
+def test_conv2d_same_matches_xla_float64(shape, backward, chunking, monkeypatch):
+  set_kernels(monkeypatch, backward)
   with jax.enable_x64(True):
     x, kernel, bias, ct = inputs(shape, jnp.float64)
     conv = lambda x, k, b: ops.conv2d_same(x, k, "matmul") + 0.0 * b
@@ -115,11 +109,10 @@ def test_conv2d_same_matches_xla_float64(shape, forward, backward, chunking, mon
     assert_all_close(fused, want, rtol=1e-12, atol_scale=1e-12)
 
 
-@pytest.mark.parametrize("in_place,fori", [(False, False), (True, False), (False, True)])
-def test_loop_variants_float64(in_place, fori, monkeypatch):
-  """The scan-stacked outputs and the in-place / fori_loop buffers agree."""
-  set_kernels(monkeypatch, "taps", "im2col", in_place=in_place, fori=fori)
-  monkeypatch.setattr(ops, "_FORWARD_CHUNK_ELEMENTS", 1)
+@pytest.mark.parametrize("in_place", [False, True])
+def test_loop_variants_float64(in_place, monkeypatch):
+  """The backward pass's scan-stacked dx and its in-place fori_loop buffer agree."""
+  set_kernels(monkeypatch, "im2col", in_place=in_place)
   monkeypatch.setattr(ops, "_BACKWARD_CHUNK_ELEMENTS", 1)
   with jax.enable_x64(True):
     for shape in [(4, 6, 6, 5, 5, 3), (3, 5, 7, 2, 6, 3), (2, 6, 5, 6, 3, 5)]:
@@ -147,19 +140,19 @@ def test_default_settings_and_odd_batches(batch):
     assert 12 % c == 0 and c <= chunk
 
 
-def test_image_layer_uses_xla_kernel_whole_batch():
-  """A one-channel input skips the chunk loop in the forward pass."""
-  x, kernel, bias, _ = inputs((8, 6, 6, 1, 4, 3), jnp.float32)
-  jaxpr = jax.make_jaxpr(lambda x: ops.conv2d_same_bias_leaky_relu(x, kernel, bias, "matmul"))(x)
-  text = str(jaxpr)
-  assert "conv_general_dilated" in text and "while" not in text
+def test_forward_pass_is_one_xla_convolution():
+  """The forward pass is XLA's convolution on the whole batch, no chunk loop,
+  so that a batch sharded over devices is split by XLA (dpm_jax.parallel)."""
+  for c_in in (1, 20):
+    x, kernel, bias, _ = inputs((8, 6, 6, c_in, 4, 3), jnp.float32)
+    jaxpr = jax.make_jaxpr(lambda x: ops.conv2d_same_bias_leaky_relu(x, kernel, bias, "matmul"))(x)
+    text = str(jaxpr)
+    assert text.count("conv_general_dilated") == 1 and "while" not in text
 
 
-@pytest.mark.parametrize("forward,backward", [("taps", "im2col"), ("xla", "taps"),
-                                              ("im2col", "im2col")])
-def test_check_grads_custom_vjp_float64(forward, backward, monkeypatch):
-  set_kernels(monkeypatch, forward, backward)
-  monkeypatch.setattr(ops, "_FORWARD_CHUNK_ELEMENTS", 1)
+@pytest.mark.parametrize("backward", BACKWARD_KERNELS)
+def test_check_grads_custom_vjp_float64(backward, monkeypatch):
+  set_kernels(monkeypatch, backward)
   monkeypatch.setattr(ops, "_BACKWARD_CHUNK_ELEMENTS", 1)
   with jax.enable_x64(True):
     x, kernel, bias, _ = inputs((2, 5, 4, 3, 3, 3), jnp.float64, seed=3)
