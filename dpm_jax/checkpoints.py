@@ -104,11 +104,27 @@ def latest_step(manager: ocp.CheckpointManager) -> Optional[int]:
   return manager.latest_step()
 
 
+def _on_first_device(manager: ocp.CheckpointManager, step: int):
+  """The saved state's tree as arrays on this process's first device.
+
+  A checkpoint records the devices its arrays were sharded over; restoring
+  into this target reads it whatever devices this process has.
+  """
+  with ocp.StandardCheckpointer() as checkpointer:
+    meta = checkpointer.metadata(os.path.join(str(manager.directory), str(step), "state"))
+  tree = getattr(meta, "item_metadata", meta)
+  tree = getattr(tree, "tree", tree)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+
+
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state=None):
-  """Restores (state, meta) at `step`; state into the structure of abstract_state if given."""
-  state_args = (ocp.args.StandardRestore(abstract_state) if abstract_state is not None
-                else ocp.args.StandardRestore())
+  """Restores (state, meta) at `step`: state into the structure of abstract_state
+  if given, else as saved, on this process's first device."""
   try:
+    if abstract_state is None:
+      abstract_state = _on_first_device(manager, step)
+    state_args = ocp.args.StandardRestore(abstract_state)
     restored = manager.restore(step, args=ocp.args.Composite(
         state=state_args, meta=ocp.args.JsonRestore()))
   except Exception as err:  # pylint: disable=broad-except
