@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import Mesh, PartitionSpec
 
 from dpm_jax import config as config_lib
 from dpm_jax import networks
@@ -278,25 +279,31 @@ def make_loss_fn(model: DiffusionModel, *, uniform_noise: float = 0.0,
 
 
 def make_loss_and_grad_fn(model: DiffusionModel, *, uniform_noise: float = 0.0,
-                          train: bool = True, micro_batch_size: int = 0) -> Callable:
+                          train: bool = True, micro_batch_size: int = 0,
+                          mesh: Optional[Mesh] = None) -> Callable:
   """fn(params, images, rng) -> ((loss, metrics), grads) of make_loss_fn's loss.
 
   With micro_batch_size > 0 the gradient is accumulated over micro-batches in
   a lax.scan, every micro-batch using its slice of the same draws (the same
   t), so the result equals the whole-batch gradient up to float summation
   order; only the memory of one micro-batch is live at a time, which is
-  faster on CPUs. Dropout masks are drawn per micro-batch.
+  faster on CPUs.
+
+  With a mesh of several devices (axis 'data', dpm_jax.parallel) and the
+  batch sharded over it, each device computes the loss and gradient of its
+  part of the batch (micro-batched as above) under shard_map, from its slice
+  of the same draws, and the parts are averaged: the one-device result up to
+  float summation order. Dropout masks are drawn per device and micro-batch.
   """
-  loss_fn = make_loss_fn(model, uniform_noise=uniform_noise, train=train)
-  if not micro_batch_size:
-    return jax.value_and_grad(loss_fn, has_aux=True)
   draw, loss_from_draws = _loss_parts(model, uniform_noise, train)
   grad_fn = jax.value_and_grad(loss_from_draws, has_aux=True)
   per_example = model.config.t_sampling == "per_example"
   m = micro_batch_size
 
-  def one_draw(params, images, d: Draws):
+  def local(params, images, d: Draws):
     b = images.shape[0]
+    if not m or m == b:
+      return grad_fn(params, images, d)
     if b % m:
       raise ValueError(f"micro_batch_size={m} does not divide the batch of {b}.")
 
@@ -313,8 +320,23 @@ def make_loss_and_grad_fn(model: DiffusionModel, *, uniform_noise: float = 0.0,
     total, _ = jax.lax.scan(body, zero, jnp.arange(b // m))
     return jax.tree.map(lambda a: a / (b // m), total)
 
+  if mesh is not None and mesh.size > 1:
+    axis = mesh.axis_names[0]
+    one_device = local
+
+    def local(params, images, d: Draws):
+      d = d._replace(dropout=jax.random.fold_in(d.dropout, jax.lax.axis_index(axis)))
+      return jax.lax.pmean(one_device(params, images, d), axis)
+
+    batch = PartitionSpec(axis)
+    draws_spec = Draws(batch if per_example else PartitionSpec(), batch, batch, PartitionSpec())
+    # The replicated parameters and the averaged outputs need no varying-axis
+    # tracking: nothing is differentiated through the shard_map.
+    local = jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(), batch, draws_spec),
+                          out_specs=PartitionSpec(), check_vma=False)
+
   def loss_and_grad(params, images, rng):
-    results = [one_draw(params, images, draw(key, images))
+    results = [local(params, images, draw(key, images))
                for key in _t_keys(rng, model.config.n_t_per_minibatch)]
     (loss, aux), grads = _mean(results)
     return (loss, {"loss": loss, **aux}), grads

@@ -24,6 +24,7 @@ import numpy as np
 
 from dpm_jax import data as data_lib
 from dpm_jax import diffusion
+from dpm_jax import parallel
 
 DiffusionModel = diffusion.DiffusionModel
 LN2 = math.log(2.0)
@@ -137,13 +138,15 @@ def make_test_evaluator(model: DiffusionModel, stats: data_lib.DataStats, test: 
 
 
 def bound_one_t(model: DiffusionModel, params, images: np.ndarray, stats: data_lib.DataStats,
-                key, *, num_batches: int = 200, batch_size: int = 100):
+                key, *, num_batches: int = 200, batch_size: int = 100, par=None):
   """The reference code's test-set estimate: many batches, one random t each.
 
-  The standard error is across batches, as the reference code's.
+  The standard error is across batches, as the reference code's. `par`: the
+  devices each batch is split over (default: see _placement).
   """
   batch_size = min(batch_size, len(images))
-  losses = _one_t_losses(model, stats, images, batch_size)(params, num_batches, key)
+  params, put = _placement(params, batch_size, par)
+  losses = _one_t_losses(model, stats, images, batch_size)(params, num_batches, key, put)
   return _summary(losses, stats, model.config.n_colors,
                   extra={"per_batch": losses, "num_batches": num_batches,
                          "num_images": int(min(len(images), num_batches * batch_size))})
@@ -175,8 +178,17 @@ def _bound_from_kl_sum(kl_sum, beta_arr, n_colors):
   return (kl_sum + h_start - h_end) / LN2 * n_colors
 
 
+def _placement(params, batch_size: int, par):
+  """(params, put): the parameters replicated on par's devices (default: the
+  most local devices dividing batch_size) and a function placing a batch
+  split over them (a batch they do not divide stays whole)."""
+  par = par or parallel.DataParallel.for_batch(batch_size)
+  return par.put_replicated(params), (
+      lambda batch: par.put_batch(batch) if len(batch) % par.num_devices == 0 else batch)
+
+
 def bound_all_t(model: DiffusionModel, params, images: np.ndarray, stats: data_lib.DataStats,
-                key, *, batch_size: int = 100):
+                key, *, batch_size: int = 100, par=None):
   """The bound summed over every t = 1 .. T-1 for each image.
 
   Args:
@@ -185,6 +197,7 @@ def bound_all_t(model: DiffusionModel, params, images: np.ndarray, stats: data_l
     stats: the run's data stats.
     key: PRNG key; image i, time step t uses fold_in(fold_in(key, i_batch), t).
     batch_size: images per network call; all T-1 steps run in one scan.
+    par: the devices each batch is split over (default: see _placement).
 
   Returns:
     dict with 'per_image' (N,) bits/pixel, 'kl_per_t' (T-1,) mean KL nats
@@ -194,6 +207,7 @@ def bound_all_t(model: DiffusionModel, params, images: np.ndarray, stats: data_l
   T = cfg.trajectory_length
   beta_arr = model.apply(params, jnp.float32, method=DiffusionModel.beta_arr)
   kl_at_t = make_kl_at_t(model, stats)
+  params, put = _placement(params, batch_size, par)
 
   @jax.jit
   def per_batch(params, batch, bkey):
@@ -208,7 +222,7 @@ def bound_all_t(model: DiffusionModel, params, images: np.ndarray, stats: data_l
   per_image, kl_curve = [], np.zeros(T - 1)
   for b, start in enumerate(range(0, len(images), batch_size)):
     batch = images[start:start + batch_size]
-    total, kl_t = per_batch(params, batch, jax.random.fold_in(key, b))
+    total, kl_t = per_batch(params, put(batch), jax.random.fold_in(key, b))
     per_image.append(np.asarray(total))
     kl_curve += np.asarray(kl_t, np.float64)
   kl_sum = np.concatenate(per_image)
@@ -256,13 +270,15 @@ def _stratified_bits_fn(model: DiffusionModel, stats: data_lib.DataStats, num_st
 
 def bound_stratified(model: DiffusionModel, params, images: np.ndarray,
                      stats: data_lib.DataStats, key, *, num_strata: int = 10,
-                     batch_size: int = 100):
+                     batch_size: int = 100, par=None):
   """A cheaper unbiased estimate: one t in each of num_strata strata of {1..T-1}.
 
   sum_t KL_t is estimated per image by sum_k n_k KL_{t_k}, with t_k uniform
-  in stratum k of size n_k.
+  in stratum k of size n_k. `par`: the devices each batch is split over
+  (default: see _placement).
   """
-  bits = _stratified_bits_fn(model, stats, num_strata)(params, images, key, batch_size)
+  params, put = _placement(params, batch_size, par)
+  bits = _stratified_bits_fn(model, stats, num_strata)(params, images, key, batch_size, put)
   return _summary(bits, stats, model.config.n_colors,
                   extra={"per_image": bits, "num_strata": num_strata})
 

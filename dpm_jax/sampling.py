@@ -27,6 +27,7 @@ import numpy as np
 
 from dpm_jax import diffusion
 from dpm_jax import ops
+from dpm_jax import parallel
 
 DiffusionModel = diffusion.DiffusionModel
 
@@ -63,7 +64,8 @@ def condition_step(mu, sigma, *, mask=None, known=None, y=None, denoise_sigma=No
 
 def make_sampler(model: DiffusionModel, *, num_images: int,
                  skip_first_step: bool = False, record_t: Sequence[int] = (),
-                 log_r: Optional[Callable] = None) -> Callable:
+                 log_r: Optional[Callable] = None,
+                 par: Optional[parallel.DataParallel] = None) -> Callable:
   """Builds a jitted sampler fn(params, key, **conditioning).
 
   Args:
@@ -73,6 +75,9 @@ def make_sampler(model: DiffusionModel, *, num_images: int,
     record_t: time steps whose states x_t to return as well (x_{T-1} is the
       start; use -1 for the final sample, which is also returned on its own).
     log_r: a differentiable log-perturbation for posterior sampling.
+    par: the devices the images are split over (dpm_jax.parallel); default:
+      the most local devices whose count divides num_images. The samples do
+      not depend on it: the noise is drawn for the whole batch.
 
   Returns:
     fn(params, key, *, x_init=None, mask=None, known=None, y=None,
@@ -85,6 +90,9 @@ def make_sampler(model: DiffusionModel, *, num_images: int,
   T = cfg.trajectory_length
   shape = (num_images, cfg.spatial_width, cfg.spatial_width, cfg.n_colors)
   record = jnp.asarray(list(record_t) or [-2], jnp.int32)
+  par = par or parallel.DataParallel.for_batch(num_images)
+  par.check_batch_size(num_images, "num_images")
+  split = par.constrain_batch
 
   def run(params, key, x_init=None, mask=None, known=None, y=None, denoise_sigma=None):
     if y is not None and denoise_sigma is None:
@@ -97,6 +105,7 @@ def make_sampler(model: DiffusionModel, *, num_images: int,
                 jax.random.normal(jax.random.fold_in(key, T), shape, jnp.float32))
     if mask is not None:
       x_init = jnp.where(mask, known, x_init)
+    x_init = split(x_init.astype(jnp.float32))
     beta_arr = model.apply(params, jnp.float32, method=DiffusionModel.beta_arr)
     states = jnp.zeros((record.shape[0],) + shape, jnp.float32)
     states = _record(states, record, T - 1, x_init)
@@ -106,11 +115,11 @@ def make_sampler(model: DiffusionModel, *, num_images: int,
       mu, sigma = model.apply(params, x, t.astype(jnp.float32),
                               method=DiffusionModel.get_mu_sigma)
       mu, sigma = condition_step(mu, sigma, **cond)
-      x = mu + sigma * jax.random.normal(jax.random.fold_in(key, t), shape, jnp.float32)
+      x = split(mu + sigma * jax.random.normal(jax.random.fold_in(key, t), shape, jnp.float32))
       return (x, _record(states, record, t - 1, x)), None
 
     ts = jnp.arange(T - 1, 0, -1, dtype=jnp.int32)
-    (x, states), _ = jax.lax.scan(body, (x_init.astype(jnp.float32), states), ts)
+    (x, states), _ = jax.lax.scan(body, (x_init, states), ts)
     if not skip_first_step:
       mu, sigma = diffusion.reverse_kernel(x, 0.0, 0.0, beta_arr[0], T, cfg.beta_link)
       mu, sigma = condition_step(mu, sigma, **cond)
@@ -121,7 +130,9 @@ def make_sampler(model: DiffusionModel, *, num_images: int,
   jitted = jax.jit(run)
 
   def sampler(params, key, **conditioning):
-    return jitted(params, key, **conditioning)
+    # The parameters, replicated on the sampler's devices (a no-op when they
+    # already are; a copy when training placed them on other devices).
+    return jitted(par.put_replicated(params), key, **conditioning)
 
   return sampler
 

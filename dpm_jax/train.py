@@ -23,7 +23,6 @@ import ml_collections
 import numpy as np
 import optax
 from flax.training import train_state
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from dpm_jax import checkpoints
 from dpm_jax import config as config_lib
@@ -31,6 +30,7 @@ from dpm_jax import data as data_lib
 from dpm_jax import diffusion
 from dpm_jax import evaluate as evaluate_lib
 from dpm_jax import ops
+from dpm_jax import parallel
 from dpm_jax import plotting
 
 # The reference code decays the learning rate by 10x per 1000 epochs, once an epoch.
@@ -153,17 +153,19 @@ CPU_MICRO_BATCH = 64
 
 def resolve_micro_batch_size(requested: int, batch_size: int, num_devices: int,
                              conv_impl: str = "auto") -> int:
-  """train.micro_batch_size: -1 picks 64 for the CPU convolutions on one device, else 0.
+  """train.micro_batch_size: -1 picks 64 for the CPU convolutions, else 0.
 
-  0 computes the gradient of the whole batch at once; a positive value
-  accumulates it over micro-batches of that size (the same draws, so the
-  same gradient up to float rounding). Micro-batches keep the CPU
-  formulation's buffers small; XLA's own convolution gains nothing from them.
+  0 computes the gradient of each device's part of the batch at once; a
+  positive value accumulates it over micro-batches of that size (the same
+  draws, so the same gradient up to float rounding). Micro-batches keep the
+  CPU formulation's buffers small; XLA's own convolution gains nothing from
+  them.
   """
   if requested == -1:
-    fits = batch_size > CPU_MICRO_BATCH and batch_size % CPU_MICRO_BATCH == 0
+    per_device = batch_size // num_devices
+    fits = per_device > CPU_MICRO_BATCH and per_device % CPU_MICRO_BATCH == 0
     cpu_convs = ops.resolve_conv_impl(conv_impl) == "matmul"
-    return CPU_MICRO_BATCH if cpu_convs and num_devices == 1 and fits else 0
+    return CPU_MICRO_BATCH if cpu_convs and fits else 0
   if requested < 0 or (requested and batch_size % (requested * num_devices)):
     raise config_lib.ConfigError(
         f"train.micro_batch_size={requested} must be -1 (auto), 0 (off) or divide the "
@@ -173,38 +175,6 @@ def resolve_micro_batch_size(requested: int, batch_size: int, num_devices: int,
 
 # ----------------------------------------------------------------------------
 # Devices.
-
-
-class DataParallel:
-  """A 1-D mesh over all devices: the batch is sharded, the state replicated.
-
-  The batch size stays global; every process feeds its own slice of it.
-  """
-
-  def __init__(self, devices=None):
-    devices = np.asarray(devices if devices is not None else jax.devices())
-    self.mesh = Mesh(devices, ("data",))
-    self.replicated = NamedSharding(self.mesh, P())
-    self.batch_sharding = NamedSharding(self.mesh, P("data"))
-    self.num_devices = devices.size
-
-  def check_batch_size(self, batch_size: int, what: str = "train.batch_size") -> None:
-    if batch_size % self.num_devices:
-      raise config_lib.ConfigError(
-          f"{what}={batch_size} is not divisible by the {self.num_devices} "
-          "devices; choose a multiple of the device count.")
-
-  def put_batch(self, global_batch: np.ndarray) -> jax.Array:
-    """Places a global batch (identical on every process) sharded over devices."""
-    if jax.process_count() == 1:
-      return jax.device_put(global_batch, self.batch_sharding)
-    n = global_batch.shape[0] // jax.process_count()
-    local = global_batch[jax.process_index() * n:(jax.process_index() + 1) * n]
-    return jax.make_array_from_process_local_data(self.batch_sharding, local,
-                                                  global_batch.shape)
-
-  def put_replicated(self, tree):
-    return jax.device_put(tree, self.replicated)
 
 
 def maybe_initialize_distributed() -> None:
@@ -382,7 +352,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: Optional[str]
   data_steps_per_epoch = data_lib.steps_per_epoch(n_train, batch_size)
   steps_per_epoch = config.train.batches_per_epoch or data_steps_per_epoch
   num_steps = config.train.num_steps or config.train.num_epochs * steps_per_epoch
-  par = DataParallel()
+  par = parallel.DataParallel()
   par.check_batch_size(batch_size)
 
   # Model and optimiser.
@@ -425,7 +395,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: Optional[str]
   micro_batch = resolve_micro_batch_size(config.train.micro_batch_size, batch_size,
                                          par.num_devices, config.model.conv_impl)
   loss_and_grad = diffusion.make_loss_and_grad_fn(
-      model, uniform_noise=stats.uniform_noise, train=True, micro_batch_size=micro_batch)
+      model, uniform_noise=stats.uniform_noise, train=True, micro_batch_size=micro_batch,
+      mesh=par.mesh)
   train_step = jax.jit(make_train_step(loss_and_grad, stats), donate_argnums=(0,),
                        in_shardings=(par.replicated, par.batch_sharding, par.replicated),
                        out_shardings=(par.replicated, par.replicated))
@@ -554,7 +525,9 @@ def _make_periodic_sampler(model, stats, config, workdir, key):
   if not config.train.sample_every_steps:
     return lambda params, step: None
   from dpm_jax import sampling  # pylint: disable=g-import-not-at-top
-  sample = sampling.make_sampler(model, num_images=config.train.sample_num_images)
+  sample = sampling.make_sampler(model, num_images=config.train.sample_num_images,
+                                 par=parallel.DataParallel.for_batch(
+                                     config.train.sample_num_images))
 
   def write(params, step):
     images = sample(params, key)

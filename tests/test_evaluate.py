@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_model_config
-from dpm_jax import data as data_lib, diffusion, evaluate
+from dpm_jax import data as data_lib, diffusion, evaluate, parallel
 
 
 @pytest.fixture(scope="module")
@@ -104,12 +104,11 @@ def test_parzen_window_selection_prefers_the_right_width():
 
 def test_training_evaluator_is_the_stratified_bound_on_a_fixed_subset(setup):
   import ml_collections
-  from dpm_jax import train
   model, params, images, stats = setup
   cfg = ml_collections.ConfigDict(dict(method="stratified", num_strata=4, num_images=45,
                                        batch_size=20, num_batches=2, seed=3))
   key = jax.random.key(7)
-  ev = evaluate.make_test_evaluator(model, stats, images, cfg, train.DataParallel(), key=key)
+  ev = evaluate.make_test_evaluator(model, stats, images, cfg, parallel.DataParallel(), key=key)
   got = ev(params)
   # Whole batches only: 45 images -> 40, taken in the evaluator's fixed order.
   subset = images[np.random.default_rng(3).permutation(60)[:40]]
@@ -120,8 +119,8 @@ def test_training_evaluator_is_the_stratified_bound_on_a_fixed_subset(setup):
   assert ev(params) == got  # the same images and keys at every evaluation
 
   cfg.method = "one_t"
-  res = evaluate.make_test_evaluator(model, stats, images, cfg, train.DataParallel(), key=key)(params)
+  res = evaluate.make_test_evaluator(model, stats, images, cfg, parallel.DataParallel(), key=key)(params)
   assert res["eval/num_batches"] == 2 and np.isfinite(res["eval/loss"])
   cfg.method = "all"
   with pytest.raises(ValueError, match="eval.method"):
-    evaluate.make_test_evaluator(model, stats, images, cfg, train.DataParallel(), key=key)
+    evaluate.make_test_evaluator(model, stats, images, cfg, parallel.DataParallel(), key=key)

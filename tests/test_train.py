@@ -342,7 +342,8 @@ def test_entry_points_on_tfds_mock_data(tmp_path, entry, config, extra):
 def test_micro_batch_resolution():
   assert train.resolve_micro_batch_size(-1, 512, 1, "matmul") == 64
   assert train.resolve_micro_batch_size(-1, 512, 1, "xla") == 0
-  assert train.resolve_micro_batch_size(-1, 512, 2, "matmul") == 0
+  assert train.resolve_micro_batch_size(-1, 512, 2, "matmul") == 64  # per device: 256
+  assert train.resolve_micro_batch_size(-1, 128, 2, "matmul") == 0   # per device: 64
   assert train.resolve_micro_batch_size(-1, 32, 1, "matmul") == 0
   assert train.resolve_micro_batch_size(128, 512, 2) == 128
   with pytest.raises(train.config_lib.ConfigError, match="must be -1 \\(auto\\), 0 \\(off\\) or divide"):

@@ -30,9 +30,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.train = train = ml_collections.ConfigDict()
   train.batch_size = 512
-  # Gradients accumulated over micro-batches of this size (the same gradient up
-  # to float rounding): -1 = 64 with the CPU convolutions on one device, where it
-  # is faster; 0 = off.
+  # Each device's gradient accumulated over micro-batches of this size (the
+  # same gradient up to float rounding): -1 = 64 with the CPU convolutions when
+  # a device's part of the batch is larger, where it is faster; 0 = off.
   train.micro_batch_size = -1
   train.learning_rate = 1e-3
   train.min_learning_rate = 1e-4
