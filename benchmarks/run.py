@@ -11,6 +11,10 @@ peak, and memory (XLA's buffer sizes, the process's peak RSS). The seed's
 PyTorch model (benchmarks/seed_torch.py) runs the same work when torch is
 installed; otherwise it is skipped with a note. Ratios are JAX / PyTorch
 images/s from the same run.
+
+On a CPU, JAX is shown one device per core (as the entry points do, see
+dpm_jax.parallel; --cpu_devices overrides) and the JAX model runs with the
+batch split over all devices, then on one device for comparison.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from dpm_jax import config as config_lib
 from dpm_jax import data as data_lib
 from dpm_jax import diffusion
 from dpm_jax import ops
+from dpm_jax import parallel
 from dpm_jax import sampling
 from dpm_jax import train
 
@@ -69,19 +74,21 @@ def model_config(name: str, quick: bool, conv_impl: str = "auto"):
   return cfg
 
 
-def bench_jax_train(cfg, batch: int, steps: int) -> dict:
+def bench_jax_train(cfg, batch: int, steps: int, par: parallel.DataParallel) -> dict:
   """The training step of train.py (loss, gradients, RMSprop) on random uint8 images."""
   model = diffusion.make_model(cfg)
   params = diffusion.init_params(model, jax.random.key(0))
   tx = train.make_optimizer(_train_config(), steps_per_epoch=1000)
-  state = train.create_train_state(model, params, tx)
-  micro = train.resolve_micro_batch_size(-1, batch, 1, cfg.conv_impl)
+  state = par.put_replicated(train.create_train_state(model, params, tx))
+  micro = train.resolve_micro_batch_size(-1, batch, par.num_devices, cfg.conv_impl)
   loss_and_grad = diffusion.make_loss_and_grad_fn(model, uniform_noise=STATS.uniform_noise,
-                                                  micro_batch_size=micro)
-  step_fn = jax.jit(train.make_train_step(loss_and_grad, STATS), donate_argnums=(0,))
+                                                  micro_batch_size=micro, mesh=par.mesh)
+  step_fn = jax.jit(train.make_train_step(loss_and_grad, STATS), donate_argnums=(0,),
+                    in_shardings=(par.replicated, par.batch_sharding, par.replicated),
+                    out_shardings=(par.replicated, par.replicated))
   images = np.random.default_rng(0).integers(
       0, 256, (batch, cfg.spatial_width, cfg.spatial_width, cfg.n_colors), dtype=np.uint8)
-  images = jax.device_put(images)
+  images = par.put_batch(images)
   key = jax.random.key(1)
   start = time.perf_counter()
   compiled = step_fn.lower(state, images, key).compile()
@@ -133,11 +140,11 @@ def _train_config():
                                         rmsprop_decay=0.9, rmsprop_eps=1e-10))
 
 
-def bench_jax_sample(cfg, num_images: int, repeats: int) -> dict:
+def bench_jax_sample(cfg, num_images: int, repeats: int, par: parallel.DataParallel) -> dict:
   """The full reverse trajectory (T - 1 learned steps and the fixed one) as one scan."""
   model = diffusion.make_model(cfg)
   params = diffusion.init_params(model, jax.random.key(0))
-  sample = sampling.make_sampler(model, num_images=num_images)
+  sample = sampling.make_sampler(model, num_images=num_images, par=par)
   start = time.perf_counter()
   sample(params, jax.random.key(0)).block_until_ready()
   first = time.perf_counter() - start
@@ -146,13 +153,13 @@ def bench_jax_sample(cfg, num_images: int, repeats: int) -> dict:
           "compile_and_first_s": first, "trajectory_length": cfg.trajectory_length}
 
 
-def bench_jax_eval(cfg, batch: int, repeats: int) -> dict:
+def bench_jax_eval(cfg, batch: int, repeats: int, par: parallel.DataParallel) -> dict:
   """The test-set bound's forward pass (one t per batch), no gradients."""
   model = diffusion.make_model(cfg)
-  params = diffusion.init_params(model, jax.random.key(0))
+  params = par.put_replicated(diffusion.init_params(model, jax.random.key(0)))
   loss_fn = diffusion.make_loss_fn(model, uniform_noise=STATS.uniform_noise, train=False)
   f = jax.jit(lambda p, x, k: loss_fn(p, data_lib.to_model_units(x, STATS), k)[0])
-  images = jnp.asarray(np.random.default_rng(0).integers(
+  images = par.put_batch(np.random.default_rng(0).integers(
       0, 256, (batch, cfg.spatial_width, cfg.spatial_width, cfg.n_colors), dtype=np.uint8))
   f(params, images, jax.random.key(0)).block_until_ready()
   seconds = _median_time(lambda: f(params, images, jax.random.key(0)).block_until_ready(), repeats)
@@ -224,7 +231,7 @@ def markdown_table(results: dict) -> str:
     for impl, j in r["jax"].items():
       tr = j["train"]
       rows.append(
-          f"| {name} | JAX ({impl} conv) | {tr['images_per_sec']:.0f} | {tr['step_ms']:.0f} | "
+          f"| {name} | JAX ({impl}) | {tr['images_per_sec']:.0f} | {tr['step_ms']:.0f} | "
           f"{tr['compile_s']:.1f} | {tr['flops_per_step'] / 1e9:.1f} | "
           f"{100 * tr['achieved_gflops'] / results['matmul_peak_gflops']:.0f}% | "
           f"{j['sample']['images_per_sec']:.2f} ({j['sample']['trajectory_length']}) | "
@@ -247,6 +254,10 @@ def main(argv=None):
   parser.add_argument("--models", default="mnist,cifar10")
   parser.add_argument("--impls", default="auto,xla",
                       help="JAX convolution formulations to time ('auto' resolves per backend)")
+  parser.add_argument("--devices", default="all,1",
+                      help="device counts to run the JAX model on ('all': every device)")
+  parser.add_argument("--cpu_devices", type=int, default=0,
+                      help="CPU devices JAX shows (0: one per core, as many as divide the batches)")
   parser.add_argument("--no_torch", action="store_true", help="skip the PyTorch seed model")
   parser.add_argument("--output", default=os.path.join(HERE, "results.json"))
   args = parser.parse_args(argv)
@@ -261,25 +272,39 @@ def main(argv=None):
               "cifar10": dict(batch=8, sample=2, sample_repeats=1)}
   steps = 3 if quick else 7
   impls = [i.strip() for i in args.impls.split(",") if i.strip()]
+  names = [m.strip() for m in args.models.split(",") if m.strip()]
+  # Before JAX runs anything (it fixes its devices then).
+  parallel.use_cpu_devices(args.cpu_devices or parallel.cpu_devices_for(
+      *[v for n in names for v in (setups[n]["batch"], setups[n]["sample"])]))
+  counts = []
+  for c in args.devices.split(","):
+    n = jax.device_count() if c.strip() == "all" else int(c)
+    if n not in counts and 1 <= n <= jax.device_count():
+      counts.append(n)
   results = {"machine": machine_info(), "quick": quick, "command": " ".join(["python -m benchmarks.run"] + (argv if argv is not None else sys.argv[1:])),
              "matmul_peak_gflops": matmul_peak_gflops(512 if quick else 2048), "models": {}}
   print(f"machine: {results['machine']}\nmatmul peak: {results['matmul_peak_gflops']:.0f} GFLOP/s",
         flush=True)
-  for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+  for name in names:
     s = setups[name]
     entry = {"batch_size": s["batch"], "sample_images": s["sample"], "jax": {}}
     for impl in impls:
-      cfg = model_config(name, quick, impl)
-      label = f"{impl}->{ops.resolve_conv_impl(impl)}" if impl == "auto" else impl
-      print(f"[{name}] JAX {label}: train step, batch {s['batch']} ...", flush=True)
-      j = {"train": bench_jax_train(cfg, s["batch"], steps)}
-      print(f"[{name}] JAX {label}: sampling {s['sample']} images, T={cfg.trajectory_length} ...", flush=True)
-      j["sample"] = bench_jax_sample(cfg, s["sample"], s["sample_repeats"])
-      j["eval"] = bench_jax_eval(cfg, s["batch"], steps)
-      j["peak_rss_mib"] = peak_rss_mib()
-      entry["jax"][label] = j
-      print(f"  train {j['train']['images_per_sec']:.0f} img/s, sample {j['sample']['images_per_sec']:.2f} img/s, "
-            f"eval {j['eval']['images_per_sec']:.0f} img/s", flush=True)
+      for n in counts:
+        par = parallel.DataParallel(jax.devices()[:n])
+        cfg = model_config(name, quick, impl)
+        label = (f"{impl}->{ops.resolve_conv_impl(impl)}" if impl == "auto" else impl) + (
+            f" conv, {n} device" + ("s" if n > 1 else ""))
+        print(f"[{name}] JAX {label}: train step, batch {s['batch']} ...", flush=True)
+        j = {"devices": n, "train": bench_jax_train(cfg, s["batch"], steps, par)}
+        print(f"[{name}] JAX {label}: sampling {s['sample']} images, T={cfg.trajectory_length} ...",
+              flush=True)
+        j["sample"] = bench_jax_sample(cfg, s["sample"], s["sample_repeats"], par)
+        j["eval"] = bench_jax_eval(cfg, s["batch"], steps, par)
+        j["peak_rss_mib"] = peak_rss_mib()
+        entry["jax"][label] = j
+        print(f"  train {j['train']['images_per_sec']:.0f} img/s, sample "
+              f"{j['sample']['images_per_sec']:.2f} img/s, eval {j['eval']['images_per_sec']:.0f} img/s",
+              flush=True)
     if args.no_torch:
       entry["torch"] = {"skipped": "--no_torch"}
     else:

@@ -14,6 +14,8 @@ import time
 from absl import app
 from absl import flags
 
+from experiments import launch
+
 flags.DEFINE_string("workdir", None, "Run directory made by the training entry point.", required=True)
 flags.DEFINE_enum("method", "all_t", ["all_t", "stratified", "one_t"],
                   "all_t: every t for each image (exact over t); stratified: one t "
@@ -27,6 +29,7 @@ flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
 flags.DEFINE_integer("parzen_samples", 0, "> 0: also the Parzen-window log likelihood of this many "
                      "samples (the paper's MNIST metric; it used 10000).")
 flags.DEFINE_integer("parzen_validation", 1000, "Training images held out to choose the window.")
+launch.define_cpu_devices_flag()
 FLAGS = flags.FLAGS
 
 
@@ -35,7 +38,7 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from dpm_jax import data, evaluate, plotting, sampling  # pylint: disable=g-import-not-at-top
-  from experiments import launch  # pylint: disable=g-import-not-at-top
+  launch.use_cpu_devices(FLAGS.batch_size)
   run, model = launch.open_run(FLAGS.workdir, FLAGS.step)
   cfg = run.config
   dataset = launch.load_data(cfg.data)

@@ -12,7 +12,21 @@ from ml_collections import config_flags
 FLAGS = flags.FLAGS
 
 
+def define_cpu_devices_flag() -> None:
+  flags.DEFINE_integer(
+      "cpu_devices", 0, "When JAX runs on the CPU: the CPU devices it shows, the batch split "
+      "over them. 0: one per core, as many as divide the batch; 1: a single device "
+      "(ops multi-threaded one at a time). No effect on GPUs and TPUs.")
+
+
+def use_cpu_devices(*batch_sizes: int) -> None:
+  """Shows JAX --cpu_devices CPU devices (before JAX runs anything)."""
+  from dpm_jax import parallel  # pylint: disable=g-import-not-at-top
+  parallel.use_cpu_devices(FLAGS.cpu_devices or parallel.cpu_devices_for(*batch_sizes))
+
+
 def define_flags(default_config: str) -> None:
+  define_cpu_devices_flag()
   flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, samples). "
                       "Rerunning with the same one resumes. Default: a new "
                       "<config.output_dir>/dpm_<dataset><suffix>-<time>.")
@@ -35,6 +49,7 @@ def main(argv) -> None:
   from dpm_jax import checkpoints, config as config_lib, data, train  # pylint: disable=g-import-not-at-top
   _quiet_logs()
   try:
+    use_cpu_devices(FLAGS.config.train.batch_size)
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except train.TrainingInterrupted as e:
     logging.warning("%s", e)

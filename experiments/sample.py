@@ -12,6 +12,8 @@ import os
 from absl import app
 from absl import flags
 
+from experiments import launch
+
 flags.DEFINE_string("workdir", None, "Run directory made by the training entry point.", required=True)
 flags.DEFINE_enum("mode", "sample", ["sample", "inpaint", "denoise", "superres"], "What to generate.")
 flags.DEFINE_integer("num_images", 36, "Images in the grid.")
@@ -28,6 +30,7 @@ flags.DEFINE_integer("superres_factor", 4, "Downsampling factor for --mode=super
 flags.DEFINE_float("superres_noise", 0.1, "Observation noise for --mode=superres (model units).")
 flags.DEFINE_bool("skip_first_step", None, "Stop at x_0 like the reference sampler "
                   "(default: config.sample.skip_first_step).")
+launch.define_cpu_devices_flag()
 FLAGS = flags.FLAGS
 
 
@@ -36,7 +39,7 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from dpm_jax import plotting, sampling  # pylint: disable=g-import-not-at-top
-  from experiments import launch  # pylint: disable=g-import-not-at-top
+  launch.use_cpu_devices(FLAGS.num_images)
   run, model = launch.open_run(FLAGS.workdir, FLAGS.step)
   cfg = run.config
   n = FLAGS.num_images

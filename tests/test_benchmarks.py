@@ -7,7 +7,8 @@ from benchmarks import run
 
 def test_quick_benchmark_writes_results(tmp_path):
   out = tmp_path / "results.json"
-  results = run.main(["--quick", "--models=mnist", "--impls=auto", "--no_torch", f"--output={out}"])
+  results = run.main(["--quick", "--models=mnist", "--impls=auto", "--cpu_devices=1", "--no_torch",
+                      f"--output={out}"])
   saved = json.loads(out.read_text())
   assert saved["quick"] is True
   (label,) = saved["models"]["mnist"]["jax"]
