@@ -105,7 +105,8 @@ def use_cpu_devices(count: int) -> int:
 
   An explicit XLA_FLAGS=--xla_force_host_platform_device_count=N wins. Only
   the CPU backend is affected: on a GPU or TPU the accelerators remain the
-  devices. Returns the count asked for (or 0 when XLA_FLAGS decides).
+  devices. Returns the count set, or 0 when XLA_FLAGS decides or JAX has
+  already started (then with a warning, the devices unchanged).
   """
   if count < 1:
     raise config_lib.ConfigError(f"cpu_devices={count} must be at least 1.")

@@ -525,9 +525,8 @@ def _make_periodic_sampler(model, stats, config, workdir, key):
   if not config.train.sample_every_steps:
     return lambda params, step: None
   from dpm_jax import sampling  # pylint: disable=g-import-not-at-top
-  sample = sampling.make_sampler(model, num_images=config.train.sample_num_images,
-                                 par=parallel.DataParallel.for_batch(
-                                     config.train.sample_num_images))
+  # Over the most local devices that divide the grid's images.
+  sample = sampling.make_sampler(model, num_images=config.train.sample_num_images)
 
   def write(params, step):
     images = sample(params, key)

@@ -22,6 +22,9 @@ def define_cpu_devices_flag() -> None:
 def use_cpu_devices(*batch_sizes: int) -> None:
   """Shows JAX --cpu_devices CPU devices (before JAX runs anything)."""
   from dpm_jax import parallel  # pylint: disable=g-import-not-at-top
+  if FLAGS.cpu_devices < 0:
+    raise app.UsageError(f"--cpu_devices={FLAGS.cpu_devices}: use 0 (one per core) or a "
+                         "positive count.")
   parallel.use_cpu_devices(FLAGS.cpu_devices or parallel.cpu_devices_for(*batch_sizes))
 
 

@@ -43,13 +43,18 @@ def test_sample_entry_point(run_dir, mode):
 
 
 def test_sample_entry_point_default_output_and_determinism(run_dir):
+  """Repeatable, and the same on one CPU device as on one per core (up to float order)."""
   draws = []
-  for _ in range(2):
-    res = cli("experiments.sample", f"--workdir={run_dir}", "--num_images=4", "--seed=3")
+  for devices in ("0", "0", "1"):
+    res = cli("experiments.sample", f"--workdir={run_dir}", "--num_images=4", "--seed=3",
+              f"--cpu_devices={devices}")
     assert res.returncode == 0, res.stderr[-3000:]
     assert (run_dir / "samples" / "sample.png").exists()
     draws.append(np.load(run_dir / "samples" / "sample.npz")["samples"])
   np.testing.assert_array_equal(draws[0], draws[1])
+  np.testing.assert_allclose(draws[0], draws[2], atol=1e-4)
+  res = cli("experiments.sample", f"--workdir={run_dir}", "--cpu_devices=-1")
+  assert res.returncode != 0 and "--cpu_devices=-1: use 0" in res.stderr
 
 
 @pytest.mark.parametrize("method", ["all_t", "stratified", "one_t"])
