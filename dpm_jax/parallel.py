@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from typing import Optional
 
 from absl import logging
@@ -51,8 +50,7 @@ class DataParallel:
   def for_batch(cls, batch_size: int) -> "DataParallel":
     """The most local devices (in order) whose count divides batch_size."""
     devices = jax.local_devices()
-    n = max(d for d in range(1, len(devices) + 1) if batch_size % d == 0)
-    return cls(devices[:n])
+    return cls(devices[:_largest_divisor_at_most(batch_size, len(devices))])
 
   def check_batch_size(self, batch_size: int, what: str = "train.batch_size") -> None:
     if batch_size % self.num_devices:
@@ -89,15 +87,16 @@ def usable_cores() -> int:
 def cpu_devices_for(*batch_sizes: int, cores: Optional[int] = None) -> int:
   """The most CPU devices, at most one per core, that divide every batch size."""
   cores = usable_cores() if cores is None else cores
-  g = 0
-  for b in batch_sizes:
-    g = math.gcd(g, int(b))
-  return max(d for d in range(1, max(1, cores) + 1) if g % d == 0)
+  return _largest_divisor_at_most(math.gcd(*map(int, batch_sizes)), cores)
+
+
+def _largest_divisor_at_most(n: int, limit: int) -> int:
+  """The largest d in 1..limit dividing n (every d divides 0)."""
+  return max(d for d in range(1, max(1, limit) + 1) if n % d == 0)
 
 
 def _forced_by_xla_flags() -> bool:
-  return re.search(r"--xla_force_host_platform_device_count",
-                   os.environ.get("XLA_FLAGS", "")) is not None
+  return "--xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
 
 
 def use_cpu_devices(count: int) -> int:
