@@ -111,9 +111,8 @@ def _on_first_device(manager: ocp.CheckpointManager, step: int):
   into this target reads it whatever devices this process has.
   """
   with ocp.StandardCheckpointer() as checkpointer:
-    meta = checkpointer.metadata(os.path.join(str(manager.directory), str(step), "state"))
-  tree = getattr(meta, "item_metadata", meta)
-  tree = getattr(tree, "tree", tree)
+    tree = checkpointer.metadata(
+        os.path.join(str(manager.directory), str(step), "state")).item_metadata.tree
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
 
