@@ -1,7 +1,8 @@
 """Speed of the JAX model, side by side with the seed's PyTorch model, in one process.
 
   python -m benchmarks.run            # MNIST and CIFAR-10 models, writes benchmarks/results.json
-  python -m benchmarks.run --quick    # a smoke run in seconds (small batches, T = 50)
+  python -m benchmarks.run --quick    # a smoke run (MNIST model, small batches, T = 50),
+                                      # writes runs/benchmark_quick.json
 
 For each model it measures, after compilation: train-step images/s (median of
 several steps), compile time, sampling images/s over the full reverse
@@ -33,13 +34,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dpm_jax import config as config_lib
 from dpm_jax import data as data_lib
 from dpm_jax import diffusion
-from dpm_jax import ops
+from dpm_jax import kernels
 from dpm_jax import parallel
 from dpm_jax import sampling
+from dpm_jax import tasks
 from dpm_jax import train
+from experiments.configs import default as default_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STATS = data_lib.DataStats(scale=3.25, shift=-0.42, uniform_noise=3.25 / 255)
@@ -66,34 +68,43 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
   return 2 * n**3 / _median_time(lambda: f(a).block_until_ready(), repeats) / 1e9
 
 
-def model_config(name: str, quick: bool, conv_impl: str = "auto"):
-  cfg = config_lib.get_model_config(name)
-  cfg.conv_impl = conv_impl
+def experiment_config(name: str, quick: bool, conv: str = "auto", batch: int = 512):
+  """The experiment config of a model preset, with the given convolution kernel."""
+  from dpm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  config = default_config.get_config()
+  config.model = config_lib.get_model_config(name)
+  config.compute.conv = conv
+  config.train.batch_size = batch
   if quick:
-    cfg.trajectory_length = 50
-  return cfg
+    config.model.trajectory_length = 50
+  return config
 
 
-def bench_jax_train(cfg, batch: int, steps: int, par: parallel.DataParallel) -> dict:
-  """The training step of train.py (loss, gradients, RMSprop) on random uint8 images."""
-  model = diffusion.make_model(cfg)
-  params = diffusion.init_params(model, jax.random.key(0))
-  tx = train.make_optimizer(_train_config(), steps_per_epoch=1000)
-  state = par.put_replicated(train.create_train_state(model, params, tx))
-  micro = train.resolve_micro_batch_size(-1, batch, par.num_devices, cfg.conv_impl)
-  loss_and_grad = diffusion.make_loss_and_grad_fn(model, uniform_noise=STATS.uniform_noise,
-                                                  micro_batch_size=micro, mesh=par.mesh)
-  step_fn = jax.jit(train.make_train_step(loss_and_grad, STATS), donate_argnums=(0,),
-                    in_shardings=(par.replicated, par.batch_sharding, par.replicated),
-                    out_shardings=(par.replicated, par.replicated))
+def random_task(config, batch: int) -> tasks.Task:
+  """The image task of a config on random uint8 images (the benchmark's data)."""
+  m = config.model
   images = np.random.default_rng(0).integers(
-      0, 256, (batch, cfg.spatial_width, cfg.spatial_width, cfg.n_colors), dtype=np.uint8)
-  images = par.put_batch(images)
+      0, 256, (batch, m.spatial_width, m.spatial_width, m.n_colors), dtype=np.uint8)
+  return tasks.image_task(config, data_lib.Dataset(images, images, "random"),
+                          STATS.to_dict())
+
+
+def bench_jax_train(config, steps: int, par: parallel.DataParallel) -> dict:
+  """The training loop's own jitted train step (train.jit_train_step) on random uint8 images."""
+  batch = config.train.batch_size
+  task = random_task(config, batch)
+  params = diffusion.init_params(task.model, jax.random.key(0))
+  tx = train.make_optimizer(config.optimizer, steps_per_epoch=1000)
+  state = par.put_replicated(train.create_train_state(task.model, params, tx))
+  step_fn = train.jit_train_step(task, config, par)
+  micro = train.resolve_micro_batch_size(config.compute.micro_batch_size, batch, par.num_devices,
+                                         config.compute.conv)
+  images = par.put_batch(task.train)
   key = jax.random.key(1)
   start = time.perf_counter()
   compiled = step_fn.lower(state, images, key).compile()
   compile_s = time.perf_counter() - start
-  flops = model_flops_per_step(cfg, batch)
+  flops = model_flops_per_step(config)
   mem = compiled.memory_analysis()
 
   def step():
@@ -113,36 +124,29 @@ def bench_jax_train(cfg, batch: int, steps: int, par: parallel.DataParallel) -> 
   return out
 
 
-def model_flops_per_step(cfg, batch: int) -> float:
-  """The train step's arithmetic, from XLA's cost analysis of the lax.conv formulation.
+def model_flops_per_step(config) -> float:
+  """The train step's arithmetic, from XLA's cost analysis with XLA's convolution.
 
-  The CPU formulation runs its convolutions in loops over chunks, which the
-  cost analysis counts once, so the plain formulation of the same step is
-  what is analysed; both compute the same function.
+  The CPU kernel runs its backward pass in loops over chunks, which the cost
+  analysis counts once, so the step with XLA's convolution (the same
+  function) is what is analysed, on one device without micro-batches.
   """
-  cfg = config_lib.ml_collections.ConfigDict(cfg.to_dict())
-  cfg.conv_impl = "xla"
-  model = diffusion.make_model(cfg)
-  params = jax.eval_shape(lambda: diffusion.init_params(model, jax.random.key(0)))
-  tx = train.make_optimizer(_train_config(), steps_per_epoch=1000)
-  state = jax.eval_shape(lambda p: train.create_train_state(model, p, tx), params)
-  loss_fn = diffusion.make_loss_and_grad_fn(model, uniform_noise=STATS.uniform_noise)
-  images = jax.ShapeDtypeStruct((batch, cfg.spatial_width, cfg.spatial_width, cfg.n_colors), jnp.uint8)
-  lowered = jax.jit(train.make_train_step(loss_fn, STATS)).lower(state, images, jax.random.key(0))
-  cost = lowered.compile().cost_analysis()
+  config = config.copy_and_resolve_references()
+  config.compute.conv, config.compute.micro_batch_size = "xla", 0
+  task = random_task(config, config.train.batch_size)
+  params = jax.eval_shape(lambda: diffusion.init_params(task.model, jax.random.key(0)))
+  tx = train.make_optimizer(config.optimizer, steps_per_epoch=1000)
+  state = jax.eval_shape(lambda p: train.create_train_state(task.model, p, tx), params)
+  step_fn = train.jit_train_step(task, config, parallel.DataParallel(jax.devices()[:1]))
+  cost = step_fn.lower(state, task.train, jax.random.key(0)).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
-def _train_config():
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  return ml_collections.ConfigDict(dict(learning_rate=1e-3, min_learning_rate=1e-4,
-                                        rmsprop_decay=0.9, rmsprop_eps=1e-10))
-
-
-def bench_jax_sample(cfg, num_images: int, repeats: int, par: parallel.DataParallel) -> dict:
+def bench_jax_sample(config, num_images: int, repeats: int, par: parallel.DataParallel) -> dict:
   """The full reverse trajectory (T - 1 learned steps and the fixed one) as one scan."""
-  model = diffusion.make_model(cfg)
+  cfg = config.model
+  model = diffusion.make_model(cfg, config.compute.conv)
   params = diffusion.init_params(model, jax.random.key(0))
   sample = sampling.make_sampler(model, num_images=num_images, par=par)
   start = time.perf_counter()
@@ -153,9 +157,10 @@ def bench_jax_sample(cfg, num_images: int, repeats: int, par: parallel.DataParal
           "compile_and_first_s": first, "trajectory_length": cfg.trajectory_length}
 
 
-def bench_jax_eval(cfg, batch: int, repeats: int, par: parallel.DataParallel) -> dict:
+def bench_jax_eval(config, repeats: int, par: parallel.DataParallel) -> dict:
   """The test-set bound's forward pass (one t per batch), no gradients."""
-  model = diffusion.make_model(cfg)
+  cfg, batch = config.model, config.train.batch_size
+  model = diffusion.make_model(cfg, config.compute.conv)
   params = par.put_replicated(diffusion.init_params(model, jax.random.key(0)))
   loss_fn = diffusion.make_loss_fn(model, uniform_noise=STATS.uniform_noise, train=False)
   f = jax.jit(lambda p, x, k: loss_fn(p, data_lib.to_model_units(x, STATS), k)[0])
@@ -250,19 +255,30 @@ def markdown_table(results: dict) -> str:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--quick", action="store_true", help="small batches, T = 50, few repeats")
-  parser.add_argument("--models", default="mnist,cifar10")
-  parser.add_argument("--impls", default="auto,xla",
-                      help="JAX convolution formulations to time ('auto' resolves per backend)")
-  parser.add_argument("--devices", default="all,1",
-                      help="device counts to run the JAX model on ('all': every device)")
+  parser.add_argument("--quick", action="store_true",
+                      help="a smoke run: small batches, T = 50, few repeats; by default only the "
+                      "MNIST model, its 'auto' kernel on all devices, written to "
+                      "runs/benchmark_quick.json")
+  parser.add_argument("--models", default=None, help="default: mnist,cifar10 (--quick: mnist)")
+  parser.add_argument("--impls", default=None,
+                      help="JAX convolution kernels to time ('auto' resolves per backend); "
+                      "default: auto,xla (--quick: auto)")
+  parser.add_argument("--devices", default=None,
+                      help="device counts to run the JAX model on ('all': every device); "
+                      "default: all,1 (--quick: all)")
   parser.add_argument("--cpu_devices", type=int, default=0,
                       help="CPU devices JAX shows (0: one per core, as many as divide the batches)")
   parser.add_argument("--no_torch", action="store_true", help="skip the PyTorch seed model")
-  parser.add_argument("--output", default=os.path.join(HERE, "results.json"))
+  parser.add_argument("--output", default=None,
+                      help="default: benchmarks/results.json (--quick: runs/benchmark_quick.json)")
   args = parser.parse_args(argv)
 
   quick = args.quick
+  args.models = args.models or ("mnist" if quick else "mnist,cifar10")
+  args.impls = args.impls or ("auto" if quick else "auto,xla")
+  args.devices = args.devices or ("all" if quick else "all,1")
+  args.output = args.output or (os.path.join("runs", "benchmark_quick.json") if quick
+                                else os.path.join(HERE, "results.json"))
   # The CIFAR-10 model's trajectory costs ~30x the MNIST model's per image:
   # few images, timed once after the compiling run.
   setups = {"mnist": dict(batch=512, sample=64, sample_repeats=2),
@@ -291,15 +307,15 @@ def main(argv=None):
     for impl in impls:
       for n in counts:
         par = parallel.DataParallel(jax.devices()[:n])
-        cfg = model_config(name, quick, impl)
-        label = (f"{impl}->{ops.resolve_conv_impl(impl)}" if impl == "auto" else impl) + (
+        config = experiment_config(name, quick, impl, s["batch"])
+        label = (f"{impl}->{kernels.resolve(impl)}" if impl == "auto" else impl) + (
             f" conv, {n} device" + ("s" if n > 1 else ""))
         print(f"[{name}] JAX {label}: train step, batch {s['batch']} ...", flush=True)
-        j = {"devices": n, "train": bench_jax_train(cfg, s["batch"], steps, par)}
-        print(f"[{name}] JAX {label}: sampling {s['sample']} images, T={cfg.trajectory_length} ...",
-              flush=True)
-        j["sample"] = bench_jax_sample(cfg, s["sample"], s["sample_repeats"], par)
-        j["eval"] = bench_jax_eval(cfg, s["batch"], steps, par)
+        j = {"devices": n, "train": bench_jax_train(config, steps, par)}
+        print(f"[{name}] JAX {label}: sampling {s['sample']} images, "
+              f"T={config.model.trajectory_length} ...", flush=True)
+        j["sample"] = bench_jax_sample(config, s["sample"], s["sample_repeats"], par)
+        j["eval"] = bench_jax_eval(config, steps, par)
         j["peak_rss_mib"] = peak_rss_mib()
         entry["jax"][label] = j
         print(f"  train {j['train']['images_per_sec']:.0f} img/s, sample "
@@ -313,7 +329,8 @@ def main(argv=None):
         print(f"[{name}] PyTorch seed model skipped: torch is not installed", flush=True)
       else:
         print(f"[{name}] PyTorch seed model ...", flush=True)
-        entry["torch"] = bench_torch(name, model_config(name, quick), s["batch"], steps, s["sample"])
+        entry["torch"] = bench_torch(name, experiment_config(name, quick).model, s["batch"], steps,
+                                     s["sample"])
         t = entry["torch"]
         print(f"  train {t['train_images_per_sec']:.0f} img/s, sample {t['sample_images_per_sec']:.2f} img/s",
               flush=True)

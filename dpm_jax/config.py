@@ -33,7 +33,6 @@ _NON_NEGATIVE_INT_FIELDS = (
 KL_MULTIPLIERS = ("T-1", "T")
 BETA_LINKS = ("logit", "log")
 T_SAMPLINGS = ("per_minibatch", "per_example")
-CONV_IMPLS = ("auto", "xla", "matmul")
 
 
 def mnist_model_config() -> ml_collections.ConfigDict:
@@ -63,9 +62,6 @@ def mnist_model_config() -> ml_collections.ConfigDict:
   # 'per_minibatch': one t for the whole minibatch, as the reference code.
   # 'per_example': one t per image; the same expectation, lower variance.
   cfg.t_sampling = "per_minibatch"
-  # Convolution formulation: 'xla' (lax.conv), 'matmul' (shifted slices and a
-  # matmul, fast on CPU), or 'auto' (matmul on CPU, XLA's convolution elsewhere).
-  cfg.conv_impl = "auto"
 
   # --- switches that restore the 2015 code's behaviour (see README) --------
   # 'T-1' (default, t ranges over T-1 values) or 'T' (the reference code).
@@ -153,8 +149,7 @@ def validate_model_config(cfg) -> None:
         f"model.dropout_rate must lie in [0, 1), got {cfg.dropout_rate!r}.")
   for name, allowed in (("kl_multiplier", KL_MULTIPLIERS),
                         ("beta_link", BETA_LINKS),
-                        ("t_sampling", T_SAMPLINGS),
-                        ("conv_impl", CONV_IMPLS)):
+                        ("t_sampling", T_SAMPLINGS)):
     if cfg[name] not in allowed:
       raise ConfigError(
           f"model.{name} must be one of {allowed}, got {cfg[name]!r}.")
@@ -174,9 +169,14 @@ def n_dense_lower_layers(cfg) -> int:
   return cfg.n_layers_conv if cfg.reference_dense_lower else cfg.n_layers_dense_lower
 
 
+# Fields of earlier versions' model sections that no longer describe the
+# model: 'conv_impl' chose the convolution kernel, now config.compute.conv.
+LEGACY_FIELDS = ("conv_impl",)
+
+
 def frozen(cfg) -> ml_collections.FrozenConfigDict:
   """Validates a model config and freezes it (Flax module fields must hash)."""
-  if isinstance(cfg, ml_collections.FrozenConfigDict):
-    cfg = ml_collections.ConfigDict(cfg.as_configdict())
+  cfg = ml_collections.ConfigDict(
+      {k: v for k, v in cfg.items() if k not in LEGACY_FIELDS})
   validate_model_config(cfg)
   return ml_collections.FrozenConfigDict(cfg)

@@ -74,8 +74,11 @@ class DataStats:
   shift: float
   uniform_noise: float
 
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
   def to_json(self) -> str:
-    return json.dumps(dataclasses.asdict(self), indent=2)
+    return json.dumps(self.to_dict(), indent=2)
 
   @classmethod
   def from_dict(cls, d) -> "DataStats":

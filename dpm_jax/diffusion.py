@@ -1,33 +1,56 @@
-"""The diffusion probabilistic model: forward process, reverse kernel and bound.
+"""The diffusion probabilistic model: the forward process, the bound K and loss_fn.
 
-Reference: `model.py` of the 2015 code (DiffusionModel). The Flax module holds
-the network and, when the schedule is learned, its basis coefficients; the
-math is written as pure functions of arrays so each piece can be tested on
-its own against a closed form.
+Paper (Sohl-Dickstein et al. 2015), sections 2.1-2.4; reference code: model.py.
 
-Conventions: images NHWC; t an integer (or fractional) time step in
-[1, T-1], either a scalar for the whole minibatch or one per example, shape
-(B,); per-t quantities broadcast as (B, 1, 1, 1).
+A forward process q(x_{0..T-1}) is an object with the paper's pieces
+(Table App.1): its noise, the marginal q(x_t | x_0) as a function of that
+noise (`q_sample`), the posterior q(x_{t-1} | x_t, x_0), the KL between two
+of its step distributions, and the entropies of the bound. This module holds
+the Gaussian process; dpm_jax.binomial holds the binomial one. Both work on
+any data shape: the first axis is the batch, every other axis a dimension.
+
+A model is a Flax module with
+  `config`      trajectory_length, kl_multiplier, t_sampling,
+                n_t_per_minibatch, dropout_rate (see dpm_jax.config);
+  `Process`     its forward process's class;
+  `data_shape`  the shape of one example;
+  `unit_dims`   dimensions per reported unit (the colour channels of a pixel,
+                or every dimension of a sequence or a point);
+  `process(dtype)`                  the forward process, from its parameters;
+  `reverse(x_t, t, deterministic)`  the reverse kernel p(x_{t-1} | x_t).
+The per-t KL (`kl_at_t`), the bound (`bound_terms`) and `make_loss_fn` are
+written once against that, and so are the sampler (dpm_jax.sampling), the
+evaluations (dpm_jax.evaluate) and the training loop.
+
+Time steps are t = 0 .. T-1 (T = trajectory_length); step 0 is fixed, the
+reverse kernel is learned for t = 1 .. T-1. t is a scalar for the whole batch
+or one per example, shape (B,).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, ClassVar, NamedTuple
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import Mesh, PartitionSpec
 
 from dpm_jax import config as config_lib
+from dpm_jax import kernels
 from dpm_jax import networks
 from dpm_jax import schedule
 
 LN2 = math.log(2.0)
+
+
+# ----------------------------------------------------------------------------
+# The Gaussian forward process.
 
 
 def gaussian_entropy(variance):
@@ -41,40 +64,18 @@ def normal_kl(mu_q, sigma_q, mu_p, sigma_p):
           + (sigma_q**2 + (mu_q - mu_p)**2) / (2.0 * sigma_p**2) - 0.5)
 
 
-def _per_t(x, like):
-  """Reshapes a scalar or per-example value to broadcast against NHWC `like`."""
+def per_t(x, like):
+  """Reshapes a scalar or per-example value (B,) to broadcast against `like`."""
   x = jnp.asarray(x)
   if x.ndim == 0:
     return x
   return x.reshape(x.shape + (1,) * (like.ndim - x.ndim))
 
 
-def forward_diffusion_sample(x_0, t, beta_arr, *, noise, uniform, uniform_noise):
-  """Corrupts x_0 to x_t and returns the posterior q(x_{t-1} | x_t, x_u).
+def posterior(x_0, x_t, beta_t, abar_t):
+  """Mean and standard deviation of q(x_{t-1} | x_t, x_0).
 
-  Args:
-    x_0: clean images (B, H, W, C) in scaled units.
-    t: time step(s), scalar or (B,).
-    beta_arr: (T,) forward variances.
-    noise: standard normal draws, shape of x_0.
-    uniform: U(0, 1) draws, shape of x_0 (dequantisation).
-    uniform_noise: width of the dequantisation noise in scaled units.
-
-  Returns:
-    (x_t, mu_posterior, sigma_posterior, x_u); sigma_posterior broadcasts.
-  """
-  x_u = x_0 + (uniform - 0.5) * uniform_noise
-  beta_t = _per_t(schedule.at_t(beta_arr, t), x_0)
-  abar_t = _per_t(schedule.at_t(schedule.alpha_cum(beta_arr), t), x_0)
-  x_t = x_u * jnp.sqrt(abar_t) + noise * jnp.sqrt(1.0 - abar_t)
-  mu_q, sigma_q = posterior(x_u, x_t, beta_t, abar_t)
-  return x_t, mu_q, sigma_q, x_u
-
-
-def posterior(x_u, x_t, beta_t, abar_t):
-  """Mean and standard deviation of q(x_{t-1} | x_t, x_u).
-
-  The product of q(x_{t-1} | x_u) = N(sqrt(abar_{t-1}) x_u, 1 - abar_{t-1})
+  The product of q(x_{t-1} | x_0) = N(sqrt(abar_{t-1}) x_0, 1 - abar_{t-1})
   and the likelihood of x_t under the step t forward kernel, read as a
   Gaussian in x_{t-1}: N(x_t / sqrt(alpha_t), beta_t / alpha_t).
   """
@@ -82,9 +83,79 @@ def posterior(x_u, x_t, beta_t, abar_t):
   cov1 = 1.0 - abar_t / alpha_t
   cov2 = beta_t / alpha_t
   lam = 1.0 / cov1 + 1.0 / cov2
-  mu = (x_u * jnp.sqrt(abar_t / alpha_t) / cov1
+  mu = (x_0 * jnp.sqrt(abar_t / alpha_t) / cov1
         + x_t / jnp.sqrt(alpha_t) / cov2) / lam
   return mu, jnp.sqrt(1.0 / lam)
+
+
+class BoundEntropies(NamedTuple):
+  """The bound's entropy terms per dimension, in nats (paper eq. 14).
+
+  start: H_q(X_1 | X_0), the first step's; end: H_q(X_T | X_0);
+  prior: H_p(X_T), the reverse process's starting distribution, which is also
+  the null model (its log likelihood L_null = -prior per dimension).
+  """
+  start: Any
+  end: Any
+  prior: Any
+
+
+@flax.struct.dataclass
+class GaussianDiffusion:
+  """q(x_t | x_{t-1}) = N(x_{t-1} sqrt(1 - beta_t), beta_t), t = 0 .. T-1.
+
+  Towards N(0, I); x_t = x_0 sqrt(abar_t) + sqrt(1 - abar_t) noise, with
+  abar_t = prod_{s <= t} (1 - beta_s) and noise ~ N(0, I).
+  """
+  beta: jax.Array  # (T,)
+  # How the reverse variance is read against beta_t (see reverse_kernel).
+  link: str = flax.struct.field(pytree_node=False, default="logit")
+
+  @property
+  def trajectory_length(self) -> int:
+    return self.beta.shape[0]
+
+  @staticmethod
+  def draw_noise(key, shape, dtype):
+    return jax.random.normal(key, shape, dtype)
+
+  def q_sample(self, x_0, t, noise):
+    """x_t ~ q(x_t | x_0), driven by `noise` (shape of x_0)."""
+    abar_t = per_t(schedule.at_t(schedule.alpha_cum(self.beta), t), x_0)
+    return x_0 * jnp.sqrt(abar_t) + noise * jnp.sqrt(1.0 - abar_t)
+
+  def posterior(self, x_0, x_t, t):
+    """(mu, sigma) of q(x_{t-1} | x_t, x_0)."""
+    beta_t = per_t(schedule.at_t(self.beta, t), x_0)
+    abar_t = per_t(schedule.at_t(schedule.alpha_cum(self.beta), t), x_0)
+    return posterior(x_0, x_t, beta_t, abar_t)
+
+  @staticmethod
+  def kl(q, p):
+    """KL(q || p) per dimension between two (mu, sigma) Gaussians, nats."""
+    return normal_kl(*q, *p)
+
+  def entropies(self, x_0) -> BoundEntropies:
+    """H(beta_0), H(1 - abar_{T-1}) and H(1), whatever x_0."""
+    del x_0
+    beta_full = 1.0 - jnp.exp(jnp.sum(jnp.log(1.0 - self.beta)))
+    return BoundEntropies(gaussian_entropy(self.beta[0]), gaussian_entropy(beta_full),
+                          gaussian_entropy(jnp.ones((), self.beta.dtype)))
+
+  @staticmethod
+  def prior_sample(key, shape, dtype=jnp.float32):
+    """x_{T-1} ~ N(0, I), where the reverse trajectory starts."""
+    return jax.random.normal(key, shape, dtype)
+
+  @staticmethod
+  def reverse_sample(p, key):
+    """x_{t-1} ~ p(x_{t-1} | x_t) = N(mu, sigma^2)."""
+    mu, sigma = p
+    return mu + sigma * jax.random.normal(key, mu.shape, mu.dtype)
+
+  def first_step(self, x):
+    """The fixed reverse kernel of step 0: N(x sqrt(1 - beta_0), beta_0)."""
+    return reverse_kernel(x, 0.0, 0.0, self.beta[0], self.trajectory_length, self.link)
 
 
 def reverse_kernel(x_t, mu_coeff, beta_coeff, beta_t, trajectory_length: int,
@@ -94,22 +165,15 @@ def reverse_kernel(x_t, mu_coeff, beta_coeff, beta_t, trajectory_length: int,
   beta_rev = sigmoid(beta_coeff / sqrt(T) + logit(beta_t)),
   mu = x_t sqrt(1 - beta_t) + mu_coeff sqrt(beta_t), sigma = sqrt(beta_rev).
   """
-  beta_t = _per_t(beta_t, x_t)
+  beta_t = per_t(beta_t, x_t)
   offset = schedule.logit(beta_t) if link == "logit" else jnp.log(beta_t)
   beta_rev = jax.nn.sigmoid(beta_coeff / math.sqrt(trajectory_length) + offset)
   mu = x_t * jnp.sqrt(1.0 - beta_t) + mu_coeff * jnp.sqrt(beta_t)
   return mu, jnp.sqrt(beta_rev)
 
 
-def bound_terms(beta_arr):
-  """The bound's t-independent entropy terms, in nats per dimension.
-
-  Returns (H_startpoint, H_endpoint, H_prior): H(beta_0), H(1 - abar_{T-1})
-  and H(1).
-  """
-  beta_full = 1.0 - jnp.exp(jnp.sum(jnp.log(1.0 - beta_arr)))
-  return (gaussian_entropy(beta_arr[0]), gaussian_entropy(beta_full),
-          gaussian_entropy(jnp.ones((), beta_arr.dtype)))
+# ----------------------------------------------------------------------------
+# The bound, for any forward process and model.
 
 
 def kl_multiplier(config) -> int:
@@ -118,39 +182,185 @@ def kl_multiplier(config) -> int:
   return T - 1 if config.kl_multiplier == "T-1" else T
 
 
-def bound_bits(kl, beta_arr, *, multiplier: int, n_colors: int, axis=None):
-  """-(K - L_null) in bits per pixel from a one-t KL estimate (nats per dim).
+def kl_at_t(model: nn.Module, params, x_0, t, noise, *, deterministic: bool = True,
+            rngs=None):
+  """KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) per dimension, in nats.
 
-  negL_bound = KL * multiplier + H(beta_0) - H(1 - abar_{T-1}) + H(1), and the
-  null model (unit isotropic Gaussian) has negL = H(1); the difference is
-  averaged over dimensions and multiplied by n_colors.
+  The chain of paper eq. 14's summand: x_t from the forward process, the
+  posterior, the model's reverse kernel at x_t, their KL.
 
   Args:
-    kl: per-dimension KL(q || p) at one sampled t, any shape.
-    beta_arr: (T,) forward variances.
-    multiplier: T - 1 (unbiased) or T (reference code).
-    n_colors: colour channels summed per pixel.
-    axis: axes to average over; None for all.
+    model, params: the model (see the module docstring).
+    x_0: data (B, ...) in model units.
+    t: time step(s), scalar or (B,), float.
+    noise: the forward process's noise, shape of x_0 (Process.draw_noise).
+    deterministic, rngs: dropout off, or its keys.
 
   Returns:
-    The cost the reference code minimises: positive is worse than the null.
+    (kl, process): kl of x_0's shape, and the forward process.
   """
-  h_start, h_end, _ = bound_terms(beta_arr)
-  neg_l_diff = kl * multiplier + h_start - h_end  # + H(1) - H(1)
-  return jnp.mean(neg_l_diff, axis=axis) / LN2 * n_colors
+  process = model.apply(params, x_0.dtype, method="process")
+  x_t = process.q_sample(x_0, t, noise)
+  q = process.posterior(x_0, x_t, t)
+  p = model.apply(params, x_t, t, deterministic, method="reverse", rngs=rngs)
+  return process.kl(q, p), process
+
+
+def bound_terms(kl, process, x_0, *, multiplier: int, unit_dims: int, axis=None) -> dict:
+  """The terms of -(K - L_null) in bits per unit, from a one-t KL estimate.
+
+  -K = multiplier E_t[KL_t] + H_q(X_1|X_0) - H_q(X_T|X_0) + H_p(X_T) (paper
+  eq. 14, t uniform over the multiplier's steps), and the null model is the
+  process's stationary distribution, L_null = -H_p(X_T). Every term is a mean
+  over dimensions times unit_dims: bits per pixel (colour channels summed)
+  for images, per sequence or per point when unit_dims is every dimension.
+
+  Args:
+    kl: per-dimension KL at one sampled t (nats), shape of x_0.
+    process: the forward process (its entropies).
+    x_0: the data the KL was computed on.
+    multiplier: T - 1 (unbiased) or T (reference code).
+    unit_dims: dimensions per reported unit.
+    axis: axes to average over; None for all (then the terms are scalars).
+
+  Returns:
+    {'loss': -(K - L_null), 'kl', 'H_start', 'H_end', 'H_prior', 'L_null',
+    'K'}, bits per unit; loss = kl + H_start - H_end + H_prior + L_null.
+  """
+  h = process.entropies(x_0)
+  bits = lambda a: jnp.mean(jnp.broadcast_to(a, kl.shape), axis=axis) * unit_dims / LN2
+  terms = {"kl": bits(kl * multiplier), "H_start": bits(h.start), "H_end": bits(h.end),
+           "H_prior": bits(h.prior)}
+  terms["L_null"] = -terms["H_prior"]
+  terms["K"] = -(terms["kl"] + terms["H_start"] - terms["H_end"] + terms["H_prior"])
+  terms["loss"] = terms["L_null"] - terms["K"]
+  return terms
+
+
+def sample_t(rng, trajectory_length: int, shape=()):
+  """t uniform on {1, ..., T-1}: step 0 is fixed, so it is never learned."""
+  return jax.random.randint(rng, shape, 1, trajectory_length)
+
+
+def dequantize(x_0, uniform, width: float):
+  """x_0 + (U(0, 1) - 0.5) width: continuous data from quantised values."""
+  return x_0 if uniform is None else x_0 + (uniform - 0.5) * width
+
+
+class Draws(NamedTuple):
+  """The random draws of a loss, split by how they relate to the batch.
+
+  per_example: leaves with the batch axis first (noise, one t per example);
+  shared: the same for the whole batch (one t per minibatch);
+  key: keys for randomness that may differ between parts of the batch
+    (dropout masks).
+  A loss computed on a slice of the batch with the matching slice of
+  per_example equals the same slice of the whole batch's loss: this is what
+  lets dpm_jax.parallel split a batch over micro-batches and devices without
+  changing the result.
+  """
+  per_example: Any
+  shared: Any
+  key: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class StochasticLoss:
+  """loss_fn(params, batch, rng) -> (loss, metrics), as apply(params, batch, draw(rng, batch))."""
+  draw: Callable[[jax.Array, jax.Array], Draws]
+  apply: Callable[[Any, jax.Array, Draws], tuple]
+
+  def __call__(self, params, batch, rng):
+    return self.apply(params, batch, self.draw(rng, batch))
+
+
+def _t_keys(rng, n_t: int):
+  # One t per minibatch uses the key as given; several split it.
+  return [rng] if n_t == 1 else list(jax.random.split(rng, n_t))
+
+
+def make_loss_fn(model: nn.Module, *, uniform_noise: float = 0.0,
+                 train: bool = True) -> StochasticLoss:
+  """Builds loss_fn(params, x_0, rng) -> (loss, metrics).
+
+  The loss is the bound -(K - L_null) in bits per unit for one random t per
+  minibatch (or per example, config.t_sampling), averaged over
+  config.n_t_per_minibatch draws, as the reference code. All randomness
+  comes from splitting `rng`. The metrics hold the bound's terms
+  (bound_terms), the mean KL in nats per dimension and the mean t.
+
+  Args:
+    model: a model (see the module docstring).
+    uniform_noise: dequantisation width in model units (0: none).
+    train: applies dropout (when configured) if True.
+
+  Returns:
+    A StochasticLoss: a pure, jittable function of (params, x_0, rng), whose
+    draws and apply parts dpm_jax.parallel uses to split the batch.
+  """
+  cfg = model.config
+  T = cfg.trajectory_length
+  multiplier = kl_multiplier(cfg)
+  per_example_t = cfg.t_sampling == "per_example"
+  deterministic = not train or cfg.dropout_rate == 0.0
+
+  def draw_one(rng, x_0):
+    rng_t, rng_noise, rng_unif, rng_drop = jax.random.split(rng, 4)
+    t = sample_t(rng_t, T, x_0.shape[:1] if per_example_t else ())
+    per_example = {"noise": model.Process.draw_noise(rng_noise, x_0.shape, x_0.dtype),
+                   "uniform": (jax.random.uniform(rng_unif, x_0.shape, x_0.dtype)
+                               if uniform_noise else None)}
+    (per_example if per_example_t else {})["t"] = t
+    return per_example, {} if per_example_t else {"t": t}, rng_drop
+
+  def draw(rng, x_0) -> Draws:
+    return Draws(*zip(*[draw_one(key, x_0) for key in _t_keys(rng, cfg.n_t_per_minibatch)]))
+
+  def apply_one(params, x_0, per_example, shared, key):
+    t = {**per_example, **shared}["t"]
+    x_0 = dequantize(x_0, per_example["uniform"], uniform_noise)
+    kl, process = kl_at_t(model, params, x_0, t.astype(x_0.dtype), per_example["noise"],
+                          deterministic=deterministic,
+                          rngs=None if deterministic else {"dropout": key})
+    terms = bound_terms(kl, process, x_0, multiplier=multiplier, unit_dims=model.unit_dims)
+    return {**terms, "kl_nats": jnp.mean(kl), "t_mean": jnp.mean(t.astype(jnp.float32))}
+
+  def apply(params, x_0, draws: Draws):
+    metrics = [apply_one(params, x_0, *d) for d in zip(*draws)]
+    metrics = jax.tree.map(lambda *xs: sum(xs) / len(xs), *metrics)
+    return metrics["loss"], metrics
+
+  return StochasticLoss(draw, apply)
+
+
+# ----------------------------------------------------------------------------
+# The 2015 image model.
 
 
 class DiffusionModel(nn.Module):
-  """The 2015 Gaussian diffusion model's learned reverse process.
+  """The 2015 Gaussian diffusion model of images: the learned reverse process.
 
   Attributes:
     config: the model config (dpm_jax.config); validated and frozen on use.
+    conv_layer: the convolution layer's kernel (dpm_jax.kernels); the same
+      function whichever is chosen.
   """
   config: ml_collections.FrozenConfigDict
+  conv_layer: Callable = kernels.conv_layer_xla
+  Process: ClassVar[type] = GaussianDiffusion
+
+  @property
+  def data_shape(self) -> tuple:
+    cfg = self.config
+    return (cfg.spatial_width, cfg.spatial_width, cfg.n_colors)
+
+  @property
+  def unit_dims(self) -> int:
+    return self.config.n_colors
 
   def setup(self):
     cfg = self.config
-    self.network = networks.MLPConvDense(cfg)
+    self.network = networks.MLPConvDense(cfg, self.conv_layer)
     self.basis = schedule.temporal_basis(cfg.trajectory_length, cfg.n_temporal_basis)
     if cfg.learn_beta:
       self.beta_perturb_coefficients = self.param(
@@ -159,7 +369,7 @@ class DiffusionModel(nn.Module):
 
   def __call__(self, x_t, t, deterministic: bool = True):
     """Returns (mu, sigma) of p(x_{t-1} | x_t); also what `init` traces."""
-    return self.get_mu_sigma(x_t, t, deterministic)
+    return self.reverse(x_t, t, deterministic)
 
   def beta_arr(self, dtype=None):
     """The forward variances beta_t, shape (T,)."""
@@ -170,11 +380,14 @@ class DiffusionModel(nn.Module):
     return schedule.beta_schedule(cfg.trajectory_length, cfg.step1_beta, self.basis,
                                   coeffs, link=cfg.beta_link, dtype=dtype)
 
+  def process(self, dtype=None) -> GaussianDiffusion:
+    return GaussianDiffusion(self.beta_arr(dtype), self.config.beta_link)
+
   def network_output(self, x, deterministic: bool = True):
     """Z: per-pixel basis coefficients, (B, H, W, n_colors * 2 * J)."""
     return self.network(x, deterministic)
 
-  def get_mu_sigma(self, x_t, t, deterministic: bool = True):
+  def reverse(self, x_t, t, deterministic: bool = True):
     """Mean and standard deviation of the reverse step at t."""
     cfg = self.config
     # The readout at t is folded into the network's last layer (see
@@ -188,160 +401,20 @@ class DiffusionModel(nn.Module):
                           cfg.trajectory_length, cfg.beta_link)
 
 
-def make_model(model_config) -> DiffusionModel:
-  """Validates a model config and builds the Flax module."""
-  return DiffusionModel(config_lib.frozen(model_config))
-
-
-def init_params(model: DiffusionModel, rng) -> Any:
-  """Initialises the parameters for the model's image shape, batch of 1."""
-  cfg = model.config
-  x = jnp.zeros((1, cfg.spatial_width, cfg.spatial_width, cfg.n_colors), jnp.float32)
-  return model.init(rng, x, jnp.ones((), jnp.float32))
-
-
-def sample_t(rng, trajectory_length: int, shape=()):
-  """t uniform on {1, ..., T-1}: step 0 is fixed, so it is never learned."""
-  return jax.random.randint(rng, shape, 1, trajectory_length)
-
-
-class Draws(NamedTuple):
-  """The random draws of one t-sample of the bound (see make_loss_fn)."""
-  t: jax.Array        # scalar, or (B,) with one t per example
-  noise: jax.Array    # N(0, 1), shape of the images
-  uniform: jax.Array  # U(0, 1), shape of the images (dequantisation)
-  dropout: jax.Array  # PRNG key for dropout
-
-
-def _loss_parts(model: DiffusionModel, uniform_noise: float, train: bool):
-  """draw(rng, images) -> Draws and loss_from_draws(params, images, draws) -> (loss, aux)."""
-  cfg = model.config
-  T = cfg.trajectory_length
-  multiplier = kl_multiplier(cfg)
-  per_example = cfg.t_sampling == "per_example"
-  deterministic = not train or cfg.dropout_rate == 0.0
-
-  def draw(rng, images) -> Draws:
-    rng_t, rng_noise, rng_unif, rng_drop = jax.random.split(rng, 4)
-    t = sample_t(rng_t, T, images.shape[:1] if per_example else ())
-    return Draws(t, jax.random.normal(rng_noise, images.shape, images.dtype),
-                 jax.random.uniform(rng_unif, images.shape, images.dtype), rng_drop)
-
-  def loss_from_draws(params, images, d: Draws):
-    t = d.t.astype(images.dtype)
-    beta_arr = model.apply(params, images.dtype, method=DiffusionModel.beta_arr)
-    x_t, mu_q, sigma_q, _ = forward_diffusion_sample(
-        images, t, beta_arr, noise=d.noise, uniform=d.uniform, uniform_noise=uniform_noise)
-    mu, sigma = model.apply(params, x_t, t, deterministic, method=DiffusionModel.get_mu_sigma,
-                            rngs=None if deterministic else {"dropout": d.dropout})
-    kl = normal_kl(mu_q, sigma_q, mu, sigma)
-    loss = bound_bits(kl, beta_arr, multiplier=multiplier, n_colors=cfg.n_colors)
-    return loss, {"kl_nats": jnp.mean(kl), "t_mean": jnp.mean(d.t.astype(jnp.float32))}
-
-  return draw, loss_from_draws
-
-
-def _t_keys(rng, n_t: int):
-  # One t per minibatch uses the key as given; several split it.
-  return [rng] if n_t == 1 else list(jax.random.split(rng, n_t))
-
-
-def _mean(results):
-  return jax.tree.map(lambda *xs: sum(xs) / len(xs), *results)
-
-
-def make_loss_fn(model: DiffusionModel, *, uniform_noise: float = 0.0,
-                 train: bool = True) -> Callable:
-  """Builds loss_fn(params, images, rng) -> (loss, metrics).
-
-  The loss is the bound -(K - L_null) in bits per pixel for one random t per
-  minibatch (or per example, model.t_sampling), averaged over
-  n_t_per_minibatch draws, as the reference code. All randomness comes from
-  splitting `rng`.
+def make_model(model_config, conv: str = "auto") -> DiffusionModel:
+  """Validates a model config and builds the image model.
 
   Args:
-    model: the DiffusionModel.
-    uniform_noise: dequantisation width in scaled units.
-    train: applies dropout (when configured) if True.
-
-  Returns:
-    A pure, jittable function of (params, images, rng).
+    model_config: the model section of a config (dpm_jax.config).
+    conv: the convolution kernel (config.compute.conv, see dpm_jax.kernels).
   """
-  draw, loss_from_draws = _loss_parts(model, uniform_noise, train)
-
-  def loss_fn(params, images, rng):
-    results = [loss_from_draws(params, images, draw(key, images))
-               for key in _t_keys(rng, model.config.n_t_per_minibatch)]
-    loss, aux = _mean(results)
-    return loss, {"loss": loss, **aux}
-
-  return loss_fn
+  return DiffusionModel(config_lib.frozen(model_config), kernels.conv_layer(conv))
 
 
-def make_loss_and_grad_fn(model: DiffusionModel, *, uniform_noise: float = 0.0,
-                          train: bool = True, micro_batch_size: int = 0,
-                          mesh: Optional[Mesh] = None) -> Callable:
-  """fn(params, images, rng) -> ((loss, metrics), grads) of make_loss_fn's loss.
-
-  With micro_batch_size > 0 the gradient is accumulated over micro-batches in
-  a lax.scan, every micro-batch using its slice of the same draws (the same
-  t), so the result equals the whole-batch gradient up to float summation
-  order; only the memory of one micro-batch is live at a time, which is
-  faster on CPUs.
-
-  With a mesh of several devices (axis 'data', dpm_jax.parallel) and the
-  batch sharded over it, each device computes the loss and gradient of its
-  part of the batch (micro-batched as above) under shard_map, from its slice
-  of the same draws, and the parts are averaged: the one-device result up to
-  float summation order. Dropout masks are drawn per device and micro-batch.
-  """
-  draw, loss_from_draws = _loss_parts(model, uniform_noise, train)
-  grad_fn = jax.value_and_grad(loss_from_draws, has_aux=True)
-  per_example = model.config.t_sampling == "per_example"
-  m = micro_batch_size
-
-  def local(params, images, d: Draws):
-    b = images.shape[0]
-    if not m or m == b:
-      return grad_fn(params, images, d)
-    if b % m:
-      raise ValueError(f"micro_batch_size={m} does not divide the batch of {b}.")
-
-    def micro(i):
-      take = lambda a: jax.lax.dynamic_slice_in_dim(a, i * m, m)
-      return take(images), Draws(take(d.t) if per_example else d.t, take(d.noise),
-                                 take(d.uniform), jax.random.fold_in(d.dropout, i))
-
-    def body(acc, i):
-      return jax.tree.map(jnp.add, acc, grad_fn(params, *micro(i))), None
-
-    zero = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
-                        jax.eval_shape(lambda: grad_fn(params, *micro(0))))
-    total, _ = jax.lax.scan(body, zero, jnp.arange(b // m))
-    return jax.tree.map(lambda a: a / (b // m), total)
-
-  if mesh is not None and mesh.size > 1:
-    axis = mesh.axis_names[0]
-    one_device = local
-
-    def local(params, images, d: Draws):
-      d = d._replace(dropout=jax.random.fold_in(d.dropout, jax.lax.axis_index(axis)))
-      return jax.lax.pmean(one_device(params, images, d), axis)
-
-    batch = PartitionSpec(axis)
-    draws_spec = Draws(batch if per_example else PartitionSpec(), batch, batch, PartitionSpec())
-    # The replicated parameters and the averaged outputs need no varying-axis
-    # tracking: nothing is differentiated through the shard_map.
-    local = jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(), batch, draws_spec),
-                          out_specs=PartitionSpec(), check_vma=False)
-
-  def loss_and_grad(params, images, rng):
-    results = [local(params, images, draw(key, images))
-               for key in _t_keys(rng, model.config.n_t_per_minibatch)]
-    (loss, aux), grads = _mean(results)
-    return (loss, {"loss": loss, **aux}), grads
-
-  return loss_and_grad
+def init_params(model: nn.Module, rng) -> Any:
+  """Initialises the parameters for the model's data shape, batch of 1."""
+  x = jnp.zeros((1,) + tuple(model.data_shape), jnp.float32)
+  return model.init(rng, x, jnp.ones((), jnp.float32))
 
 
 def get_norms(params, grads=None):

@@ -26,8 +26,9 @@ from dpm_jax import data as data_lib
 from dpm_jax import diffusion
 from dpm_jax import parallel
 
-DiffusionModel = diffusion.DiffusionModel
-LN2 = math.log(2.0)
+LN2 = diffusion.LN2
+# The random stream of the stratified estimate's t draws, beside the per-stratum keys.
+T_STREAM = 2**31 - 1
 
 
 def nll_bits_per_dim(cost_bits_per_pixel, stats: data_lib.DataStats, n_colors: int):
@@ -54,43 +55,64 @@ def _eval_batch_size(requested: int, n_test: int, num_devices: int) -> int:
   size = min(requested, n_test)
   size -= size % num_devices
   if size < 1:
-    raise ValueError(f"The test split ({n_test} images) is smaller than the "
+    raise ValueError(f"The test split ({n_test} examples) is smaller than the "
                      f"{num_devices} devices.")
   return size
 
 
-def _one_t_losses(model, stats, images, batch_size, *, seed=0):
-  """fn(params, num_batches, key, put=None) -> per-batch bound (bits/pixel), one t each.
+def _one_t_losses(task, examples, batch_size, *, seed=0):
+  """fn(params, num_batches, key, put=None) -> per-batch bound (bits/unit), one t each.
 
-  Batch i takes batch_size images in a fixed shuffled order (wrapping
+  Batch i takes batch_size examples in a fixed shuffled order (wrapping
   around) and the key fold_in(key, i).
   """
-  order = np.random.default_rng(seed).permutation(len(images))
-  loss_fn = diffusion.make_loss_fn(model, uniform_noise=stats.uniform_noise, train=False)
+  order = np.random.default_rng(seed).permutation(len(examples))
+  loss_fn = diffusion.make_loss_fn(task.model, uniform_noise=task.uniform_noise, train=False)
 
   @jax.jit
   def eval_step(params, batch, rng):
-    return loss_fn(params, data_lib.to_model_units(batch, stats), rng)[0]
+    return loss_fn(params, task.prepare(batch), rng)[0]
 
   def losses(params, num_batches, key, put=None):
     out = []
     for i in range(num_batches):
-      start = (i * batch_size) % len(images)
-      batch = images[np.take(order, np.arange(start, start + batch_size), mode="wrap")]
+      start = (i * batch_size) % len(examples)
+      batch = examples[np.take(order, np.arange(start, start + batch_size), mode="wrap")]
       out.append(eval_step(params, put(batch) if put else batch, jax.random.fold_in(key, i)))
     return np.asarray(jax.device_get(out), np.float64)
 
   return losses
 
 
-def make_test_evaluator(model: DiffusionModel, stats: data_lib.DataStats, test: np.ndarray,
-                        eval_config, par, *, key):
+def kl_per_example(task, params, x_0, t, key):
+  """Mean KL over dimensions per example at time steps t (B,): the per-t KL of
+  diffusion.kl_at_t with noise (and dequantisation) drawn from `key`.
+
+  Returns (kl (B,), the forward process).
+  """
+  k_noise, k_unif = jax.random.split(key)
+  noise = task.model.Process.draw_noise(k_noise, x_0.shape, x_0.dtype)
+  if task.uniform_noise:
+    x_0 = diffusion.dequantize(x_0, jax.random.uniform(k_unif, x_0.shape, x_0.dtype),
+                               task.uniform_noise)
+  kl, process = diffusion.kl_at_t(task.model, params, x_0, t.astype(x_0.dtype), noise)
+  return jnp.mean(kl, axis=tuple(range(1, kl.ndim))), process
+
+
+def bound_from_kl_sum(kl_sum, process, x_0, unit_dims: int):
+  """Per-example -(K - L_null) in bits per unit from sum_t KL_t (nats per dim)."""
+  h = process.entropies(x_0)
+  h_diff = jnp.broadcast_to(h.start - h.end, x_0.shape)
+  return (kl_sum + jnp.mean(h_diff, axis=tuple(range(1, x_0.ndim)))) / LN2 * unit_dims
+
+
+def make_test_evaluator(task, eval_config, par, *, key):
   """The periodic test-set bound during training.
 
   eval_config.method:
     'stratified' (default): for each of up to eval_config.num_images test
-        images, one t in each of eval_config.num_strata strata of {1..T-1};
-        the standard error is across images.
+        examples, one t in each of eval_config.num_strata strata of {1..T-1};
+        the standard error is across examples.
     'one_t': the reference code's estimate, eval_config.num_batches batches
         with one random t each, the standard error across batches. The KL per t
         is heavy-tailed (on a trained MNIST model the ten smallest t carry
@@ -98,22 +120,21 @@ def make_test_evaluator(model: DiffusionModel, stats: data_lib.DataStats, test: 
         estimate is unbiased but typically optimistic, and its standard error
         too small.
 
-  Returns fn(params) -> {'eval/loss', 'eval/loss_stderr', 'eval/nll_bpd',
-  'eval/nll_bpd_stderr', ...}. The same keys and images are used at every
-  evaluation, so successive values differ only by the model.
+  Returns fn(params) -> {'eval/loss', 'eval/loss_stderr', ...} plus
+  task.eval_extras. The same keys and examples are used at every evaluation,
+  so successive values differ only by the model.
   """
-  n_colors = model.config.n_colors
+  test = task.test
   batch_size = _eval_batch_size(eval_config.batch_size, len(test), par.num_devices)
   method = eval_config.method
 
   def record(values, extra):
     mean, stderr = _mean_stderr(values)
-    return {"eval/loss": mean, "eval/loss_stderr": stderr,
-            "eval/nll_bpd": float(nll_bits_per_dim(mean, stats, n_colors)),
-            "eval/nll_bpd_stderr": stderr / n_colors, **extra}
+    extras = {"eval/" + k: v for k, v in task.eval_extras(mean, stderr).items()}
+    return {"eval/loss": mean, "eval/loss_stderr": stderr, **extras, **extra}
 
   if method == "one_t":
-    losses_fn = _one_t_losses(model, stats, test, batch_size, seed=eval_config.seed)
+    losses_fn = _one_t_losses(task, test, batch_size, seed=eval_config.seed)
 
     def evaluate(params):
       losses = losses_fn(params, eval_config.num_batches, key, par.put_batch)
@@ -127,55 +148,29 @@ def make_test_evaluator(model: DiffusionModel, stats: data_lib.DataStats, test: 
   n = min(eval_config.num_images or len(test), len(test))
   n = max(batch_size, n - n % batch_size)
   order = np.random.default_rng(eval_config.seed).permutation(len(test))
-  images = test[np.take(order, np.arange(n), mode="wrap")]
-  stratified_bits = _stratified_bits_fn(model, stats, eval_config.num_strata)
+  examples = test[np.take(order, np.arange(n), mode="wrap")]
+  stratified_bits = _stratified_bits_fn(task, eval_config.num_strata)
 
   def evaluate(params):
-    bits = stratified_bits(params, images, key, batch_size, par.put_batch)
+    bits = stratified_bits(params, examples, key, batch_size, par.put_batch, par.to_host)
     return record(bits, {"eval/num_images": n})
 
   return evaluate
 
 
-def bound_one_t(model: DiffusionModel, params, images: np.ndarray, stats: data_lib.DataStats,
-                key, *, num_batches: int = 200, batch_size: int = 100, par=None):
+def bound_one_t(task, params, examples: np.ndarray, key, *, num_batches: int = 200,
+                batch_size: int = 100, par=None):
   """The reference code's test-set estimate: many batches, one random t each.
 
   The standard error is across batches, as the reference code's. `par`: the
   devices each batch is split over (default: see _placement).
   """
-  batch_size = min(batch_size, len(images))
+  batch_size = min(batch_size, len(examples))
   params, put = _placement(params, batch_size, par)
-  losses = _one_t_losses(model, stats, images, batch_size)(params, num_batches, key, put)
-  return _summary(losses, stats, model.config.n_colors,
-                  extra={"per_batch": losses, "num_batches": num_batches,
-                         "num_images": int(min(len(images), num_batches * batch_size))})
-
-
-def make_kl_at_t(model: DiffusionModel, stats: data_lib.DataStats):
-  """kl_at_t(params, images, t, key) -> mean KL (nats per dim) per image, shape (B,).
-
-  t is one time step per image, shape (B,).
-  """
-
-  def kl_at_t(params, images, t, key):
-    k_noise, k_unif = jax.random.split(key)
-    noise = jax.random.normal(k_noise, images.shape, images.dtype)
-    unif = jax.random.uniform(k_unif, images.shape, images.dtype)
-    beta_arr = model.apply(params, images.dtype, method=DiffusionModel.beta_arr)
-    tf = t.astype(images.dtype)
-    x_t, mu_q, sigma_q, _ = diffusion.forward_diffusion_sample(
-        images, tf, beta_arr, noise=noise, uniform=unif, uniform_noise=stats.uniform_noise)
-    mu, sigma = model.apply(params, x_t, tf, method=DiffusionModel.get_mu_sigma)
-    return jnp.mean(diffusion.normal_kl(mu_q, sigma_q, mu, sigma), axis=(1, 2, 3))
-
-  return kl_at_t
-
-
-def _bound_from_kl_sum(kl_sum, beta_arr, n_colors):
-  """Per-image -(K - L_null) bits/pixel from sum_t KL_t (nats per dim)."""
-  h_start, h_end, _ = diffusion.bound_terms(beta_arr)
-  return (kl_sum + h_start - h_end) / LN2 * n_colors
+  losses = _one_t_losses(task, examples, batch_size)(params, num_batches, key, put)
+  return _summary(task, params, losses, extra={
+      "per_batch": losses, "num_batches": num_batches,
+      "num_images": int(min(len(examples), num_batches * batch_size))})
 
 
 def _placement(params, batch_size: int, par):
@@ -187,110 +182,122 @@ def _placement(params, batch_size: int, par):
       lambda batch: par.put_batch(batch) if len(batch) % par.num_devices == 0 else batch)
 
 
-def bound_all_t(model: DiffusionModel, params, images: np.ndarray, stats: data_lib.DataStats,
-                key, *, batch_size: int = 100, par=None):
-  """The bound summed over every t = 1 .. T-1 for each image.
+def bound_all_t(task, params, examples: np.ndarray, key, *, batch_size: int = 100, par=None,
+                progress=None):
+  """The bound summed over every t = 1 .. T-1 for each example.
 
   Args:
-    model, params: the model.
-    images: uint8 test images (N, H, W, C).
-    stats: the run's data stats.
-    key: PRNG key; image i, time step t uses fold_in(fold_in(key, i_batch), t).
-    batch_size: images per network call; all T-1 steps run in one scan.
+    task: the model and its data map (dpm_jax.tasks.Task).
+    params: the model's parameters.
+    examples: stored test examples (N, ...), e.g. uint8 images.
+    key: PRNG key; example i, time step t uses fold_in(fold_in(key, i_batch), t).
+    batch_size: examples per network call; all T-1 steps run in one scan.
     par: the devices each batch is split over (default: see _placement).
+    progress: called as progress(batches done, batches) after each batch.
 
   Returns:
-    dict with 'per_image' (N,) bits/pixel, 'kl_per_t' (T-1,) mean KL nats
-    per dim over images, and the mean/stderr in both conventions.
+    dict with 'per_image' (N,) bits/unit, 'kl_per_t' (T-1,) mean KL nats
+    per dim over examples, and the mean/stderr of the bound.
   """
-  cfg = model.config
-  T = cfg.trajectory_length
-  beta_arr = model.apply(params, jnp.float32, method=DiffusionModel.beta_arr)
-  kl_at_t = make_kl_at_t(model, stats)
+  T = task.model.config.trajectory_length
   params, put = _placement(params, batch_size, par)
 
   @jax.jit
   def per_batch(params, batch, bkey):
-    images = data_lib.to_model_units(batch, stats)
+    x_0 = task.prepare(batch)
 
     def body(total, t):
-      kl = kl_at_t(params, images, jnp.full((images.shape[0],), t), jax.random.fold_in(bkey, t))
+      kl, process = kl_per_example(task, params, x_0, jnp.full((x_0.shape[0],), t),
+                                   jax.random.fold_in(bkey, t))
       return total + kl, jnp.sum(kl)
-    total, kl_t = jax.lax.scan(body, jnp.zeros(images.shape[0]), jnp.arange(1, T))
-    return total, kl_t
+    total, kl_t = jax.lax.scan(body, jnp.zeros(x_0.shape[0]), jnp.arange(1, T))
+    process = task.model.apply(params, x_0.dtype, method="process")
+    return bound_from_kl_sum(total, process, x_0, task.model.unit_dims), kl_t
 
-  per_image, kl_curve = [], np.zeros(T - 1)
-  for b, start in enumerate(range(0, len(images), batch_size)):
-    batch = images[start:start + batch_size]
-    total, kl_t = per_batch(params, put(batch), jax.random.fold_in(key, b))
-    per_image.append(np.asarray(total))
+  bits, kl_curve = [], np.zeros(T - 1)
+  starts = range(0, len(examples), batch_size)
+  for b, start in enumerate(starts):
+    batch_bits, kl_t = per_batch(params, put(examples[start:start + batch_size]),
+                                 jax.random.fold_in(key, b))
+    bits.append(np.asarray(batch_bits))
     kl_curve += np.asarray(kl_t, np.float64)
-  kl_sum = np.concatenate(per_image)
-  bits = np.asarray(_bound_from_kl_sum(jnp.asarray(kl_sum), beta_arr, cfg.n_colors))
-  return _summary(bits, stats, cfg.n_colors, extra={
-      "per_image": bits, "kl_per_t": kl_curve / len(images), "t": np.arange(1, T)})
+    if progress is not None:
+      progress(b + 1, len(starts))
+  bits = np.concatenate(bits)
+  return _summary(task, params, bits, extra={
+      "per_image": bits, "kl_per_t": kl_curve / len(examples), "t": np.arange(1, T)})
 
 
-def _stratified_bits_fn(model: DiffusionModel, stats: data_lib.DataStats, num_strata: int):
-  """fn(params, uint8 images, key, batch_size, put=None) -> per-image bound (bits/pixel).
+def _stratified_bits_fn(task, num_strata: int):
+  """fn(params, examples, key, batch_size, put=None, to_host=None) -> per-example bound.
 
-  Per image, sum_t KL_t is estimated by sum_k n_k KL_{t_k}, t_k uniform in
-  stratum k of size n_k; batch b uses fold_in(key, b), and `put` (if given)
-  places each batch on the devices.
+  Per example, sum_t KL_t is estimated by sum_k n_k KL_{t_k}, t_k uniform in
+  stratum k of size n_k; batch b uses fold_in(key, b). `put` (if given)
+  places each batch on the devices, `to_host` brings each result back
+  (DataParallel.to_host: from every process). Bits per unit.
   """
-  T = model.config.trajectory_length
+  T = task.model.config.trajectory_length
   edges = np.linspace(1, T, num_strata + 1).round().astype(int)
   if num_strata < 1 or np.any(np.diff(edges) < 1):
     raise ValueError(f"num_strata={num_strata} must be in 1..{T - 1} (the time steps).")
   lo, sizes = jnp.asarray(edges[:-1]), jnp.asarray(np.diff(edges), jnp.float32)
-  kl_at_t = make_kl_at_t(model, stats)
 
   @jax.jit
   def per_batch(params, batch, bkey):
-    images = data_lib.to_model_units(batch, stats)
-    n = images.shape[0]
+    x_0 = task.prepare(batch)
+    n = x_0.shape[0]
 
     def body(total, k):
       kk = jax.random.fold_in(bkey, k)
-      t = lo[k] + jax.random.randint(jax.random.fold_in(kk, 2**31 - 1), (n,), 0, sizes[k].astype(jnp.int32))
-      return total + sizes[k] * kl_at_t(params, images, t, kk), None
+      t = lo[k] + jax.random.randint(jax.random.fold_in(kk, T_STREAM), (n,), 0,
+                                     sizes[k].astype(jnp.int32))
+      return total + sizes[k] * kl_per_example(task, params, x_0, t, kk)[0], None
     total, _ = jax.lax.scan(body, jnp.zeros(n), jnp.arange(num_strata))
-    return total
+    process = task.model.apply(params, x_0.dtype, method="process")
+    return bound_from_kl_sum(total, process, x_0, task.model.unit_dims)
 
-  def bits(params, images, key, batch_size, put=None):
+  def bits(params, examples, key, batch_size, put=None, to_host=None):
     put = put or (lambda batch: batch)
-    totals = [per_batch(params, put(images[s:s + batch_size]), jax.random.fold_in(key, b))
-              for b, s in enumerate(range(0, len(images), batch_size))]
-    kl_sum = np.concatenate([np.asarray(jax.device_get(t)) for t in totals])
-    beta_arr = model.apply(params, jnp.float32, method=DiffusionModel.beta_arr)
-    return np.asarray(_bound_from_kl_sum(jnp.asarray(kl_sum), beta_arr, model.config.n_colors))
+    to_host = to_host or (lambda x: np.asarray(jax.device_get(x)))
+    out = [per_batch(params, put(examples[s:s + batch_size]), jax.random.fold_in(key, b))
+           for b, s in enumerate(range(0, len(examples), batch_size))]
+    return np.concatenate([to_host(o) for o in out])
 
   return bits
 
 
-def bound_stratified(model: DiffusionModel, params, images: np.ndarray,
-                     stats: data_lib.DataStats, key, *, num_strata: int = 10,
+def bound_stratified(task, params, examples: np.ndarray, key, *, num_strata: int = 10,
                      batch_size: int = 100, par=None):
   """A cheaper unbiased estimate: one t in each of num_strata strata of {1..T-1}.
 
-  sum_t KL_t is estimated per image by sum_k n_k KL_{t_k}, with t_k uniform
+  sum_t KL_t is estimated per example by sum_k n_k KL_{t_k}, with t_k uniform
   in stratum k of size n_k. `par`: the devices each batch is split over
   (default: see _placement).
   """
   params, put = _placement(params, batch_size, par)
-  bits = _stratified_bits_fn(model, stats, num_strata)(params, images, key, batch_size, put)
-  return _summary(bits, stats, model.config.n_colors,
-                  extra={"per_image": bits, "num_strata": num_strata})
+  bits = _stratified_bits_fn(task, num_strata)(params, examples, key, batch_size, put)
+  return _summary(task, params, bits, extra={"per_image": bits, "num_strata": num_strata})
 
 
-def _summary(bits_per_image, stats, n_colors, extra):
-  mean, stderr = _mean_stderr(bits_per_image)
-  out = {"neg_K_minus_L_null_bits_per_pixel": mean,
-         "neg_K_minus_L_null_stderr": stderr,
-         "K_minus_L_null_bits_per_pixel": -mean,
-         "nll_bits_per_dim": float(nll_bits_per_dim(mean, stats, n_colors)),
-         "nll_bits_per_dim_stderr": stderr / n_colors,
-         "num_images": int(np.size(bits_per_image))}
+def null_bits(task, params) -> float:
+  """L_null, the null model's log likelihood in bits per unit (-H_p(X_T))."""
+  process = task.model.apply(params, jnp.float32, method="process")
+  x = jnp.zeros((1,) + tuple(task.model.data_shape), jnp.float32)
+  prior = jnp.broadcast_to(process.entropies(x).prior, x.shape)
+  return -float(jnp.mean(prior)) * task.model.unit_dims / LN2
+
+
+def _summary(task, params, bits_per_example, extra):
+  """The bound's report: -(K - L_null) per unit with its standard error, K and L_null."""
+  mean, stderr = _mean_stderr(bits_per_example)
+  l_null = null_bits(task, params)
+  unit = task.unit
+  out = {f"neg_K_minus_L_null_bits_per_{unit}": mean, "neg_K_minus_L_null_stderr": stderr,
+         f"K_minus_L_null_bits_per_{unit}": -mean,
+         "K_bits": l_null - mean, "K_bits_stderr": stderr, "L_null_bits": l_null,
+         "K_minus_L_null_bits": -mean, "unit": unit,
+         "num_images": int(np.size(bits_per_example))}
+  out.update(task.eval_extras(mean, stderr))
   out.update(extra)  # may override num_images
   return out
 

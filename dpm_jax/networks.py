@@ -12,17 +12,35 @@ coefficients of the temporal basis for mu and beta:
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from dpm_jax import config as config_lib
-from dpm_jax import ops
+from dpm_jax import kernels
 
 # Blocks' Orthogonal initialiser, for square and rectangular matrices alike,
 # yields a (semi-)orthogonal matrix, as does this one.
 dense_init = nn.initializers.orthogonal()
+
+
+def leaky_relu(x, negative_slope: float = 0.05):
+  """The reference code's LeakyReLU: x for x > 0, 0.05 x otherwise."""
+  return jnp.where(x > 0, x, negative_slope * x)
+
+
+def mean_pool(x, factor: int):
+  """Averages non-overlapping factor x factor blocks of NHWC images."""
+  if factor == 1:
+    return x
+  b, h, w, c = x.shape
+  return x.reshape(b, h // factor, factor, w // factor, factor, c).mean(axis=(2, 4))
+
+
+def upsample_nearest(x, factor: int = 2):
+  """Nearest-neighbour upsampling of NHWC images by an integer factor."""
+  return jnp.repeat(jnp.repeat(x, factor, axis=1), factor, axis=2)
 
 
 def conv_init(num_filters: int, filter_size: int):
@@ -44,7 +62,7 @@ class MultiScaleConvolution(nn.Module):
   num_filters: int
   num_scales: int = 1
   filter_size: int = 3
-  conv_impl: str = "auto"
+  conv_layer: Callable = kernels.conv_layer_xla
 
   @nn.compact
   def __call__(self, x):
@@ -56,14 +74,13 @@ class MultiScaleConvolution(nn.Module):
       kernel = self.param(f"kernel_scale{scale}", init, kshape, jnp.float32)
       bias = self.param(f"bias_scale{scale}", nn.initializers.zeros,
                         (self.num_filters,), jnp.float32)
-      x_down = ops.mean_pool(x, 2**scale)
-      # Convolution, bias and LeakyReLU as one op: on CPU one chunked pass
-      # that keeps only the layer's input and output for the backward pass.
-      y = ops.conv2d_same_bias_leaky_relu(x_down, kernel.astype(x.dtype),
-                                          bias.astype(x.dtype), self.conv_impl)
+      x_down = mean_pool(x, 2**scale)
+      # Convolution, bias and LeakyReLU as one function, whose kernel
+      # (dpm_jax.kernels) the network was built with.
+      y = self.conv_layer(x_down, kernel.astype(x.dtype), bias.astype(x.dtype))
       acc = y if acc is None else acc + y
       if scale > 0:
-        acc = ops.upsample_nearest(acc, 2)
+        acc = upsample_nearest(acc, 2)
     return acc / self.num_scales
 
 
@@ -73,7 +90,7 @@ class MultiLayerConvolution(nn.Module):
   n_hidden: int
   n_scales: int = 1
   filter_size: int = 3
-  conv_impl: str = "auto"
+  conv_layer: Callable = kernels.conv_layer_xla
   dropout_rate: float = 0.0
 
   @nn.compact
@@ -81,7 +98,7 @@ class MultiLayerConvolution(nn.Module):
     for i in range(self.n_layers):
       x = _dropout(x, self.dropout_rate, deterministic)
       x = MultiScaleConvolution(self.n_hidden, self.n_scales, self.filter_size,
-                                self.conv_impl, name=f"layer{i}")(x)
+                                self.conv_layer, name=f"layer{i}")(x)
     return x
 
 
@@ -120,7 +137,7 @@ class MLP(nn.Module):
       x = _dropout(x, self.dropout_rate, deterministic)
       x = Dense(width, name=f"dense{i}")(x, fold_final if i == last else None)
       if i < last or self.activate_final:
-        x = ops.leaky_relu(x)
+        x = leaky_relu(x)
     return x
 
 
@@ -129,8 +146,11 @@ class MLPConvDense(nn.Module):
 
   Attributes:
     config: a validated, frozen model config (dpm_jax.config).
+    conv_layer: the convolution layer's kernel (dpm_jax.kernels.conv_layer);
+      the same function whichever is chosen.
   """
   config: config_lib.ml_collections.FrozenConfigDict
+  conv_layer: Callable = kernels.conv_layer_xla
 
   def has_dense_lower(self) -> bool:
     cfg = self.config
@@ -146,7 +166,7 @@ class MLPConvDense(nn.Module):
     b, h, w, _ = x.shape
     y = MultiLayerConvolution(
         cfg.n_layers_conv, cfg.n_hidden_conv, cfg.n_scales, cfg.filter_size,
-        cfg.conv_impl, cfg.dropout_rate, name="mlp_conv")(x, deterministic)
+        self.conv_layer, cfg.dropout_rate, name="mlp_conv")(x, deterministic)
     if self.has_dense_lower():
       n_layers = config_lib.n_dense_lower_layers(cfg)
       n_out = cfg.n_hidden_dense_lower_output

@@ -11,9 +11,10 @@ the batch over them runs whole parts of the batch side by side instead.
 Batches are split over a 1-D mesh with the axis 'data':
   forward-only work (sampling, evaluation): the batch is placed, or
       constrained, sharded over the mesh and XLA splits every op;
-  training: the gradient runs per device under shard_map (its micro-batch
-      and convolution-chunk loops slice the batch, which must be the
-      device's own part) and the parts are averaged (dpm_jax.diffusion).
+  training: `make_loss_and_grad` runs the gradient of any loss per device
+      under shard_map (micro-batch loops and the CPU convolution's chunk
+      loop slice the batch, which must be the device's own part) and
+      averages the parts.
 Results equal the one-device results up to float summation order.
 """
 
@@ -21,16 +22,93 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional
+from typing import Callable, Optional
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from dpm_jax import config as config_lib
 
 AXIS = "data"
+
+
+def make_loss_and_grad(loss_fn, *, micro_batch_size: int = 0,
+                       mesh: Optional[Mesh] = None) -> Callable:
+  """fn(params, batch, rng) -> ((loss, metrics), grads) of a StochasticLoss.
+
+  The loss's draws (dpm_jax.diffusion.Draws) are made once for the whole
+  batch; each part of the batch then uses its slice of the per-example draws
+  and the shared ones as they are, so a part's loss is that slice of the
+  whole batch's loss, and the mean over parts is the whole batch's loss and
+  gradient up to float summation order, whatever the parts:
+
+    micro_batch_size > 0: the gradient is accumulated over micro-batches of
+      that size in a lax.scan (only one micro-batch's memory is live at a
+      time, which is faster on CPUs);
+    a mesh of several devices, the batch sharded over it: each device
+      computes its part (micro-batched as above) under shard_map, and the
+      parts are averaged with pmean.
+
+  Only `Draws.key` (dropout masks) is folded per part, so dropout masks
+  depend on the split.
+
+  Args:
+    loss_fn: a dpm_jax.diffusion.StochasticLoss (draw and apply).
+    micro_batch_size: examples per micro-batch per device; 0 for none.
+    mesh: a 1-D mesh (DataParallel.mesh); None or one device: no shard_map.
+  """
+  grad_fn = jax.value_and_grad(loss_fn.apply, has_aux=True)
+  m = micro_batch_size
+  fold = lambda keys, i: jax.tree.map(lambda k: jax.random.fold_in(k, i), keys)
+
+  def local(params, batch, draws):
+    b = jax.tree.leaves(batch)[0].shape[0]
+    if not m or m == b:
+      return grad_fn(params, batch, draws)
+    if b % m:
+      raise ValueError(f"micro_batch_size={m} does not divide the batch of {b}.")
+
+    def micro(i):
+      take = lambda tree: jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, i * m, m), tree)
+      return take(batch), draws._replace(per_example=take(draws.per_example),
+                                         key=fold(draws.key, i))
+
+    def body(acc, i):
+      return jax.tree.map(jnp.add, acc, grad_fn(params, *micro(i))), None
+
+    zero = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
+                        jax.eval_shape(lambda: grad_fn(params, *micro(0))))
+    total, _ = jax.lax.scan(body, zero, jnp.arange(b // m))
+    return jax.tree.map(lambda a: a / (b // m), total)
+
+  if mesh is not None and mesh.size > 1:
+    axis = mesh.axis_names[0]
+    one_device = local
+
+    def local(params, batch, draws):
+      draws = draws._replace(key=fold(draws.key, jax.lax.axis_index(axis)))
+      return jax.lax.pmean(one_device(params, batch, draws), axis)
+
+    def draws_spec(draws):
+      return type(draws)(jax.tree.map(lambda _: P(axis), draws.per_example),
+                         jax.tree.map(lambda _: P(), draws.shared),
+                         jax.tree.map(lambda _: P(), draws.key))
+
+    def sharded(params, batch, draws):
+      # The replicated parameters and the averaged outputs need no
+      # varying-axis tracking: nothing is differentiated through the shard_map.
+      return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis), draws_spec(draws)),
+                           out_specs=P(), check_vma=False)(params, batch, draws)
+  else:
+    sharded = local
+
+  def loss_and_grad(params, batch, rng):
+    return sharded(params, batch, loss_fn.draw(rng, batch))
+
+  return loss_and_grad
 
 
 class DataParallel:
@@ -69,6 +147,13 @@ class DataParallel:
 
   def put_replicated(self, tree):
     return jax.device_put(tree, self.replicated)
+
+  def to_host(self, x) -> np.ndarray:
+    """The whole of an array sharded over the mesh, as numpy, on every process."""
+    if jax.process_count() == 1:
+      return np.asarray(jax.device_get(x))
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
   def constrain_batch(self, x):
     """Inside jit: x's leading (batch) axis sharded over the mesh."""

@@ -25,11 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dpm_jax import diffusion
-from dpm_jax import ops
+from dpm_jax import networks
 from dpm_jax import parallel
-
-DiffusionModel = diffusion.DiffusionModel
 
 
 def condition_step(mu, sigma, *, mask=None, known=None, y=None, denoise_sigma=None,
@@ -62,14 +59,18 @@ def condition_step(mu, sigma, *, mask=None, known=None, y=None, denoise_sigma=No
   return mu, sigma
 
 
-def make_sampler(model: DiffusionModel, *, num_images: int,
+def make_sampler(model, *, num_images: int,
                  skip_first_step: bool = False, record_t: Sequence[int] = (),
                  log_r: Optional[Callable] = None,
                  par: Optional[parallel.DataParallel] = None) -> Callable:
   """Builds a jitted sampler fn(params, key, **conditioning).
 
+  The reverse trajectory of any model (dpm_jax.diffusion's module
+  docstring): x_{T-1} from the process's prior, then its reverse kernels.
+  Conditioning applies to Gaussian models only.
+
   Args:
-    model: the DiffusionModel.
+    model: the model.
     num_images: batch of samples drawn per call.
     skip_first_step: stop at x_0 as the reference sampler (no fixed step).
     record_t: time steps whose states x_t to return as well (x_{T-1} is the
@@ -81,14 +82,13 @@ def make_sampler(model: DiffusionModel, *, num_images: int,
 
   Returns:
     fn(params, key, *, x_init=None, mask=None, known=None, y=None,
-    denoise_sigma=None) -> samples (B, H, W, C), or (samples, states)
-    with states (len(record_t), B, H, W, C) when record_t is given.
+    denoise_sigma=None) -> samples (B, ...), or (samples, states)
+    with states (len(record_t), B, ...) when record_t is given.
     Denoising starts from y (as the reference code), inpainting from N(0, I)
     with the known pixels set.
   """
-  cfg = model.config
-  T = cfg.trajectory_length
-  shape = (num_images, cfg.spatial_width, cfg.spatial_width, cfg.n_colors)
+  T = model.config.trajectory_length
+  shape = (num_images,) + tuple(model.data_shape)
   record = jnp.asarray(list(record_t) or [-2], jnp.int32)
   par = par or parallel.DataParallel.for_batch(num_images)
   par.check_batch_size(num_images, "num_images")
@@ -100,30 +100,29 @@ def make_sampler(model: DiffusionModel, *, num_images: int,
     if mask is not None:
       mask = jnp.broadcast_to(mask, shape)
     cond = dict(mask=mask, known=known, y=y, denoise_sigma=denoise_sigma, log_r=log_r)
+    conditioned = any(v is not None for v in (mask, y, log_r))
+    condition = (lambda p: condition_step(*p, **cond)) if conditioned else (lambda p: p)
+    process = model.apply(params, jnp.float32, method="process")
     if x_init is None:
       x_init = (y if y is not None else
-                jax.random.normal(jax.random.fold_in(key, T), shape, jnp.float32))
+                process.prior_sample(jax.random.fold_in(key, T), shape, jnp.float32))
     if mask is not None:
       x_init = jnp.where(mask, known, x_init)
     x_init = split(x_init.astype(jnp.float32))
-    beta_arr = model.apply(params, jnp.float32, method=DiffusionModel.beta_arr)
     states = jnp.zeros((record.shape[0],) + shape, jnp.float32)
     states = _record(states, record, T - 1, x_init)
 
     def body(carry, t):
       x, states = carry
-      mu, sigma = model.apply(params, x, t.astype(jnp.float32),
-                              method=DiffusionModel.get_mu_sigma)
-      mu, sigma = condition_step(mu, sigma, **cond)
-      x = split(mu + sigma * jax.random.normal(jax.random.fold_in(key, t), shape, jnp.float32))
+      p = condition(model.apply(params, x, t.astype(jnp.float32), method="reverse"))
+      x = split(process.reverse_sample(p, jax.random.fold_in(key, t)).astype(jnp.float32))
       return (x, _record(states, record, t - 1, x)), None
 
     ts = jnp.arange(T - 1, 0, -1, dtype=jnp.int32)
     (x, states), _ = jax.lax.scan(body, (x_init, states), ts)
     if not skip_first_step:
-      mu, sigma = diffusion.reverse_kernel(x, 0.0, 0.0, beta_arr[0], T, cfg.beta_link)
-      mu, sigma = condition_step(mu, sigma, **cond)
-      x = mu + sigma * jax.random.normal(jax.random.fold_in(key, 0), shape, jnp.float32)
+      p = condition(process.first_step(x))
+      x = process.reverse_sample(p, jax.random.fold_in(key, 0)).astype(jnp.float32)
     states = _record(states, record, -1, x)
     return (x, states) if record_t else x
 
@@ -138,7 +137,7 @@ def make_sampler(model: DiffusionModel, *, num_images: int,
 
 
 def _record(states, record, t, x):
-  hit = (record == t)[:, None, None, None, None]
+  hit = (record == t).reshape((-1,) + (1,) * x.ndim)
   return jnp.where(hit, x[None], states)
 
 
@@ -182,7 +181,7 @@ def downsampling_log_r(y_low, factor: int, noise_std: float) -> Callable:
   y_low = jnp.asarray(y_low)
 
   def log_r(x):
-    resid = ops.mean_pool(x, factor) - y_low
+    resid = networks.mean_pool(x, factor) - y_low
     return -0.5 * jnp.sum(resid**2, axis=(1, 2, 3)) / noise_std**2
   return log_r
 
@@ -215,7 +214,7 @@ MODES = ("sample", "inpaint", "denoise", "superres")
 OBSERVATION_STREAM = 2**31 - 1
 
 
-def generate(model: DiffusionModel, params, stats, mode: str, key, *, num_images: int,
+def generate(model, params, stats, mode: str, key, *, num_images: int,
              true_images=None, mask_kind: str = "right_half", denoise_sigma: float = 1.0,
              superres_factor: int = 4, superres_noise: float = 0.1,
              record_t: Sequence[int] = (), skip_first_step: bool = False) -> dict:
@@ -263,11 +262,11 @@ def generate(model: DiffusionModel, params, stats, mode: str, key, *, num_images
     else:
       if cfg.spatial_width % superres_factor:
         raise ValueError(f"superres_factor {superres_factor} does not divide the image width.")
-      y_low = (ops.mean_pool(x_true, superres_factor)
+      y_low = (networks.mean_pool(x_true, superres_factor)
                + superres_noise * jax.random.normal(k_obs, (num_images, cfg.spatial_width // superres_factor,
                                                             cfg.spatial_width // superres_factor, cfg.n_colors)))
       log_r = downsampling_log_r(y_low, superres_factor, superres_noise)
-      out["observed"] = data_lib.to_pixels(ops.upsample_nearest(y_low, superres_factor), stats)
+      out["observed"] = data_lib.to_pixels(networks.upsample_nearest(y_low, superres_factor), stats)
   sampler = make_sampler(model, num_images=num_images, skip_first_step=skip_first_step,
                          record_t=record_t, log_r=log_r)
   result = sampler(params, key, **cond)

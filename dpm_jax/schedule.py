@@ -157,6 +157,9 @@ def folded_readout(h, kernel, bias, weights, n_colors: int):
 def temporal_readout(z, t, basis, n_colors: int):
   """Reads the network's per-pixel basis coefficients out at time step t.
 
+  The reference form, as the 2015 code computes it: the model folds it into
+  its last layer (folded_readout), and the tests check the two agree.
+
   Args:
     z: network output, (B, H, W, n_colors * 2 * J), read as (colors, {mu, beta}, J).
     t: a scalar time step, or one per example, shape (B,).

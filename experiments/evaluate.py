@@ -39,40 +39,43 @@ def main(argv):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from dpm_jax import data, evaluate, plotting, sampling  # pylint: disable=g-import-not-at-top
   launch.use_cpu_devices(FLAGS.batch_size)
-  run, model = launch.open_run(FLAGS.workdir, FLAGS.step)
+  run, task = launch.open_run(FLAGS.workdir, FLAGS.step)
   cfg = run.config
-  dataset = launch.load_data(cfg.data)
-  test = dataset.test[:FLAGS.num_images] if FLAGS.num_images else dataset.test
+  test = task.test[:FLAGS.num_images] if FLAGS.num_images else task.test
   key = jax.random.key(FLAGS.seed)
   start = time.time()
   if FLAGS.method == "all_t":
-    result = evaluate.bound_all_t(model, run.params, test, run.stats, key, batch_size=FLAGS.batch_size)
+    result = evaluate.bound_all_t(task, run.params, test, key, batch_size=FLAGS.batch_size)
     np.savez(os.path.join(FLAGS.workdir, "kl_per_t.npz"), t=result["t"], kl=result["kl_per_t"])
     plotting.plot_kl_per_t(result["t"], result["kl_per_t"], os.path.join(FLAGS.workdir, "kl_per_t.png"))
   elif FLAGS.method == "stratified":
-    result = evaluate.bound_stratified(model, run.params, test, run.stats, key,
+    result = evaluate.bound_stratified(task, run.params, test, key,
                                        num_strata=FLAGS.num_strata, batch_size=FLAGS.batch_size)
   else:
-    result = evaluate.bound_one_t(model, run.params, test, run.stats, key,
+    result = evaluate.bound_one_t(task, run.params, test, key,
                                   num_batches=FLAGS.num_batches, batch_size=FLAGS.batch_size)
   report = {k: v for k, v in result.items() if not isinstance(v, np.ndarray)}
   report.update(method=FLAGS.method, step=run.step, seconds=time.time() - start,
                 dataset=cfg.data.dataset, source=cfg.data.source)
-  print(f"step {run.step}, {result['num_images']} test images, method {FLAGS.method}:\n"
-        f"  -(K - L_null) = {result['neg_K_minus_L_null_bits_per_pixel']:.4f} "
-        f"+- {result['neg_K_minus_L_null_stderr']:.4f} bits/pixel "
-        f"(K - L_null = {result['K_minus_L_null_bits_per_pixel']:.4f}, the paper's Table 1 column)\n"
-        f"  NLL bound = {result['nll_bits_per_dim']:.4f} +- {result['nll_bits_per_dim_stderr']:.4f} "
-        f"bits/dim on 8-bit data")
+  unit = result["unit"]
+  print(f"step {run.step}, {result['num_images']} test examples, method {FLAGS.method}:\n"
+        f"  -(K - L_null) = {result['neg_K_minus_L_null_bits_per_' + unit]:.4f} "
+        f"+- {result['neg_K_minus_L_null_stderr']:.4f} bits/{unit} "
+        f"(K - L_null = {result['K_minus_L_null_bits']:.4f}, the paper's Table 1 column; "
+        f"K = {result['K_bits']:.4f}, L_null = {result['L_null_bits']:.4f})")
+  if "nll_bpd" in result:
+    print(f"  NLL bound = {result['nll_bpd']:.4f} +- {result['nll_bpd_stderr']:.4f} "
+          f"bits/dim on 8-bit data")
   if FLAGS.parzen_samples:
-    sample = sampling.make_sampler(model, num_images=min(FLAGS.parzen_samples, 500),
+    sample = sampling.make_sampler(task.model, num_images=min(FLAGS.parzen_samples, 500),
                                    skip_first_step=cfg.sample.skip_first_step)
+    stats = data.DataStats.from_dict(run.stats)
     chunks, i = [], 0
     while sum(len(c) for c in chunks) < FLAGS.parzen_samples:
-      chunks.append(data.to_pixels(sample(run.params, jax.random.fold_in(key, 1000 + i)), run.stats))
+      chunks.append(data.to_pixels(sample(run.params, jax.random.fold_in(key, 1000 + i)), stats))
       i += 1
     samples = np.concatenate(chunks)[:FLAGS.parzen_samples]
-    validation = dataset.train[-FLAGS.parzen_validation:] / 255.0
+    validation = task.train[-FLAGS.parzen_validation:] / 255.0
     parzen = evaluate.parzen_select_and_score(samples, validation, test / 255.0)
     report["parzen"] = parzen
     print(f"  Parzen window (sigma {parzen['sigma']:.3f} chosen on {len(validation)} held-out "

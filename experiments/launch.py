@@ -14,18 +14,19 @@ FLAGS = flags.FLAGS
 
 def define_cpu_devices_flag() -> None:
   flags.DEFINE_integer(
-      "cpu_devices", 0, "When JAX runs on the CPU: the CPU devices it shows, the batch split "
+      "cpu_devices", None, "When JAX runs on the CPU: the CPU devices it shows, the batch split "
       "over them. 0: one per core, as many as divide the batch; 1: a single device "
-      "(ops multi-threaded one at a time). No effect on GPUs and TPUs.")
+      "(ops multi-threaded one at a time). No effect on GPUs and TPUs. Default: "
+      "config.compute.cpu_devices when training, else 0.")
 
 
-def use_cpu_devices(*batch_sizes: int) -> None:
-  """Shows JAX --cpu_devices CPU devices (before JAX runs anything)."""
+def use_cpu_devices(*batch_sizes: int, configured: int = 0) -> None:
+  """Shows JAX --cpu_devices (else `configured`) CPU devices, before JAX runs anything."""
   from dpm_jax import parallel  # pylint: disable=g-import-not-at-top
-  if FLAGS.cpu_devices < 0:
-    raise app.UsageError(f"--cpu_devices={FLAGS.cpu_devices}: use 0 (one per core) or a "
-                         "positive count.")
-  parallel.use_cpu_devices(FLAGS.cpu_devices or parallel.cpu_devices_for(*batch_sizes))
+  count = configured if FLAGS.cpu_devices is None else FLAGS.cpu_devices
+  if count < 0:
+    raise app.UsageError(f"cpu_devices={count}: use 0 (one per core) or a positive count.")
+  parallel.use_cpu_devices(count or parallel.cpu_devices_for(*batch_sizes))
 
 
 def define_flags(default_config: str) -> None:
@@ -39,9 +40,9 @@ def define_flags(default_config: str) -> None:
 
 def _quiet_logs() -> None:
   """INFO logging, without Orbax's per-save lines or JAX's probe for absent TPUs."""
-  from dpm_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from dpm_jax import rundir  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.INFO)
-  checkpoints.quiet_orbax_logs()
+  rundir.quiet_orbax_logs()
   std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
 
 
@@ -49,15 +50,15 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   # Imported here so that --help stays fast.
-  from dpm_jax import checkpoints, config as config_lib, data, train  # pylint: disable=g-import-not-at-top
+  from dpm_jax import config as config_lib, data, rundir, train  # pylint: disable=g-import-not-at-top
   _quiet_logs()
   try:
-    use_cpu_devices(FLAGS.config.train.batch_size)
+    use_cpu_devices(FLAGS.config.train.batch_size, configured=FLAGS.config.compute.cpu_devices)
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except train.TrainingInterrupted as e:
     logging.warning("%s", e)
     sys.exit(143)
-  except (config_lib.ConfigError, data.DataError, checkpoints.CheckpointError,
+  except (config_lib.ConfigError, data.DataError, rundir.CheckpointError,
           train.NonFiniteLossError) as e:
     logging.error("%s: %s", type(e).__name__, e)
     print(f"error: {e}", file=sys.stderr)
@@ -69,21 +70,16 @@ def run(default_config: str) -> None:
   app.run(main)
 
 
-def open_run(workdir: str, step=None):
-  """(run, model) of a run directory, or a usage error that says what is wrong."""
-  from dpm_jax import checkpoints, diffusion  # pylint: disable=g-import-not-at-top
+def open_run(workdir: str, step=None, with_data: bool = True):
+  """(run, task) of a run directory, or a usage error that says what is wrong.
+
+  The task (dpm_jax.tasks) holds the model and, with_data, the run's data.
+  """
+  from dpm_jax import data, rundir, tasks  # pylint: disable=g-import-not-at-top
   _quiet_logs()
   try:
-    run = checkpoints.load_run(workdir, step)
-  except checkpoints.CheckpointError as e:
-    raise app.UsageError(str(e))
-  return run, diffusion.make_model(run.config.model)
-
-
-def load_data(data_config):
-  """The run's data set, or a usage error naming the problem and the offline options."""
-  from dpm_jax import data  # pylint: disable=g-import-not-at-top
-  try:
-    return data.load_dataset(data_config)
-  except data.DataError as e:
+    run = rundir.load_run(workdir, step)
+    dataset = tasks.load_data(run.config) if with_data else tasks.no_data(run.config)
+    return run, tasks.build(run.config, dataset, run.stats)
+  except (rundir.CheckpointError, data.DataError) as e:
     raise app.UsageError(str(e))

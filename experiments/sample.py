@@ -38,14 +38,14 @@ def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from dpm_jax import plotting, sampling  # pylint: disable=g-import-not-at-top
+  from dpm_jax import data, plotting, sampling  # pylint: disable=g-import-not-at-top
   launch.use_cpu_devices(FLAGS.num_images)
-  run, model = launch.open_run(FLAGS.workdir, FLAGS.step)
+  run, task = launch.open_run(FLAGS.workdir, FLAGS.step, with_data=FLAGS.mode != "sample")
   cfg = run.config
   n = FLAGS.num_images
   true = None
   if FLAGS.mode != "sample":
-    test = launch.load_data(cfg.data).test
+    test = task.test
     if len(test) < n:
       raise app.UsageError(f"--num_images={n} exceeds the {len(test)} test images.")
     true = test[np.random.default_rng(FLAGS.seed).permutation(len(test))[:n]]
@@ -54,7 +54,7 @@ def main(argv):
               if FLAGS.intermediate else ())
   skip = cfg.sample.skip_first_step if FLAGS.skip_first_step is None else FLAGS.skip_first_step
   out = sampling.generate(
-      model, run.params, run.stats, FLAGS.mode, jax.random.key(FLAGS.seed), num_images=n,
+      task.model, run.params, data.DataStats.from_dict(run.stats), FLAGS.mode, jax.random.key(FLAGS.seed), num_images=n,
       true_images=true, mask_kind=FLAGS.mask or cfg.sample.mask,
       denoise_sigma=FLAGS.denoise_sigma if FLAGS.denoise_sigma is not None else cfg.sample.denoise_sigma,
       superres_factor=FLAGS.superres_factor, superres_noise=FLAGS.superres_noise,

@@ -1,29 +1,44 @@
-"""Shared test helpers: tiny model configs that run in milliseconds on a CPU."""
+"""Shared test setup: the CPU, two devices, a compilation cache, tiny model configs.
+
+Tiers: `python -m pytest -m "not slow"` runs the fast tier (the math, parity,
+gradient checks, one training step; under a minute); `python -m pytest` runs
+everything. Tests that start processes or train for many steps are marked
+`slow`.
+"""
 
 import os
+import tempfile
 
 # Tests run on the CPU, whatever the machine has.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# XLA's compiled programs are cached on disk and shared by the test process and
+# the processes it starts: the same small programs are compiled once per machine.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), "dpm_jax_test_xla_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
 
-from dpm_jax import config as config_lib  # noqa: E402
+# Two CPU devices in this process (its subprocesses choose their own), so that
+# data parallelism is tested in process against the first device alone. The
+# backend starts now, so no test can change the count for the ones after it.
+jax.config.update("jax_num_cpu_devices", 2)
+assert jax.device_count() == 2, jax.devices()
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_model_config(**overrides):
-  """An MNIST-shaped model small enough for gradient checks."""
-  cfg = config_lib.get_model_config("mnist")
+  """The test config's model (experiments/configs/test.py) on 8x8 images with two scales
+  and T = 20: small enough for float64 gradient checks."""
+  from experiments.configs import test as test_config  # pylint: disable=g-import-not-at-top
+  cfg = test_config.get_config().model
   cfg.spatial_width = 8
-  cfg.n_hidden_dense_lower = 12
-  cfg.n_hidden_dense_lower_output = 2
-  cfg.n_hidden_dense_upper = 6
-  cfg.n_hidden_conv = 4
-  cfg.n_layers_conv = 2
-  cfg.n_layers_dense_lower = 2
-  cfg.n_layers_dense_upper = 2
   cfg.n_scales = 2
   cfg.trajectory_length = 20
-  cfg.n_temporal_basis = 4
   for key, value in overrides.items():
     cfg[key] = value
   return cfg
@@ -32,3 +47,14 @@ def tiny_model_config(**overrides):
 @pytest.fixture
 def tiny_config():
   return tiny_model_config()
+
+
+def image_task(model_cfg, images, stats=None, conv="auto"):
+  """The image Task of a model config on given uint8 images (train and test alike)."""
+  from dpm_jax import data as data_lib, tasks  # pylint: disable=g-import-not-at-top
+  from experiments.configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.model = model_cfg
+  config.compute.conv = conv
+  return tasks.image_task(config, data_lib.Dataset(images, images, "test"),
+                          None if stats is None else stats.to_dict())

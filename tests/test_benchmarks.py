@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
+
 from benchmarks import run
 
 
+@pytest.mark.slow
 def test_quick_benchmark_writes_results(tmp_path):
   out = tmp_path / "results.json"
   results = run.main(["--quick", "--models=mnist", "--impls=auto", "--cpu_devices=1", "--no_torch",

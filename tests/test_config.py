@@ -38,7 +38,6 @@ def test_unknown_preset():
     ("kl_multiplier", "T+1", "kl_multiplier must be one of"),
     ("beta_link", "probit", "beta_link must be one of"),
     ("t_sampling", "per_pixel", "t_sampling must be one of"),
-    ("conv_impl", "fft", "conv_impl must be one of"),
 ])
 def test_invalid_fields_are_named(field, value, message):
   cfg = tiny_model_config()

@@ -1,33 +1,36 @@
-"""The sampling and evaluation entry points on a run made by the training entry point."""
+"""The sampling and evaluation entry points on a trained run (one process each)."""
 
 import json
-import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT
+from dpm_jax import train
+from experiments.configs import test as test_config
+from runs import small_dataset
+
+pytestmark = pytest.mark.slow
 
 
 def cli(*args, timeout=300):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m"] + list(args), cwd=ROOT, env=env,
+  return subprocess.run([sys.executable, "-m"] + list(args), cwd=ROOT,
                         capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("run")
-  res = cli("experiments.mnist", "--config=experiments/configs/test.py",
-            "--config.model.trajectory_length=20", "--config.train.num_steps=4",
-            f"--workdir={workdir}")
-  assert res.returncode == 0, res.stderr[-3000:]
+  config = test_config.get_config()
+  config.model.trajectory_length = 20
+  config.train.num_steps = 4
+  train.train_and_evaluate(config, str(workdir), dataset=small_dataset())
   return workdir
 
 
-@pytest.mark.parametrize("mode", ["sample", "inpaint", "denoise", "superres"])
+@pytest.mark.parametrize("mode", ["sample", "inpaint"])
 def test_sample_entry_point(run_dir, mode):
   out = run_dir / f"{mode}.png"
   res = cli("experiments.sample", f"--workdir={run_dir}", f"--mode={mode}", "--num_images=4",
@@ -40,33 +43,34 @@ def test_sample_entry_point(run_dir, mode):
     if mode != "sample":
       assert arrays["true"].shape == arrays["observed"].shape == (4, 28, 28, 1)
   assert f"{mode}: 4 images from step 4" in res.stdout
+  assert "Metadata file does not exist" not in res.stderr
 
 
-def test_sample_entry_point_default_output_and_determinism(run_dir):
-  """Repeatable, and the same on one CPU device as on one per core (up to float order)."""
+def test_sample_entry_point_default_output_and_device_count(run_dir):
+  """The same samples on one CPU device as on one per core (up to float order)."""
   draws = []
-  for devices in ("0", "0", "1"):
+  for devices in ("0", "1"):
     res = cli("experiments.sample", f"--workdir={run_dir}", "--num_images=4", "--seed=3",
               f"--cpu_devices={devices}")
     assert res.returncode == 0, res.stderr[-3000:]
     assert (run_dir / "samples" / "sample.png").exists()
     draws.append(np.load(run_dir / "samples" / "sample.npz")["samples"])
-  np.testing.assert_array_equal(draws[0], draws[1])
-  np.testing.assert_allclose(draws[0], draws[2], atol=1e-4)
+  np.testing.assert_allclose(draws[0], draws[1], atol=1e-4)
   res = cli("experiments.sample", f"--workdir={run_dir}", "--cpu_devices=-1")
-  assert res.returncode != 0 and "--cpu_devices=-1: use 0" in res.stderr
+  assert res.returncode != 0 and "cpu_devices=-1: use 0" in res.stderr
 
 
-@pytest.mark.parametrize("method", ["all_t", "stratified", "one_t"])
+@pytest.mark.parametrize("method", ["all_t", "one_t"])
 def test_evaluate_entry_point(run_dir, method):
   extra = ["--parzen_samples=20", "--parzen_validation=50"] if method == "all_t" else []
   res = cli("experiments.evaluate", f"--workdir={run_dir}", f"--method={method}",
-            "--num_images=40", "--num_strata=5", "--num_batches=10", "--batch_size=20", *extra)
+            "--num_images=40", "--num_batches=10", "--batch_size=20", *extra)
   assert res.returncode == 0, res.stderr[-3000:]
   report = json.loads((run_dir / "eval.json").read_text())
   assert report["method"] == method and report["step"] == 4
   assert np.isfinite(report["neg_K_minus_L_null_bits_per_pixel"])
   assert report["neg_K_minus_L_null_stderr"] > 0
+  assert report["K_bits"] == pytest.approx(report["L_null_bits"] + report["K_minus_L_null_bits"])
   assert "bits/pixel" in res.stdout and "bits/dim on 8-bit data" in res.stdout
   if method == "all_t":
     assert (run_dir / "kl_per_t.png").exists() and (run_dir / "kl_per_t.npz").exists()

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_model_config
+from conftest import image_task, tiny_model_config
 from dpm_jax import data as data_lib, diffusion, evaluate, parallel
 
 
@@ -19,16 +19,17 @@ def setup():
   params = jax.tree.map(lambda x: x * 3.0, params)
   images = np.random.default_rng(0).integers(0, 256, (60, 8, 8, 1), dtype=np.uint8)
   stats = data_lib.compute_stats(images)
-  return model, params, images, stats
+  return image_task(cfg, images, stats), params, images, stats
 
 
 def test_all_t_bound_equals_the_mean_of_single_t_estimates(setup):
-  model, params, images, stats = setup
-  exact = evaluate.bound_all_t(model, params, images, stats, jax.random.key(1), batch_size=25)
+  task, params, images, stats = setup
+  exact = evaluate.bound_all_t(task, params, images, jax.random.key(1), batch_size=25)
   assert exact["per_image"].shape == (60,) and exact["kl_per_t"].shape == (19,)
   assert np.all(exact["kl_per_t"] > 0)
   # The training loss is a one-t estimate of the same bound: average many.
-  loss_fn = jax.jit(diffusion.make_loss_fn(model, uniform_noise=stats.uniform_noise, train=False))
+  loss_fn = jax.jit(diffusion.make_loss_fn(task.model, uniform_noise=stats.uniform_noise,
+                                           train=False))
   x = data_lib.to_model_units(images, stats)
   draws = np.asarray([loss_fn(params, x, jax.random.key(100 + i))[0] for i in range(300)])
   mean, stderr = draws.mean(), draws.std(ddof=1) / math.sqrt(draws.size)
@@ -38,29 +39,33 @@ def test_all_t_bound_equals_the_mean_of_single_t_estimates(setup):
 
 
 def test_all_t_curve_sums_to_the_bound(setup):
-  model, params, images, stats = setup
-  exact = evaluate.bound_all_t(model, params, images, stats, jax.random.key(2), batch_size=60)
-  beta = model.apply(params, method=diffusion.DiffusionModel.beta_arr)
-  h_start, h_end, _ = diffusion.bound_terms(beta)
-  from_curve = (exact["kl_per_t"].sum() + h_start - h_end) / math.log(2)
+  task, params, images, stats = setup
+  exact = evaluate.bound_all_t(task, params, images, jax.random.key(2), batch_size=60)
+  beta = np.asarray(task.model.apply(params, method="beta_arr"), np.float64)
+  h = lambda v: 0.5 * (1 + math.log(2 * math.pi)) + 0.5 * math.log(v)
+  from_curve = (exact["kl_per_t"].sum() + h(beta[0]) - h(1 - np.prod(1 - beta))) / math.log(2)
   np.testing.assert_allclose(from_curve, exact["neg_K_minus_L_null_bits_per_pixel"], rtol=1e-4)
+  # K and L_null in bits per pixel: L_null = -H(1), K = L_null + (K - L_null).
+  assert exact["L_null_bits"] == pytest.approx(-h(1.0) / math.log(2), rel=1e-6)
+  assert exact["K_bits"] == pytest.approx(exact["L_null_bits"] + exact["K_minus_L_null_bits"])
 
 
+@pytest.mark.slow
 def test_stratified_and_one_t_estimates_agree_with_all_t(setup):
-  model, params, images, stats = setup
-  exact = evaluate.bound_all_t(model, params, images, stats, jax.random.key(3))
-  strat = evaluate.bound_stratified(model, params, images, stats, jax.random.key(4), num_strata=5)
-  one_t = evaluate.bound_one_t(model, params, images, stats, jax.random.key(5), num_batches=200,
+  task, params, images, stats = setup
+  exact = evaluate.bound_all_t(task, params, images, jax.random.key(3))
+  strat = evaluate.bound_stratified(task, params, images, jax.random.key(4), num_strata=5)
+  one_t = evaluate.bound_one_t(task, params, images, jax.random.key(5), num_batches=200,
                                batch_size=20)
   for est in (strat, one_t):
     tol = 4 * math.hypot(est["neg_K_minus_L_null_stderr"], exact["neg_K_minus_L_null_stderr"])
     assert abs(est["neg_K_minus_L_null_bits_per_pixel"]
                - exact["neg_K_minus_L_null_bits_per_pixel"]) < tol
   # Stratification removes variance over t: compare with one random t per image.
-  single = evaluate.bound_stratified(model, params, images, stats, jax.random.key(4), num_strata=1)
+  single = evaluate.bound_stratified(task, params, images, jax.random.key(4), num_strata=1)
   assert strat["neg_K_minus_L_null_stderr"] < single["neg_K_minus_L_null_stderr"]
   with pytest.raises(ValueError, match=r"num_strata=25 must be in 1..19"):
-    evaluate.bound_stratified(model, params, images, stats, jax.random.key(4), num_strata=25)
+    evaluate.bound_stratified(task, params, images, jax.random.key(4), num_strata=25)
 
 
 def test_bits_per_dim_conversion():
@@ -80,6 +85,7 @@ def test_parzen_single_sample_is_a_gaussian_density():
   np.testing.assert_allclose(evaluate.parzen_log_likelihood(s, x, sigma), expected, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_parzen_of_gaussian_samples_tends_to_the_convolved_gaussian():
   rng = np.random.default_rng(0)
   d, tau, sigma = 2, 1.0, 0.3
@@ -92,6 +98,7 @@ def test_parzen_of_gaussian_samples_tends_to_the_convolved_gaussian():
   assert np.median(np.abs(est - exact)) < 0.02  # tails are sparse in samples
 
 
+@pytest.mark.slow
 def test_parzen_window_selection_prefers_the_right_width():
   rng = np.random.default_rng(1)
   samples = rng.normal(size=(3000, 2))
@@ -102,25 +109,26 @@ def test_parzen_window_selection_prefers_the_right_width():
   assert result["test_nats_stderr"] > 0
 
 
+@pytest.mark.slow
 def test_training_evaluator_is_the_stratified_bound_on_a_fixed_subset(setup):
   import ml_collections
-  model, params, images, stats = setup
+  task, params, images, stats = setup
   cfg = ml_collections.ConfigDict(dict(method="stratified", num_strata=4, num_images=45,
                                        batch_size=20, num_batches=2, seed=3))
   key = jax.random.key(7)
-  ev = evaluate.make_test_evaluator(model, stats, images, cfg, parallel.DataParallel(), key=key)
+  ev = evaluate.make_test_evaluator(task, cfg, parallel.DataParallel(), key=key)
   got = ev(params)
   # Whole batches only: 45 images -> 40, taken in the evaluator's fixed order.
   subset = images[np.random.default_rng(3).permutation(60)[:40]]
-  want = evaluate.bound_stratified(model, params, subset, stats, key, num_strata=4, batch_size=20)
+  want = evaluate.bound_stratified(task, params, subset, key, num_strata=4, batch_size=20)
   assert got["eval/num_images"] == 40
   np.testing.assert_allclose(got["eval/loss"], want["neg_K_minus_L_null_bits_per_pixel"], rtol=1e-5)
   np.testing.assert_allclose(got["eval/loss_stderr"], want["neg_K_minus_L_null_stderr"], rtol=1e-4)
   assert ev(params) == got  # the same images and keys at every evaluation
 
   cfg.method = "one_t"
-  res = evaluate.make_test_evaluator(model, stats, images, cfg, parallel.DataParallel(), key=key)(params)
+  res = evaluate.make_test_evaluator(task, cfg, parallel.DataParallel(), key=key)(params)
   assert res["eval/num_batches"] == 2 and np.isfinite(res["eval/loss"])
   cfg.method = "all"
   with pytest.raises(ValueError, match="eval.method"):
-    evaluate.make_test_evaluator(model, stats, images, cfg, parallel.DataParallel(), key=key)
+    evaluate.make_test_evaluator(task, cfg, parallel.DataParallel(), key=key)

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import tiny_model_config
 from dpm_jax import config as config_lib
-from dpm_jax import diffusion, networks
+from dpm_jax import diffusion, kernels, networks
 
 
 def expected_param_count(cfg):
@@ -30,6 +30,7 @@ def expected_param_count(cfg):
   return conv + dense + upper
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset,count", [("mnist", 1_691_008), ("cifar10", None)])
 def test_preset_shapes_and_parameter_counts(preset, count):
   cfg = config_lib.get_model_config(preset)
@@ -41,7 +42,7 @@ def test_preset_shapes_and_parameter_counts(preset, count):
     assert n == count
   w = cfg.spatial_width
   x = jax.ShapeDtypeStruct((5, w, w, cfg.n_colors), jnp.float32)
-  z = jax.eval_shape(lambda p, x: model.apply(p, x, method=diffusion.DiffusionModel.network_output),
+  z = jax.eval_shape(lambda p, x: model.apply(p, x, method="network_output"),
                      params, x)
   assert z.shape == (5, w, w, cfg.n_colors * 2 * cfg.n_temporal_basis)
   mu, sigma = jax.eval_shape(lambda p, x: model.apply(p, x, jnp.ones(())), params, x)
@@ -86,10 +87,10 @@ def numpy_multiscale(x, kernels, biases, n_scales):
   return acc / n_scales
 
 
-@pytest.mark.parametrize("conv_impl", ["xla", "matmul"])
+@pytest.mark.parametrize("conv", ["xla", "cpu"])
 @pytest.mark.parametrize("n_scales", [1, 2, 3])
-def test_multiscale_convolution_against_direct_loops(conv_impl, n_scales):
-  layer = networks.MultiScaleConvolution(5, n_scales, 3, conv_impl)
+def test_multiscale_convolution_against_direct_loops(conv, n_scales):
+  layer = networks.MultiScaleConvolution(5, n_scales, 3, kernels.conv_layer(conv))
   x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype(np.float32)
   params = layer.init(jax.random.key(0), x)
   # Nonzero biases, so the test sees them.

@@ -31,7 +31,7 @@ from dpm_jax import diffusion
 from dpm_jax import schedule
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "parity.npz")
-CONV_IMPLS = ("xla", "matmul")
+CONV_KERNELS = ("xla", "cpu")
 
 # float32 tolerances (observed deviations are 2-10x smaller).
 # TIGHT: the same formula in the same order (schedule, readout, sigma).
@@ -79,18 +79,17 @@ def _py(value: np.ndarray):
   return str(value) if isinstance(value, np.str_) else value
 
 
-def _config(fx, case, conv_impl="xla", **overrides):
+def _config(fx, case, **overrides):
   cfg = config_lib.get_model_config()
   for key, value in _group(fx, f"{case}/config").items():
     cfg[key] = _py(value)
-  cfg.conv_impl = conv_impl
   for key, value in overrides.items():
     cfg[key] = value
   return cfg
 
 
-def _model_and_params(fx, case, conv_impl="xla", **overrides):
-  model = diffusion.make_model(_config(fx, case, conv_impl, **overrides))
+def _model_and_params(fx, case, conv="xla", **overrides):
+  model = diffusion.make_model(_config(fx, case, **overrides), conv)
   flat = {k: jnp.asarray(v) for k, v in _group(fx, f"{case}/params").items()}
   params = flax.traverse_util.unflatten_dict(
       {tuple(("params/" + k).split("/")): v for k, v in flat.items()})
@@ -125,9 +124,8 @@ def test_full_size_schedule(fixture):
 
 
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("conv_impl", CONV_IMPLS)
-def test_param_tree_matches_init(fixture, case, conv_impl):
-  model, params = _model_and_params(fixture, case, conv_impl)
+def test_param_tree_matches_init(fixture, case):
+  model, params = _model_and_params(fixture, case)
   want = flax.traverse_util.flatten_dict(
       jax.eval_shape(lambda: diffusion.init_params(model, jax.random.PRNGKey(0))), sep="/")
   got = flax.traverse_util.flatten_dict(params, sep="/")
@@ -151,7 +149,7 @@ def test_schedule_and_t_weights(fixture, case):
   beta_arr = schedule.beta_schedule(T, cfg.step1_beta, basis, link=cfg.beta_link,
                                     dtype=jnp.float32)
   _close(beta_arr, out["beta_arr"], TIGHT, "beta_arr")
-  beta_module = model.apply(params, jnp.float32, method=diffusion.DiffusionModel.beta_arr)
+  beta_module = model.apply(params, jnp.float32, method="beta_arr")
   _close(beta_module, out["beta_arr"], TIGHT, "DiffusionModel.beta_arr")
 
   t = jnp.float32(inp["t"])
@@ -167,11 +165,12 @@ def test_schedule_and_t_weights(fixture, case):
 def test_forward_sample_and_posterior(fixture, case):
   cfg = _config(fixture, case)
   inp, out = _group(fixture, f"{case}/inputs"), _group(fixture, f"{case}/outputs")
-  beta_arr = jnp.asarray(out["beta_arr"])
-  x_t, mu_q, sigma_q, x_u = diffusion.forward_diffusion_sample(
-      jnp.asarray(inp["x0"]), jnp.float32(inp["t"]), beta_arr,
-      noise=jnp.asarray(inp["noise"]), uniform=jnp.asarray(inp["uniform"]),
-      uniform_noise=float(inp["uniform_noise"]))
+  process = diffusion.GaussianDiffusion(jnp.asarray(out["beta_arr"]))
+  t = jnp.float32(inp["t"])
+  x_u = diffusion.dequantize(jnp.asarray(inp["x0"]), jnp.asarray(inp["uniform"]),
+                             float(inp["uniform_noise"]))
+  x_t = process.q_sample(x_u, t, jnp.asarray(inp["noise"]))
+  mu_q, sigma_q = process.posterior(x_u, x_t, t)
   assert x_t.shape == inp["x0"].shape == (inp["x0"].shape[0], cfg.spatial_width,
                                           cfg.spatial_width, cfg.n_colors)
   _close(x_u, inp["x0"] + (inp["uniform"] - 0.5) * inp["uniform_noise"], TIGHT, "x_u")
@@ -181,14 +180,14 @@ def test_forward_sample_and_posterior(fixture, case):
 
 
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("conv_impl", CONV_IMPLS)
-def test_network_readout_and_reverse_kernel(fixture, case, conv_impl):
-  model, params = _model_and_params(fixture, case, conv_impl)
+@pytest.mark.parametrize("conv", CONV_KERNELS)
+def test_network_readout_and_reverse_kernel(fixture, case, conv):
+  model, params = _model_and_params(fixture, case, conv)
   cfg = model.config
   inp, out = _group(fixture, f"{case}/inputs"), _group(fixture, f"{case}/outputs")
   x_t, t = jnp.asarray(out["x_t"]), jnp.float32(inp["t"])
 
-  z = model.apply(params, x_t, method=diffusion.DiffusionModel.network_output)
+  z = model.apply(params, x_t, method="network_output")
   _close(z, out["Z"], NET, "network output Z")
 
   basis = schedule.temporal_basis(cfg.trajectory_length, cfg.n_temporal_basis)
@@ -203,28 +202,29 @@ def test_network_readout_and_reverse_kernel(fixture, case, conv_impl):
   _close(mu, out["mu"], NET, "reverse mu (from the fixture's coefficients)")
   _close(sigma, out["sigma"], TIGHT, "reverse sigma (from the fixture's coefficients)")
 
-  mu, sigma = model.apply(params, x_t, t, method=diffusion.DiffusionModel.get_mu_sigma)
-  _close(mu, out["mu"], NET, "get_mu_sigma mu")
-  _close(sigma, out["sigma"], NET, "get_mu_sigma sigma")
+  mu, sigma = model.apply(params, x_t, t, method="reverse")
+  _close(mu, out["mu"], NET, "reverse mu")
+  _close(sigma, out["sigma"], NET, "reverse sigma")
 
 
 def _bound_chain(model, params, x0, t, noise, uniform, uniform_noise):
-  """The training cost's pieces at given draws, as make_loss_fn computes them."""
+  """The training cost at given draws: the loss's own per-t KL and bound, given draws."""
   cfg = model.config
-  beta_arr = model.apply(params, jnp.float32, method=diffusion.DiffusionModel.beta_arr)
-  x_t, mu_q, sigma_q, _ = diffusion.forward_diffusion_sample(
-      x0, t, beta_arr, noise=noise, uniform=uniform, uniform_noise=uniform_noise)
-  mu, sigma = model.apply(params, x_t, t, method=diffusion.DiffusionModel.get_mu_sigma)
-  kl = diffusion.normal_kl(mu_q, sigma_q, mu, sigma)
-  bound = diffusion.bound_bits(kl, beta_arr, multiplier=diffusion.kl_multiplier(cfg),
-                               n_colors=cfg.n_colors)
-  return kl, bound, beta_arr
+  x_u = diffusion.dequantize(x0, uniform, uniform_noise)
+  kl, process = diffusion.kl_at_t(model, params, x_u, t, noise)
+  bound = diffusion.bound_terms(kl, process, x_u, multiplier=diffusion.kl_multiplier(cfg),
+                                unit_dims=cfg.n_colors)["loss"]
+  # The same value through make_loss_fn's apply, with these draws.
+  loss_fn = diffusion.make_loss_fn(model, uniform_noise=uniform_noise)
+  draws = diffusion.Draws(({"noise": noise, "uniform": uniform},), ({"t": t},), (None,))
+  np.testing.assert_array_equal(loss_fn.apply(params, x0, draws)[0], bound)
+  return kl, bound
 
 
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("conv_impl", CONV_IMPLS)
-def test_kl_and_bound(fixture, case, conv_impl):
-  model, params = _model_and_params(fixture, case, conv_impl)
+@pytest.mark.parametrize("conv", CONV_KERNELS)
+def test_kl_and_bound(fixture, case, conv):
+  model, params = _model_and_params(fixture, case, conv)
   cfg = model.config
   assert cfg.kl_multiplier == "T" and diffusion.kl_multiplier(cfg) == cfg.trajectory_length
   inp, out = _group(fixture, f"{case}/inputs"), _group(fixture, f"{case}/outputs")
@@ -233,21 +233,22 @@ def test_kl_and_bound(fixture, case, conv_impl):
   kl = diffusion.normal_kl(jnp.asarray(out["mu_posterior"]), jnp.asarray(out["sigma_posterior"]),
                            jnp.asarray(out["mu"]), jnp.asarray(out["sigma"]))
   _close(kl, out["kl"], dict(rtol=1e-5, atol=1e-6), "KL (from the fixture's mu and sigma)")
-  bound = diffusion.bound_bits(jnp.asarray(out["kl"]), jnp.asarray(out["beta_arr"]),
-                               multiplier=cfg.trajectory_length, n_colors=cfg.n_colors)
+  process = diffusion.GaussianDiffusion(jnp.asarray(out["beta_arr"]))
+  bound = diffusion.bound_terms(jnp.asarray(out["kl"]), process, jnp.asarray(out["kl"]),
+                                multiplier=cfg.trajectory_length, unit_dims=cfg.n_colors)["loss"]
   _close(bound, out["bound_T"], dict(rtol=1e-6, atol=0.0), "bound, KL x T (from the fixture's KL)")
 
   # The whole chain in JAX, from the inputs and draws.
-  kl, bound, _ = _bound_chain(model, params, jnp.asarray(inp["x0"]), jnp.float32(inp["t"]),
+  kl, bound = _bound_chain(model, params, jnp.asarray(inp["x0"]), jnp.float32(inp["t"]),
                               jnp.asarray(inp["noise"]), jnp.asarray(inp["uniform"]),
                               float(inp["uniform_noise"]))
   _close(kl, out["kl"], KL, "KL")
   _close(bound, out["bound_T"], _bound_tol(cfg), "bound, KL x T")
 
   # The default bound multiplies the KL by T-1: smaller by mean(KL) / ln 2 per colour.
-  default_model, _ = _model_and_params(fixture, case, conv_impl, kl_multiplier="T-1")
+  default_model, _ = _model_and_params(fixture, case, conv, kl_multiplier="T-1")
   assert diffusion.kl_multiplier(default_model.config) == cfg.trajectory_length - 1
-  _, bound_default, _ = _bound_chain(
+  _, bound_default = _bound_chain(
       default_model, params, jnp.asarray(inp["x0"]), jnp.float32(inp["t"]),
       jnp.asarray(inp["noise"]), jnp.asarray(inp["uniform"]), float(inp["uniform_noise"]))
   shift = np.mean(np.asarray(kl, np.float64)) / math.log(2.0) * cfg.n_colors
@@ -258,14 +259,14 @@ def test_kl_and_bound(fixture, case, conv_impl):
 
 
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("conv_impl", CONV_IMPLS)
-def test_seed_cost_single_t(fixture, case, conv_impl):
+@pytest.mark.parametrize("conv", CONV_KERNELS)
+def test_seed_cost_single_t(fixture, case, conv):
   """The seed's cost_single_t with its own random t and draws, replayed."""
-  model, params = _model_and_params(fixture, case, conv_impl)
+  model, params = _model_and_params(fixture, case, conv)
   inp, out = _group(fixture, f"{case}/inputs"), _group(fixture, f"{case}/outputs")
   t = float(inp["t_replay"])
   assert t == int(t) and 1 <= t <= model.config.trajectory_length - 1
-  _, bound, _ = _bound_chain(model, params, jnp.asarray(inp["x0"]), jnp.float32(t),
+  _, bound = _bound_chain(model, params, jnp.asarray(inp["x0"]), jnp.float32(t),
                              jnp.asarray(inp["noise_replay"]), jnp.asarray(inp["uniform_replay"]),
                              float(inp["uniform_noise"]))
   _close(bound, out["cost_T"], _bound_tol(model.config), f"seed cost_single_t at t={t:.0f}")

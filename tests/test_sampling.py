@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_model_config
-from dpm_jax import data as data_lib, diffusion, ops, sampling
+from dpm_jax import data as data_lib, diffusion, networks, sampling
 from test_diffusion import isotropic_params
 
 
@@ -40,7 +40,7 @@ def test_fixed_first_step_is_applied_unless_skipped(tiny):
   full, states = sampling.make_sampler(model, num_images=2, record_t=(0,))(params, key)
   skipped = sampling.make_sampler(model, num_images=2, skip_first_step=True)(params, key)
   np.testing.assert_array_equal(skipped, states[0])  # the reference sampler ends at x_0
-  beta0 = float(model.apply(params, method=diffusion.DiffusionModel.beta_arr)[0])
+  beta0 = float(model.apply(params, method="beta_arr")[0])
   eps = jax.random.normal(jax.random.fold_in(key, 0), full.shape)
   np.testing.assert_allclose(full, skipped * math.sqrt(1 - beta0) + math.sqrt(beta0) * eps, rtol=1e-5, atol=1e-6)
 
@@ -94,6 +94,7 @@ def isotropic_sampling_setup(T=200):
   return model, isotropic_params(diffusion.init_params(model, jax.random.key(0)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("skip_first_step", [False, True])
 def test_isotropic_model_samples_unit_gaussians(skip_first_step):
   model, params = isotropic_sampling_setup()
@@ -104,6 +105,7 @@ def test_isotropic_model_samples_unit_gaussians(skip_first_step):
   assert abs(x.var() - 1) < 4 * math.sqrt(2 / n)
 
 
+@pytest.mark.slow
 def test_perturbed_posterior_sampler_on_a_gaussian_perturbation():
   """The paper's rule with r = N(y; x, s^2) on the isotropic unit-variance model.
 
@@ -112,7 +114,7 @@ def test_perturbed_posterior_sampler_on_a_gaussian_perturbation():
   """
   T, y, s = 200, 1.0, 0.5
   model, params = isotropic_sampling_setup(T)
-  beta = np.asarray(model.apply(params, method=diffusion.DiffusionModel.beta_arr), np.float64)
+  beta = np.asarray(model.apply(params, method="beta_arr"), np.float64)
   mean, var = 0.0, 1.0
   for t in range(T - 1, -1, -1):
     c = math.sqrt(1 - beta[t]) * (1 - beta[t] / s**2)
@@ -127,18 +129,20 @@ def test_perturbed_posterior_sampler_on_a_gaussian_perturbation():
   assert 0.8 < mean < 0.9 and 0.11 < var < 0.2
 
 
+@pytest.mark.slow
 def test_superres_posterior_matches_its_low_resolution_observation():
   """With a sharp r, the samples' 2x2 means match the observation."""
   model, params = isotropic_sampling_setup(100)
   y_low = jax.random.normal(jax.random.key(11), (16, 4, 4, 1))
   log_r = sampling.downsampling_log_r(y_low, 2, 0.05)
   x = sampling.make_sampler(model, num_images=16, log_r=log_r)(params, jax.random.key(12))
-  pooled = np.asarray(ops.mean_pool(x, 2))
+  pooled = np.asarray(networks.mean_pool(x, 2))
   assert np.abs(pooled - np.asarray(y_low)).mean() < 0.1
   unconditioned = sampling.make_sampler(model, num_images=16)(params, jax.random.key(12))
-  assert np.abs(np.asarray(ops.mean_pool(unconditioned, 2)) - np.asarray(y_low)).mean() > 0.5
+  assert np.abs(np.asarray(networks.mean_pool(unconditioned, 2)) - np.asarray(y_low)).mean() > 0.5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", sampling.MODES)
 def test_generate_modes(tiny, mode):
   model, params = tiny

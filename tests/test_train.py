@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,39 +15,55 @@ import numpy as np
 import optax
 import pytest
 
-from dpm_jax import checkpoints, data as data_lib, train
+from conftest import ROOT
+from dpm_jax import data as data_lib, metrics, rundir, train
 from experiments.configs import test as test_config
+from runs import small_dataset
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SECTIONS = {"train": ("num_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
+                      "sample_every_steps", "max_nonfinite_steps", "batch_size"),
+            "optimizer": ("learning_rate",), "compute": ("micro_batch_size", "conv")}
 
 
-def tiny_config(**train_overrides):
+def tiny_config(**overrides):
+  """The tiny test config with train / optimizer / compute fields overridden by name."""
   config = test_config.get_config()
-  for k, v in train_overrides.items():
-    config.train[k] = v
+  for k, v in overrides.items():
+    (section,) = [s for s, names in SECTIONS.items() if k in names]
+    config[section][k] = v
   return config
 
 
-def small_dataset(n_train=96, n_test=40):
-  ds = data_lib.load_embedded()
-  return data_lib.Dataset(ds.train[:n_train], ds.test[:n_test], "mnist_embedded_small")
-
-
 def run_cli(args, timeout=300, **kwargs):
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m"] + args, cwd=ROOT, env=env, capture_output=True,
+  return subprocess.run([sys.executable, "-m"] + args, cwd=ROOT, capture_output=True,
                         text=True, timeout=timeout, **kwargs)
 
 
 def final_params(workdir):
-  run = checkpoints.load_run(workdir)
+  run = rundir.load_run(workdir)
   return run.step, jax.tree.leaves(run.params)
 
 
 def deterministic_metrics(workdir):
   """metrics.jsonl without the wall-clock fields."""
   return [{k: v for k, v in r.items() if not k.startswith("perf/")}
-          for r in train.read_metrics(workdir)]
+          for r in metrics.read_metrics(workdir)]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+  """A 10-step run on 96 digits, with a sample grid: copy it before changing it."""
+  workdir = tmp_path_factory.mktemp("trained")
+  state = train.train_and_evaluate(tiny_config(num_steps=10, sample_every_steps=10),
+                                   str(workdir), dataset=small_dataset(96, 40))
+  return workdir, state
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(trained_run[0], workdir)
+  return workdir
 
 
 # ----------------------------------------------------------------------------
@@ -71,7 +89,7 @@ def test_nonfinite_rule_zeroes_only_the_bad_tensor_and_counts_it():
 
 def test_rmsprop_matches_the_reference_rule():
   config = tiny_config()
-  tx = train.make_optimizer(config.train, steps_per_epoch=1000)
+  tx = train.make_optimizer(config.optimizer, steps_per_epoch=1000)
   p = {"w": jnp.asarray([1.0, -2.0, 3.0])}
   state = tx.init(p)
   ms = np.zeros(3)
@@ -88,7 +106,7 @@ def test_rmsprop_matches_the_reference_rule():
 
 def test_learning_rate_decays_10x_per_1000_epochs_with_a_floor():
   config = tiny_config()
-  schedule = train.learning_rate_schedule(config.train, steps_per_epoch=10)
+  schedule = train.learning_rate_schedule(config.optimizer, steps_per_epoch=10)
   assert float(schedule(0)) == pytest.approx(1e-3)
   assert float(schedule(9)) == pytest.approx(1e-3)          # decays once an epoch
   assert float(schedule(10)) == pytest.approx(1e-3 * 0.1 ** (1 / 1000), rel=1e-6)
@@ -100,47 +118,50 @@ def test_learning_rate_decays_10x_per_1000_epochs_with_a_floor():
 # End to end.
 
 
-def test_train_and_evaluate_on_embedded_digits(tmp_path):
-  config = tiny_config(num_steps=10, sample_every_steps=10)
-  config.model.trajectory_length = 20
-  state = train.train_and_evaluate(config, str(tmp_path), dataset=small_dataset())
+def test_train_and_evaluate_on_embedded_digits(trained_run):
+  workdir, state = trained_run
   assert int(state.step) == 10
-  records = train.read_metrics(str(tmp_path))
+  records = metrics.read_metrics(str(workdir))
   assert [r["step"] for r in records] == [5, 10]
   last = records[-1]
   for key in ("train/loss", "train/learning_rate", "train/nonfinite_tensors", "perf/images_per_sec",
+              "train/kl", "train/H_start", "train/H_end", "train/L_null", "train/K",
               "eval/loss", "eval/loss_stderr", "eval/nll_bpd",
               "train/norm/network/mlp_conv/layer0/kernel_scale0",
               "train/grad_norm/network/mlp_dense_upper/dense1/bias"):
     assert key in last, key
   assert np.isfinite(last["train/loss"]) and last["eval/loss_stderr"] > 0
+  # 96 digits in batches of 32: 3 steps an epoch; step 10 runs in epoch 3.
+  assert last["train/learning_rate"] == pytest.approx(1e-3 * 0.1 ** (3 / 1000), rel=1e-6)
   for name in ("config.json", "data_stats.json", "learning_curves.png", "samples/step_00000010.png"):
-    assert os.path.exists(tmp_path / name), name
-  assert os.listdir(tmp_path / "tensorboard")
-  assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()) == [10]
-  stats = json.load(open(tmp_path / "data_stats.json"))
+    assert os.path.exists(workdir / name), name
+  assert os.listdir(workdir / "tensorboard")
+  assert sorted(int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit()) == [10]
+  stats = json.load(open(workdir / "data_stats.json"))
   assert stats["uniform_noise"] == pytest.approx(stats["scale"] / 255)
-  run = checkpoints.load_run(str(tmp_path))
-  assert run.step == 10 and run.config.model.trajectory_length == 20
+  run = rundir.load_run(str(workdir))
+  assert run.step == 10 and run.config.model.trajectory_length == 50
+  for a, b in zip(jax.tree.leaves(run.params), jax.tree.leaves(state.params)):
+    np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_training_lowers_the_bound(tmp_path):
   config = tiny_config(num_steps=150, log_every_steps=50, eval_every_steps=150,
-                       checkpoint_every_steps=150)
-  config.train.learning_rate = 3e-3
+                       checkpoint_every_steps=150, learning_rate=3e-3)
   train.train_and_evaluate(config, str(tmp_path), dataset=small_dataset(n_train=512))
-  losses = [r["train/loss"] for r in train.read_metrics(str(tmp_path)) if "train/loss" in r]
+  losses = [r["train/loss"] for r in metrics.read_metrics(str(tmp_path)) if "train/loss" in r]
   assert losses[-1] < losses[0] - 0.2, losses
 
 
+@pytest.mark.slow
 def test_resume_in_process_equals_uninterrupted(tmp_path):
-  ds = small_dataset()
+  ds = small_dataset(96, 40)
   full = tiny_config(num_steps=12, checkpoint_every_steps=4, log_every_steps=3, eval_every_steps=6)
   a = train.train_and_evaluate(full, str(tmp_path / "a"), dataset=ds)
   first = tiny_config(num_steps=5, checkpoint_every_steps=4, log_every_steps=3, eval_every_steps=6)
   train.train_and_evaluate(first, str(tmp_path / "b"), dataset=ds)  # saves 4 and 5
   # Rewind to step 4, as if killed just after that checkpoint.
-  import shutil
   shutil.rmtree(tmp_path / "b" / "checkpoints" / "5")
   b = train.train_and_evaluate(full, str(tmp_path / "b"), dataset=ds)
   for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
@@ -151,7 +172,7 @@ def test_resume_in_process_equals_uninterrupted(tmp_path):
 def _wait_for_step(workdir, step, proc, timeout=240):
   start = time.time()
   while time.time() - start < timeout:
-    records = train.read_metrics(workdir) if os.path.exists(os.path.join(workdir, "metrics.jsonl")) else []
+    records = metrics.read_metrics(workdir) if os.path.exists(os.path.join(workdir, "metrics.jsonl")) else []
     if records and records[-1]["step"] >= step:
       return
     if proc.poll() is not None:
@@ -160,26 +181,34 @@ def _wait_for_step(workdir, step, proc, timeout=240):
   raise AssertionError("training did not reach the step in time")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_kill_and_rerun_reproduces_the_uninterrupted_run(tmp_path, sig):
-  args = ["experiments.mnist", "--config=experiments/configs/test.py",
-          "--config.train.num_steps=60", "--config.train.log_every_steps=2",
-          "--config.train.checkpoint_every_steps=7", "--config.train.eval_every_steps=20"]
-  ref = tmp_path / "ref"
-  done = run_cli(args + [f"--workdir={ref}"])
+KILL_ARGS = ["experiments.mnist", "--config=experiments/configs/test.py",
+             "--config.train.num_steps=60", "--config.train.log_every_steps=2",
+             "--config.train.checkpoint_every_steps=7", "--config.train.eval_every_steps=20"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_cli_run(tmp_path_factory):
+  ref = tmp_path_factory.mktemp("uninterrupted")
+  done = run_cli(KILL_ARGS + [f"--workdir={ref}"])
   assert done.returncode == 0, done.stderr[-3000:]
+  return ref
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_kill_and_rerun_reproduces_the_uninterrupted_run(tmp_path, sig, uninterrupted_cli_run):
+  args, ref = KILL_ARGS, uninterrupted_cli_run
   killed = tmp_path / "killed"
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
   proc = subprocess.Popen([sys.executable, "-m"] + args + [f"--workdir={killed}"], cwd=ROOT,
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   _wait_for_step(str(killed), 24, proc)
   proc.send_signal(sig)
   _, err = proc.communicate(timeout=120)
   if sig == signal.SIGTERM:
     assert proc.returncode == 143, err[-3000:]
-    assert "SIGTERM received: saved a checkpoint at step" in err
-    stopped = checkpoints.load_run(str(killed)).step
-    assert 24 <= stopped < 60 and stopped % 7 != 0 or stopped >= 24
+    saved = int(re.search(r"SIGTERM received: saved a checkpoint at step (\d+)", err).group(1))
+    # The step it stopped at, after the one waited for and before the end.
+    assert 24 <= saved < 60 and rundir.load_run(str(killed)).step == saved
   else:
     assert proc.returncode == -signal.SIGKILL
   rerun = run_cli(args + [f"--workdir={killed}"])
@@ -197,62 +226,67 @@ def test_kill_and_rerun_reproduces_the_uninterrupted_run(tmp_path, sig):
 # Failure modes.
 
 
-def test_nonfinite_losses_stop_training_and_keep_the_last_good_checkpoint(tmp_path, monkeypatch):
-  ds = small_dataset()
-  train.train_and_evaluate(tiny_config(num_steps=10), str(tmp_path), dataset=ds)
-  good = checkpoints.load_run(str(tmp_path))
+@pytest.mark.slow
+def test_nonfinite_losses_stop_training_and_keep_the_last_good_checkpoint(run_copy, monkeypatch):
+  good = rundir.load_run(str(run_copy))
   real = data_lib.DataStats.from_dict
   # From here on every batch maps to NaN, as a broken preprocessing would.
   monkeypatch.setattr(data_lib.DataStats, "from_dict",
                       classmethod(lambda cls, d: real(d).__class__(float("nan"), 0.0, 0.0)))
   config = tiny_config(num_steps=30, max_nonfinite_steps=4)
   with pytest.raises(train.NonFiniteLossError, match="non-finite for 4 consecutive steps"):
-    train.train_and_evaluate(config, str(tmp_path), dataset=ds)
+    train.train_and_evaluate(config, str(run_copy), dataset=small_dataset(96, 40))
   monkeypatch.undo()
-  after = checkpoints.load_run(str(tmp_path))
+  after = rundir.load_run(str(run_copy))
   assert after.step == 10
   for x, y in zip(jax.tree.leaves(good.params), jax.tree.leaves(after.params)):
     np.testing.assert_array_equal(x, y)
 
 
-def test_corrupt_checkpoint_is_an_error_not_a_restart(tmp_path):
-  ds = small_dataset()
-  train.train_and_evaluate(tiny_config(num_steps=10), str(tmp_path), dataset=ds)
-  step_dir = tmp_path / "checkpoints" / "10" / "state"
+@pytest.mark.slow
+def test_corrupt_checkpoint_is_an_error_not_a_restart(run_copy):
+  step_dir = run_copy / "checkpoints" / "10" / "state"
   for root, _, files in os.walk(step_dir):
     for name in files:
       if "manifest" in name or name.endswith(".ocdbt") or "d" == os.path.basename(root):
         with open(os.path.join(root, name), "wb") as f:
           f.write(b"garbage")
-  with pytest.raises(checkpoints.CheckpointError, match="Cannot restore the checkpoint"):
-    train.train_and_evaluate(tiny_config(num_steps=20), str(tmp_path), dataset=ds)
+  with pytest.raises(rundir.CheckpointError, match="Cannot restore the checkpoint"):
+    train.train_and_evaluate(tiny_config(num_steps=20), str(run_copy), dataset=small_dataset(96, 40))
 
 
-def test_unfinished_step_folder_is_an_error(tmp_path):
-  ds = small_dataset()
-  train.train_and_evaluate(tiny_config(num_steps=10), str(tmp_path), dataset=ds)
-  os.makedirs(tmp_path / "checkpoints" / "15")
-  with pytest.raises(checkpoints.CheckpointError, match=r"(?s)checkpoints/15.*corrupt"):
-    train.train_and_evaluate(tiny_config(num_steps=20), str(tmp_path), dataset=ds)
+@pytest.mark.slow
+def test_unfinished_step_folder_is_an_error(run_copy):
+  os.makedirs(run_copy / "checkpoints" / "15")
+  with pytest.raises(rundir.CheckpointError, match=r"(?s)checkpoints/15.*corrupt"):
+    train.train_and_evaluate(tiny_config(num_steps=20), str(run_copy), dataset=small_dataset(96, 40))
 
 
-def test_changed_model_config_is_an_error(tmp_path):
-  ds = small_dataset()
-  train.train_and_evaluate(tiny_config(num_steps=10), str(tmp_path), dataset=ds)
+@pytest.mark.slow
+def test_changed_model_config_is_an_error(run_copy):
   config = tiny_config(num_steps=20)
   config.model.n_hidden_conv = 5
-  with pytest.raises(checkpoints.CheckpointError, match="model.n_hidden_conv: checkpoint 4 vs now 5"):
-    train.train_and_evaluate(config, str(tmp_path), dataset=ds)
+  with pytest.raises(rundir.CheckpointError, match="model.n_hidden_conv: checkpoint 4 vs now 5"):
+    train.train_and_evaluate(config, str(run_copy), dataset=small_dataset(96, 40))
+
+
+@pytest.mark.slow
+def test_compute_section_may_change_on_resume(run_copy):
+  """How the model runs is not part of what it is: another kernel resumes the run."""
+  config = tiny_config(num_steps=12, micro_batch_size=8)
+  config.compute.conv = "xla"
+  state = train.train_and_evaluate(config, str(run_copy), dataset=small_dataset(96, 40))
+  assert int(state.step) == 12
 
 
 @pytest.mark.parametrize("field,value,message", [
     ("batch_size", 0, "train.batch_size must be a positive integer"),
     ("num_steps", -1, "Set train.num_steps > 0"),
-    ("learning_rate", 0.0, "train.learning_rate must be > 0"),
+    ("learning_rate", 0.0, "optimizer.learning_rate must be > 0"),
+    ("conv", "fft", "compute.conv must be one of"),
 ])
 def test_bad_train_config(field, value, message):
-  config = tiny_config()
-  config.train[field] = value
+  config = tiny_config(**{field: value})
   with pytest.raises(train.config_lib.ConfigError, match=message):
     train.validate_config(config)
 
@@ -269,17 +303,19 @@ def test_bad_eval_config(field, value, message):
     train.validate_config(config)
 
 
+@pytest.mark.slow
 def test_image_shape_mismatch(tmp_path):
   config = tiny_config()
   config.model.spatial_width = 32
   with pytest.raises(train.config_lib.ConfigError, match=r"images are \(28, 28, 1\)"):
-    train.train_and_evaluate(config, str(tmp_path), dataset=small_dataset())
+    train.train_and_evaluate(config, str(tmp_path), dataset=small_dataset(96, 40))
 
 
 # ----------------------------------------------------------------------------
 # The command line.
 
 
+@pytest.mark.slow
 def test_cli_overrides_and_default_workdir(tmp_path):
   out = tmp_path / "out"
   res = run_cli(["experiments.mnist", "--config=experiments/configs/test.py",
@@ -292,6 +328,7 @@ def test_cli_overrides_and_default_workdir(tmp_path):
   assert saved["model"]["n_hidden_conv"] == 3 and saved["train"]["num_steps"] == 4
 
 
+@pytest.mark.slow
 def test_cli_errors_are_clear(tmp_path):
   res = run_cli(["experiments.mnist", "--config=experiments/configs/test.py",
                  "--config.train.batch_size=0", f"--workdir={tmp_path / 'a'}"])
@@ -306,64 +343,62 @@ def test_cli_errors_are_clear(tmp_path):
   assert time.time() - start < 60
 
 
-MOCK_RUNNER = """
-import sys
-import tensorflow_datasets as tfds
-from experiments import launch
-entry, config = sys.argv[1], sys.argv[2]
-sys.argv = [entry] + sys.argv[2:]
-with tfds.testing.mock_data(num_examples=64):
-  launch.run(config.split("=", 1)[1])
-"""
-
-
-@pytest.mark.parametrize("entry,config,extra", [
-    ("mnist", "experiments/configs/mnist.py", ["--config.data.source=tfds"]),
-    ("cifar10", "experiments/configs/cifar10.py", []),
+@pytest.mark.slow
+@pytest.mark.parametrize("config_module,extra", [
+    ("mnist", {"data.source": "tfds"}),
+    ("cifar10", {}),
 ])
-def test_entry_points_on_tfds_mock_data(tmp_path, entry, config, extra):
-  tiny = ["--config.model.n_hidden_dense_lower=8", "--config.model.n_hidden_conv=4",
-          "--config.model.n_hidden_dense_upper=4", "--config.model.n_layers_conv=2",
-          "--config.model.n_layers_dense_lower=2", "--config.model.n_layers_dense_upper=2",
-          "--config.model.trajectory_length=30", "--config.train.batch_size=16",
-          "--config.eval.batch_size=16", "--config.eval.num_batches=2",
-          "--config.train.num_steps=3", "--config.train.log_every_steps=1"]
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  res = subprocess.run([sys.executable, "-c", MOCK_RUNNER, entry, f"--config={config}"] + extra + tiny
-                       + [f"--workdir={tmp_path}"], cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=300)
-  assert res.returncode == 0, res.stderr[-3000:]
-  records = train.read_metrics(str(tmp_path))
+def test_experiment_configs_on_tfds_mock_data(tmp_path, config_module, extra):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  import importlib  # pylint: disable=g-import-not-at-top
+  config = importlib.import_module(f"experiments.configs.{config_module}").get_config()
+  # The experiment's data and image shape, the test config's tiny model.
+  tiny = test_config.get_config().model
+  tiny.spatial_width, tiny.n_colors = config.model.spatial_width, config.model.n_colors
+  config.model = tiny
+  overrides = {"train.batch_size": 16, "eval.batch_size": 16, "eval.num_batches": 2,
+               "train.num_steps": 3, "train.log_every_steps": 1, "train.sample_every_steps": 0,
+               **extra}
+  for path, value in overrides.items():
+    section, field = path.split(".")
+    config[section][field] = value
+  with tfds.testing.mock_data(num_examples=64):
+    train.train_and_evaluate(config, str(tmp_path))
+  records = metrics.read_metrics(str(tmp_path))
   assert [r["step"] for r in records] == [1, 2, 3]
   assert "eval/loss" in records[-1]
   assert json.load(open(tmp_path / "config.json"))["data"]["source"] == "tfds"
 
 
 def test_micro_batch_resolution():
-  assert train.resolve_micro_batch_size(-1, 512, 1, "matmul") == 64
+  assert train.resolve_micro_batch_size(-1, 512, 1, "cpu") == 64
   assert train.resolve_micro_batch_size(-1, 512, 1, "xla") == 0
-  assert train.resolve_micro_batch_size(-1, 512, 2, "matmul") == 64  # per device: 256
-  assert train.resolve_micro_batch_size(-1, 128, 2, "matmul") == 0   # per device: 64
-  assert train.resolve_micro_batch_size(-1, 32, 1, "matmul") == 0
+  assert train.resolve_micro_batch_size(-1, 512, 2, "cpu") == 64  # per device: 256
+  assert train.resolve_micro_batch_size(-1, 128, 2, "cpu") == 0   # per device: 64
+  assert train.resolve_micro_batch_size(-1, 32, 1, "cpu") == 0
   assert train.resolve_micro_batch_size(128, 512, 2) == 128
   with pytest.raises(train.config_lib.ConfigError, match="must be -1 \\(auto\\), 0 \\(off\\) or divide"):
     train.resolve_micro_batch_size(100, 512, 1)
 
 
+@pytest.mark.slow
 def test_training_with_micro_batches_matches_whole_batches(tmp_path):
-  ds = small_dataset()
+  ds = small_dataset(96, 40)
   states = []
   for micro in (0, 8):
     config = tiny_config(num_steps=4, micro_batch_size=micro)
-    states.append(train.train_and_evaluate(config, str(tmp_path / str(micro)), dataset=ds))
+    states.append(train.train_and_evaluate(config, str(tmp_path / str(micro)), dataset=ds,
+                                           devices=jax.devices()[:1]))
   for a, b in zip(jax.tree.leaves(states[0].params), jax.tree.leaves(states[1].params)):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
 
 
 def test_config_diff_ignores_where_the_data_lives():
+  # model.conv_impl: a field of earlier versions' saved configs.
   saved = {"model": {"n_scales": 1, "conv_impl": "matmul"}, "data": {"dir": "/a", "dataset": "mnist"}}
-  now = {"model": {"n_scales": 1, "conv_impl": "xla"}, "data": {"dir": "/b", "dataset": "mnist"}}
-  assert checkpoints.diff_sections(saved, now) == []
+  now = {"model": {"n_scales": 1}, "data": {"dir": "/b", "dataset": "mnist"},
+         "compute": {"conv": "xla"}}
+  assert rundir.diff_sections(saved, now) == []
   now["data"]["dataset"] = "fashion_mnist"
-  assert checkpoints.diff_sections(saved, now) == [
+  assert rundir.diff_sections(saved, now) == [
       "data.dataset: checkpoint 'mnist' vs now 'fashion_mnist'"]

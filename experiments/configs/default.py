@@ -30,14 +30,6 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.train = train = ml_collections.ConfigDict()
   train.batch_size = 512
-  # Each device's gradient accumulated over micro-batches of this size (the
-  # same gradient up to float rounding): -1 = 64 with the CPU convolutions when
-  # a device's part of the batch is larger, where it is faster; 0 = off.
-  train.micro_batch_size = -1
-  train.learning_rate = 1e-3
-  train.min_learning_rate = 1e-4
-  train.rmsprop_decay = 0.9
-  train.rmsprop_eps = 1e-10
   train.num_epochs = 100
   train.num_steps = 0             # > 0: stop after this many steps instead of epochs
   # Steps per "epoch" for the learning-rate decay and num_epochs; 0 = one pass
@@ -50,6 +42,29 @@ def get_config() -> ml_collections.ConfigDict:
   train.sample_every_steps = 1000  # and at the last step; 0: off (grids in workdir/samples)
   train.sample_num_images = 36
   train.max_nonfinite_steps = 20  # stop after this many non-finite losses in a row
+
+  # RMSprop as the reference code's (no bias correction), after a rule that
+  # zeroes a non-finite gradient; the rate decays 10x per 1000 epochs.
+  config.optimizer = opt = ml_collections.ConfigDict()
+  opt.learning_rate = 1e-3
+  opt.min_learning_rate = 1e-4   # the decay's floor
+  opt.rmsprop_decay = 0.9
+  opt.rmsprop_eps = 1e-10
+
+  # How the model runs: never changes what it computes, and may change when
+  # a run is resumed.
+  config.compute = compute = ml_collections.ConfigDict()
+  # The convolution kernel (dpm_jax.kernels): 'auto' (the CPU kernel on the
+  # CPU, XLA's convolution elsewhere), 'xla' or 'cpu'.
+  compute.conv = "auto"
+  # Each device's gradient accumulated over micro-batches of this size (the
+  # same gradient up to float rounding): -1 = 64 with the CPU kernel when a
+  # device's part of the batch is larger, where it is faster; 0 = off.
+  compute.micro_batch_size = -1
+  # CPU devices JAX shows when it runs on the CPU (one per core is fastest):
+  # 0 = one per core, as many as divide the batch; 1 = one multi-threaded
+  # device. The entry points' --cpu_devices flag, when given, wins.
+  compute.cpu_devices = 0
 
   config.eval = ev = ml_collections.ConfigDict()
   # 'stratified': num_strata random t per test image, the standard error

@@ -5,9 +5,10 @@ A run directory (workdir) holds:
                         and 'meta' (step, config, data stats) per step.
   config.json           the full config of the run.
   data_stats.json       scale, shift and dequantisation width of the data.
-  metrics.jsonl         one JSON object per logged step.
+  metrics.jsonl         one JSON object per logged step (dpm_jax.metrics).
   tensorboard/          TensorBoard event files.
   learning_curves.png   train and eval bound against step.
+  samples/              sample grids or plots.
 
 Sampling and evaluation read a run directory through `load_run` and never
 import the training loop.
@@ -27,6 +28,7 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from dpm_jax import data as data_lib
 
@@ -104,35 +106,51 @@ def latest_step(manager: ocp.CheckpointManager) -> Optional[int]:
   return manager.latest_step()
 
 
-def _on_first_device(manager: ocp.CheckpointManager, step: int):
-  """The saved state's tree as arrays on this process's first device.
+def _on_first_device(tree):
+  """Shapes and dtypes of `tree` as arrays on this process's first device.
 
   A checkpoint records the devices its arrays were sharded over; restoring
   into this target reads it whatever devices this process has.
   """
-  with ocp.StandardCheckpointer() as checkpointer:
-    tree = checkpointer.metadata(
-        os.path.join(str(manager.directory), str(step), "state")).item_metadata.tree
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
 
 
+def _saved_tree(manager: ocp.CheckpointManager, step: int):
+  """The saved state's tree of array metadata (shapes, dtypes), read from the
+  'state' item's own metadata: the step's metadata file lives one folder up."""
+  path = epath.Path(manager.directory) / str(step) / "state"
+  return ocp.StandardCheckpointHandler().metadata(path).tree
+
+
+def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
+  """The metadata saved at `step` (config, data stats), without the state."""
+  try:
+    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  except Exception as err:  # pylint: disable=broad-except
+    raise _restore_error(manager, step, err) from err
+
+
+def _restore_error(manager, step, err) -> "CheckpointError":
+  path = os.path.join(str(manager.directory), str(step))
+  return CheckpointError(
+      f"Cannot restore the checkpoint at {path}: {type(err).__name__}: "
+      f"{str(err)[:500]}\nThe checkpoint is corrupt or was written by an "
+      "incompatible model/config. Move that step folder aside to resume "
+      "from an earlier checkpoint, or start a new run with another --workdir.")
+
+
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state=None):
-  """Restores (state, meta) at `step`: state into the structure of abstract_state
-  if given, else as saved, on this process's first device."""
+  """Restores (state, meta) at `step` on this process's first device: the state
+  into the structure of abstract_state (arrays or shapes) if given, else as saved."""
   try:
     if abstract_state is None:
-      abstract_state = _on_first_device(manager, step)
-    state_args = ocp.args.StandardRestore(abstract_state)
+      abstract_state = _saved_tree(manager, step)
+    state_args = ocp.args.StandardRestore(_on_first_device(abstract_state))
     restored = manager.restore(step, args=ocp.args.Composite(
         state=state_args, meta=ocp.args.JsonRestore()))
   except Exception as err:  # pylint: disable=broad-except
-    path = os.path.join(str(manager.directory), str(step))
-    raise CheckpointError(
-        f"Cannot restore the checkpoint at {path}: {type(err).__name__}: "
-        f"{str(err)[:500]}\nThe checkpoint is corrupt or was written by an "
-        "incompatible model/config. Move that step folder aside to resume "
-        "from an earlier checkpoint, or start a new run with another --workdir.") from err
+    raise _restore_error(manager, step, err) from err
   return restored["state"], restored["meta"]
 
 
@@ -140,12 +158,17 @@ def config_to_json(config: ml_collections.ConfigDict) -> str:
   return config.to_json_best_effort(indent=2, sort_keys=True)
 
 
+def config_to_dict(config: ml_collections.ConfigDict) -> dict:
+  return json.loads(config_to_json(config))
+
+
 def config_from_dict(d: dict) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(d)
 
 
 # Fields that may change between a run and its resumption: where the data
-# lives, and how (not what) the network computes.
+# lives, and a field of earlier versions (model.conv_impl, now the compute
+# section, which is never compared).
 RESUMABLE_FIELDS = ("model.conv_impl", "data.dir", "data.tfds_data_dir", "data.download")
 
 
@@ -165,7 +188,7 @@ class Run:
   """What sampling and evaluation need from a run directory."""
   config: ml_collections.ConfigDict
   params: Any
-  stats: data_lib.DataStats
+  stats: dict  # how stored examples map to model units (Task.stats)
   step: int
   workdir: str
 
@@ -191,8 +214,7 @@ def load_run(workdir: str, step: Optional[int] = None) -> Run:
     manager.close()
   params = jax.tree.map(np.asarray, state["params"])
   return Run(config=config_from_dict(meta["config"]), params=params,
-             stats=data_lib.DataStats.from_dict(meta["data_stats"]), step=int(step),
-             workdir=workdir)
+             stats=meta["data_stats"], step=int(step), workdir=workdir)
 
 
 def write_json(path: str, obj) -> None:

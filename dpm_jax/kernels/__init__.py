@@ -1,0 +1,62 @@
+"""How the network's convolution layers run: one kernel per backend, same function.
+
+A convolution layer is leaky_relu(conv2d_same(x, kernel) + bias). Two kernels
+compute it:
+
+  'xla'  lax.conv_general_dilated, differentiated by JAX: what GPUs and TPUs
+         run best.
+  'cpu'  XLA's convolution forward and a hand-written, chunked backward pass
+         (dpm_jax.kernels.cpu_conv): XLA's CPU convolution gradients are slow.
+
+`conv_layer(name)` returns the layer function; the network takes it at
+construction (`networks.MLPConvDense(config, conv_layer=...)`), so the kernel
+is chosen once, by `config.compute.conv`, and never changes the parameters or
+the function computed (tests/test_kernels.py).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+
+from dpm_jax.kernels import cpu_conv
+
+CONV_KERNELS = ("auto", "xla", "cpu")
+
+ConvLayer = Callable[..., jax.Array]
+
+
+def resolve(name: str) -> str:
+  """'auto' is 'cpu' on the CPU backend and 'xla' elsewhere."""
+  if name not in CONV_KERNELS:
+    raise ValueError(f"conv kernel must be one of {CONV_KERNELS}, got {name!r}")
+  if name == "auto":
+    return "cpu" if jax.default_backend() == "cpu" else "xla"
+  return name
+
+
+def conv_layer_xla(x, kernel, bias, negative_slope: float = 0.05):
+  """leaky_relu(conv2d_same(x, kernel) + bias) with XLA's convolution.
+
+  Args:
+    x: (B, H, W, C_in) images.
+    kernel: (f, f, C_in, C_out), f odd; cross-correlation, zero-padded 'same'.
+    bias: (C_out,).
+    negative_slope: the LeakyReLU's slope below zero.
+
+  Returns:
+    (B, H, W, C_out).
+  """
+  y = lax.conv_general_dilated(x, kernel, window_strides=(1, 1), padding="SAME",
+                               dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias
+  return jnp.where(y > 0, y, negative_slope * y)
+
+
+def conv_layer(name: str = "auto") -> ConvLayer:
+  """The convolution layer function of a kernel name (see the module docstring)."""
+  if resolve(name) == "xla":
+    return conv_layer_xla
+  return cpu_conv.conv_layer
