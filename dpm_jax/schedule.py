@@ -110,8 +110,18 @@ def t_weights(t, trajectory_length: int) -> jax.Array:
 
 
 def at_t(values, t) -> jax.Array:
-  """Reads a per-time-step array (T,) at (possibly fractional) t via t_weights."""
-  return t_weights(t, values.shape[0]).astype(values.dtype) @ values
+  """Reads a per-time-step array (T,) at (possibly fractional) t in [0, T-1].
+
+  The same values as t_weights(t, T) @ values (linear interpolation between
+  neighbours, exact at integer t), read with two gathers instead of a (..., T)
+  matrix: one t per example costs O(batch), not O(batch * T).
+  """
+  T = values.shape[0]
+  t = jnp.asarray(t).astype(values.dtype)
+  lo = jnp.clip(jnp.floor(t), 0, T - 1)
+  w = t - lo
+  lo_i = lo.astype(jnp.int32)
+  return values[lo_i] * (1.0 - w) + values[jnp.minimum(lo_i + 1, T - 1)] * w
 
 
 def alpha_cum(beta_arr) -> jax.Array:

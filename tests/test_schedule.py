@@ -99,3 +99,12 @@ def test_folded_readout_equals_reading_out_the_last_layer():
     folded = schedule.folded_readout(h, kernel, bias, w, n_colors)
     np.testing.assert_allclose(folded[..., 0], mu, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(folded[..., 1], beta, rtol=1e-5, atol=1e-5)
+
+
+def test_at_t_reads_the_triangular_weights_with_gathers():
+  """at_t equals t_weights(t) @ values at integer and fractional t, for one t or a batch."""
+  values = jnp.asarray(np.random.default_rng(0).normal(size=50), jnp.float32)
+  for t in (jnp.asarray(0.0), jnp.asarray(49.0), jnp.asarray([3.0, 7.25, 48.5, 0.5])):
+    np.testing.assert_allclose(schedule.at_t(values, t), schedule.t_weights(t, 50) @ values,
+                               rtol=1e-6, atol=1e-7)
+  np.testing.assert_array_equal(schedule.at_t(values, jnp.arange(50)), values)
