@@ -87,17 +87,26 @@ def learning_rate_schedule(optimizer_config, steps_per_epoch: int) -> optax.Sche
       end_value=optimizer_config.min_learning_rate)
 
 
-def make_optimizer(optimizer_config, steps_per_epoch: int) -> optax.GradientTransformation:
-  """RemoveNotFinite then RMSProp (decay 0.9, 1e-10 floor, no bias correction).
+OPTIMIZERS = ("rmsprop", "adam")
 
-  Blocks' RMSProp divides by max(sqrt(ms), 1e-10); optax by sqrt(ms) + 1e-10
+
+def make_optimizer(optimizer_config, steps_per_epoch: int) -> optax.GradientTransformation:
+  """RemoveNotFinite, then RMSProp (the reference code's) or Adam.
+
+  RMSProp: decay 0.9, 1e-10 floor, no bias correction. Blocks' RMSProp
+  divides by max(sqrt(ms), 1e-10); optax by sqrt(ms) + 1e-10
   (eps_in_sqrt=False). They differ only when sqrt(ms) is below ~1e-9.
+  Adam (optax defaults): for the Table 1 experiments, which the paper trained
+  with SFO, a quasi-Newton method optax does not have.
   """
-  return optax.chain(
-      zero_nonfinite_per_tensor(),
-      optax.rmsprop(learning_rate_schedule(optimizer_config, steps_per_epoch),
-                    decay=optimizer_config.rmsprop_decay, eps=optimizer_config.rmsprop_eps,
-                    eps_in_sqrt=False, bias_correction=False))
+  schedule = learning_rate_schedule(optimizer_config, steps_per_epoch)
+  if optimizer_config.get("name", "rmsprop") == "adam":
+    update = optax.adam(schedule)
+  else:
+    update = optax.rmsprop(schedule, decay=optimizer_config.rmsprop_decay,
+                           eps=optimizer_config.rmsprop_eps, eps_in_sqrt=False,
+                           bias_correction=False)
+  return optax.chain(zero_nonfinite_per_tensor(), update)
 
 
 class TrainState(train_state.TrainState):
@@ -271,12 +280,24 @@ def plot_curves(workdir):
 # The loop.
 
 
+class RunKeys(NamedTuple):
+  """The run's random streams, all derived from config.seed."""
+  init: jax.Array
+  train: jax.Array
+  eval: jax.Array
+  sample: jax.Array
+
+
+def run_keys(seed: int) -> RunKeys:
+  return RunKeys(*jax.random.split(jax.random.key(seed), 4))
+
+
 def restore_or_create(config, workdir, manager, tx, dataset):
   """(task, state, start step): from the newest checkpoint, or new at step 0."""
   start = rundir.latest_step(manager)
   if start is None:
     task = tasks_lib.build(config, dataset)
-    params = diffusion.init_params(task.model, jax.random.fold_in(jax.random.key(config.seed), 0))
+    params = diffusion.init_params(task.model, run_keys(config.seed).init)
     return task, create_train_state(task.model, params, tx), 0
   meta = rundir.read_meta(manager, start)
   diffs = rundir.diff_sections(meta["config"], rundir.config_to_dict(config))
@@ -328,16 +349,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: Optional[str]
     state = par.put_replicated(state)
     meta = write_run_files(config, workdir, task)
     train_step = jit_train_step(task, config, par)
-    _, train_key, eval_key, sample_key = jax.random.split(jax.random.key(config.seed), 4)
+    keys = run_keys(config.seed)
     t, throughput = config.train, metrics_lib.Throughput(config.train.batch_size)
     actions = [
         Periodic(t.log_every_steps, num_steps, log_train(
             learning_rate_schedule(config.optimizer, steps_per_epoch), throughput,
             steps_per_epoch, num_steps, start, task.unit)),
         Periodic(t.eval_every_steps, num_steps, evaluate_test(evaluate_lib.make_test_evaluator(
-            task, config.eval, par, key=eval_key), task.unit)),
+            task, config.eval, par, key=keys.eval), task.unit)),
         Periodic(t.sample_every_steps, num_steps,
-                 write_samples(task, t.sample_num_images, workdir, sample_key)),
+                 write_samples(task, t.sample_num_images, workdir, keys.sample)),
         Periodic(t.checkpoint_every_steps, num_steps, save_checkpoint(manager, meta)),
         Periodic(t.eval_every_steps, num_steps, plot_curves(workdir)),
     ]
@@ -347,7 +368,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: Optional[str]
       for step in range(start + 1, num_steps + 1):
         batch = par.put_batch(task.train[data_lib.batch_indices(step - 1, n_train, t.batch_size,
                                                                 config.seed)])
-        state, step_metrics = train_step(state, batch, train_key)
+        state, step_metrics = train_step(state, batch, keys.train)
         throughput.tick()
         check_finite(state, step, t.max_nonfinite_steps, manager, workdir)
         record = {}
@@ -440,14 +461,18 @@ def validate_config(config) -> None:
   if t.batches_per_epoch < 0:
     raise config_lib.ConfigError("train.batches_per_epoch must be >= 0 (0: one pass over the data).")
   o = config.optimizer
+  if o.get("name", "rmsprop") not in OPTIMIZERS:
+    raise config_lib.ConfigError(f"optimizer.name must be one of {OPTIMIZERS}, got {o.name!r}.")
   if not o.learning_rate > 0:
     raise config_lib.ConfigError(f"optimizer.learning_rate must be > 0, got {o.learning_rate!r}.")
   if config.compute.conv not in kernels.CONV_KERNELS:
     raise config_lib.ConfigError(
         f"compute.conv must be one of {kernels.CONV_KERNELS}, got {config.compute.conv!r}.")
-  if config.data.source not in data_lib.SOURCES:
+  sources = ("synthetic",) if config.data.dataset in tasks_lib.SYNTHETIC else data_lib.SOURCES
+  if config.data.source not in sources:
     raise config_lib.ConfigError(
-        f"data.source must be one of {data_lib.SOURCES}, got {config.data.source!r}.")
+        f"data.source must be one of {sources} for data.dataset={config.data.dataset!r}, "
+        f"got {config.data.source!r}.")
   ev = config.eval
   if ev.method not in ("stratified", "one_t"):
     raise config_lib.ConfigError(

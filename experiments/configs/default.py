@@ -46,6 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
   # RMSprop as the reference code's (no bias correction), after a rule that
   # zeroes a non-finite gradient; the rate decays 10x per 1000 epochs.
   config.optimizer = opt = ml_collections.ConfigDict()
+  opt.name = "rmsprop"            # 'rmsprop' (the reference code's) or 'adam'
   opt.learning_rate = 1e-3
   opt.min_learning_rate = 1e-4   # the decay's floor
   opt.rmsprop_decay = 0.9
