@@ -115,3 +115,66 @@ def plot_kl_per_t(t, kl, path: str) -> str:
   fig.tight_layout()
   fig.savefig(path)
   return path
+
+
+def save_binary_rows(rows, path: str, scale: int = 8) -> str:
+  """Binary sequences (N, L) as N rows of L bins: 1 black, 0 white."""
+  image = 1.0 - np.clip(np.asarray(rows, np.float32), 0.0, 1.0)
+  image = image.repeat(scale, axis=0).repeat(scale, axis=1)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  _imsave(path, image, cmap="gray", vmin=0.0, vmax=1.0)
+  return path
+
+
+def save_binary_panels(panels: Sequence, titles: Sequence[str], path: str) -> str:
+  """Side-by-side panels of binary sequences (each (N, L)), titled; 1 is black."""
+  fig = _figure(figsize=(2.6 * len(panels), 4.5))
+  for i, (rows, title) in enumerate(zip(panels, titles)):
+    ax = fig.add_subplot(1, len(panels), i + 1)
+    ax.imshow(np.asarray(rows), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest",
+              aspect="auto")
+    ax.set(title=title, xlabel="bin", ylabel="sample" if i == 0 else None)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  return path
+
+
+def save_scatter(points, path: str, title: str = "") -> str:
+  """2-D points as a scatter plot on [-2.5, 2.5]^2."""
+  fig = _figure(figsize=(4, 4))
+  ax = fig.add_subplot(1, 1, 1)
+  pts = np.asarray(points)
+  ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.5)
+  ax.set(xlim=(-2.5, 2.5), ylim=(-2.5, 2.5), title=title, aspect="equal")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  return path
+
+
+def save_figure_1(forward, reverse, drift, labels: Sequence[str], path: str) -> str:
+  """The paper's Figure 1: forward samples, reverse samples and the drift, in columns.
+
+  Args:
+    forward, reverse: sequences of (N, 2) points, one per column.
+    drift: per column, (grid points (M, 2), drift vectors mu(x_t, t) - x_t (M, 2)).
+    labels: column titles (e.g. 't = 0', 't = T/2', 't = T').
+    path: the PNG to write.
+  """
+  n = len(labels)
+  fig = _figure(figsize=(3.2 * n, 9.6))
+  for col in range(n):
+    for row, (pts, name) in enumerate(((forward[col], "q(x_t)"), (reverse[col], "p(x_t)"))):
+      ax = fig.add_subplot(3, n, row * n + col + 1)
+      pts = np.asarray(pts)
+      ax.scatter(pts[:, 0], pts[:, 1], s=1, alpha=0.4)
+      ax.set(xlim=(-2.5, 2.5), ylim=(-2.5, 2.5), aspect="equal",
+             title=f"{name}, {labels[col]}")
+    ax = fig.add_subplot(3, n, 2 * n + col + 1)
+    grid, vectors = (np.asarray(a) for a in drift[col])
+    ax.quiver(grid[:, 0], grid[:, 1], vectors[:, 0], vectors[:, 1], angles="xy",
+              scale_units="xy", scale=1.0, width=0.004)
+    ax.set(xlim=(-2.5, 2.5), ylim=(-2.5, 2.5), aspect="equal",
+           title=f"drift mu(x_t, t) - x_t, {labels[col]}")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  return path

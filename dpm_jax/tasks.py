@@ -13,6 +13,7 @@ import os
 from typing import Callable, Optional
 
 import flax.linen as nn
+import jax.numpy as jnp
 import numpy as np
 
 from dpm_jax import config as config_lib
@@ -91,16 +92,44 @@ def image_task(config, dataset: Optional[data_lib.Dataset] = None,
       save_samples=save_samples)
 
 
+# The synthetic data sets of the paper's Table 1: name -> module with
+# model_config, validate_model_config, make_model, sample_data and plots.
+SYNTHETIC = ("heartbeat", "swiss_roll")
+
+
+def synthetic_module(name: str):
+  import importlib  # pylint: disable=g-import-not-at-top
+  return importlib.import_module(f"dpm_jax.{name}")
+
+
 def load_data(config) -> data_lib.Dataset:
-  """The stored examples of an experiment config."""
+  """The stored examples of an experiment config: images, or fresh synthetic draws."""
+  if config.data.dataset in SYNTHETIC:
+    module, m, d = synthetic_module(config.data.dataset), config.model, config.data
+    return data_lib.Dataset(module.sample_data(d.num_train, config.seed, m),
+                            module.sample_data(d.num_test, config.seed + 1, m), d.dataset)
   return data_lib.load_dataset(config.data)
 
 
 def no_data(config) -> data_lib.Dataset:
   """No examples, of the config's shape: a task that only samples needs no data."""
   m = config.model
-  empty = np.zeros((0, m.spatial_width, m.spatial_width, m.n_colors), np.uint8)
+  if config.data.dataset in SYNTHETIC:
+    shape = synthetic_module(config.data.dataset).make_model(m).data_shape
+    empty = np.zeros((0,) + tuple(shape), np.float32)
+  else:
+    empty = np.zeros((0, m.spatial_width, m.spatial_width, m.n_colors), np.uint8)
   return data_lib.Dataset(empty, empty, config.data.dataset)
+
+
+def synthetic_task(config, dataset: Optional[data_lib.Dataset] = None) -> Task:
+  """A synthetic data set of the paper's Table 1: data in model units, no dequantisation."""
+  module = synthetic_module(config.data.dataset)
+  dataset = dataset or load_data(config)
+  return Task(model=module.make_model(config.model), train=dataset.train, test=dataset.test,
+              name=dataset.name, stats={}, prepare=lambda batch: jnp.asarray(batch, jnp.float32),
+              uniform_noise=0.0, unit=module.UNIT, eval_extras=lambda mean, stderr: {},
+              save_samples=module.save_samples)
 
 
 def conv_kernel(config) -> str:
@@ -110,11 +139,16 @@ def conv_kernel(config) -> str:
 
 def validate_model_config(config) -> None:
   """Raises ConfigError naming the first invalid field of config.model."""
-  config_lib.validate_model_config(config.model)
+  if config.data.dataset in SYNTHETIC:
+    synthetic_module(config.data.dataset).validate_model_config(config.model)
+  else:
+    config_lib.validate_model_config(config.model)
 
 
 def build(config, dataset=None, stats: Optional[dict] = None) -> Task:
   """The Task of an experiment config (by config.data.dataset)."""
+  if config.data.dataset in SYNTHETIC:
+    return synthetic_task(config, dataset)
   return image_task(config, dataset, stats)
 
 

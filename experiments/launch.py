@@ -1,7 +1,9 @@
 """Shared pieces of the entry points: the training main (experiments/mnist.py,
 cifar10.py) and the loading of a run directory (experiments/sample.py, evaluate.py)."""
 
+import functools
 import logging as std_logging
+import os
 import sys
 
 from absl import app
@@ -46,7 +48,7 @@ def _quiet_logs() -> None:
   std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
 
 
-def main(argv) -> None:
+def main(argv, final_report: bool = False) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   # Imported here so that --help stays fast.
@@ -54,7 +56,12 @@ def main(argv) -> None:
   _quiet_logs()
   try:
     use_cpu_devices(FLAGS.config.train.batch_size, configured=FLAGS.config.compute.cpu_devices)
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    workdir = FLAGS.workdir or train.create_workdir(FLAGS.config)
+    train.train_and_evaluate(FLAGS.config, workdir)
+    if final_report:
+      from dpm_jax import table1  # pylint: disable=g-import-not-at-top
+      report = table1.final_report(workdir)
+      print(table1.summary_line(report) + f"\nwrote {os.path.join(workdir, 'eval.json')}")
   except train.TrainingInterrupted as e:
     logging.warning("%s", e)
     sys.exit(143)
@@ -65,9 +72,9 @@ def main(argv) -> None:
     sys.exit(2)
 
 
-def run(default_config: str) -> None:
+def run(default_config: str, final_report: bool = False) -> None:
   define_flags(default_config)
-  app.run(main)
+  app.run(functools.partial(main, final_report=final_report))
 
 
 def open_run(workdir: str, step=None, with_data: bool = True):

@@ -1,0 +1,116 @@
+"""The paper's Table 1 experiments: the Swiss roll model, and short runs of both entry configs."""
+
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from dpm_jax import diffusion, swiss_roll, table1, train
+from experiments.configs import heartbeat as heartbeat_config
+from experiments.configs import swiss_roll as swiss_roll_config
+
+
+def test_swiss_roll_data_is_scaled_to_unit_variance():
+  cfg = swiss_roll.model_config()
+  x = swiss_roll.sample_data(200_000, 0, cfg)
+  assert x.shape == (200_000, 2) and x.dtype == np.float32
+  np.testing.assert_allclose(x.mean(axis=0), 0.0, atol=0.01)
+  assert np.mean(np.sum(x**2, axis=1)) == pytest.approx(2.0, rel=0.01)
+  np.testing.assert_array_equal(x[:100], swiss_roll.sample_data(200_000, 0, cfg)[:100])
+
+
+@pytest.mark.slow
+def test_swiss_roll_true_log_likelihood_against_monte_carlo_on_a_wide_roll():
+  """With a wide noise the numerical mixture density is the Monte Carlo density."""
+  cfg = swiss_roll.model_config()
+  cfg.noise_std = 3.0
+  ll = swiss_roll.true_log_likelihood_bits(cfg, n_points=2000, n_theta=2000)
+  mean, scale = swiss_roll._moments(3.0)  # pylint: disable=protected-access
+  x = swiss_roll.sample_data(2000, 2024, cfg).astype(np.float64) * scale + mean
+  rng = np.random.default_rng(1)
+  theta = swiss_roll.THETA_RANGE[0] + np.diff(swiss_roll.THETA_RANGE)[0] * rng.random(20000)
+  c = np.stack([theta * np.cos(theta), theta * np.sin(theta)], 1)
+  d2 = ((x[:, None, :] - c[None]) ** 2).sum(-1)
+  dens = np.mean(np.exp(-d2 / 18.0), axis=1) / (2 * math.pi * 9.0)
+  mc = np.mean(np.log2(dens * scale**2))
+  assert ll == pytest.approx(mc, abs=0.02)
+
+
+def small_swiss_roll(**overrides):
+  cfg = swiss_roll.model_config()
+  cfg.trajectory_length = 10
+  for k, v in overrides.items():
+    cfg[k] = v
+  model = swiss_roll.make_model(cfg)
+  return model, diffusion.init_params(model, jax.random.key(0))
+
+
+def test_swiss_roll_schedule_fixes_beta_1_and_learns_the_rest():
+  model, params = small_swiss_roll()
+  beta = np.asarray(model.apply(params, method="beta_arr"))
+  assert beta[0] == pytest.approx(1e-6) and np.all((beta > 0) & (beta < 1))
+  np.testing.assert_allclose(beta[1:], 1 / np.linspace(10, 2, 10)[1:], rtol=1e-5)
+  x = jnp.asarray(swiss_roll.sample_data(64, 0))
+  grads = jax.grad(lambda p: diffusion.make_loss_fn(model)(p, x, jax.random.key(1))[0])(params)
+  assert np.any(np.asarray(grads["params"]["beta_logits"]) != 0)
+  fixed, fixed_params = small_swiss_roll(learn_beta=False)
+  assert "beta_logits" not in fixed_params["params"]
+  np.testing.assert_allclose(fixed.apply(fixed_params, method="beta_arr"), beta, rtol=1e-6)
+
+
+def test_check_grads_swiss_roll_network_and_loss_float64():
+  with jax.enable_x64(True):
+    model, params = small_swiss_roll()
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64)
+                          + 0.1 * jax.random.normal(jax.random.key(2), a.shape, jnp.float64),
+                          params)
+    x = jnp.asarray(swiss_roll.sample_data(5, 1), jnp.float64)
+    t = jnp.asarray([1.0, 3.0, 5.0, 7.0, 9.0])
+    f = lambda p: jnp.sum(jnp.concatenate(model.apply(p, x, t, method="reverse")))
+    check_grads(jax.jit(f), (params,), order=1, modes=("rev",), atol=1e-5, rtol=1e-5, eps=1e-6)
+    loss_fn = diffusion.make_loss_fn(model)
+    g = lambda p: loss_fn(p, x, jax.random.key(4))[0]
+    check_grads(jax.jit(g), (params,), order=1, modes=("rev",), atol=1e-5, rtol=1e-5, eps=1e-6)
+
+
+def short(config_module, **model_overrides):
+  config = config_module.get_config()
+  for k, v in model_overrides.items():
+    config.model[k] = v
+  config.train.update(num_steps=30, log_every_steps=10, eval_every_steps=30,
+                      checkpoint_every_steps=30, batch_size=64)
+  config.data.update(num_train=512, num_test=128)
+  config.eval.update(num_images=128, batch_size=64, num_strata=5)
+  config.final_eval.update(num_examples=128, batch_size=64)
+  return config
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config_module,overrides,unit", [
+    (heartbeat_config, dict(trajectory_length=30, n_hidden=8), "sequence"),
+    (swiss_roll_config, dict(trajectory_length=10), "point"),
+])
+def test_short_run_and_final_report(tmp_path, config_module, overrides, unit):
+  config = short(config_module, **overrides)
+  state = train.train_and_evaluate(config, str(tmp_path))
+  assert int(state.step) == 30
+  report = table1.final_report(str(tmp_path))
+  saved = json.load(open(tmp_path / "eval.json"))
+  for key in ("K_bits", "K_bits_stderr", "L_null_bits", "K_minus_L_null_bits"):
+    assert np.isfinite(saved[key]) and saved[key] == pytest.approx(report[key]), key
+  assert saved["unit"] == unit and saved["num_images"] == 128 and saved["method"] == "all_t"
+  assert saved["K_bits"] == pytest.approx(saved["L_null_bits"] + saved["K_minus_L_null_bits"])
+  assert saved["K_bits"] <= saved["true_log_likelihood_bits"] + 5 * saved["K_bits_stderr"] or \
+      math.isnan(saved["true_log_likelihood_bits"])
+  figures = ["samples.png", "kl_per_t.png"] + (["figure1.png"] if unit == "point" else [])
+  for name in figures:
+    assert os.path.getsize(tmp_path / name) > 1000, name
+  # Resuming a finished run changes nothing.
+  again = train.train_and_evaluate(config, str(tmp_path))
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(again.params)):
+    np.testing.assert_array_equal(a, b)
