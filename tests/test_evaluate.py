@@ -22,6 +22,7 @@ def setup():
   return image_task(cfg, images, stats), params, images, stats
 
 
+@pytest.mark.slow
 def test_all_t_bound_equals_the_mean_of_single_t_estimates(setup):
   task, params, images, stats = setup
   exact = evaluate.bound_all_t(task, params, images, jax.random.key(1), batch_size=25)

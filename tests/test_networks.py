@@ -49,6 +49,7 @@ def test_preset_shapes_and_parameter_counts(preset, count):
   assert mu.shape == sigma.shape == (5, w, w, cfg.n_colors)
 
 
+@pytest.mark.slow
 def test_initialisation_follows_the_reference_code():
   cfg = config_lib.get_model_config("mnist")
   params = diffusion.init_params(diffusion.make_model(cfg), jax.random.key(0))["params"]["network"]

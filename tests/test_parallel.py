@@ -22,7 +22,8 @@ def devices():
   return parallel.DataParallel(jax.devices()[:1]), parallel.DataParallel(jax.devices()[:2])
 
 
-@pytest.mark.parametrize("t_sampling", ["per_minibatch", "per_example"])
+@pytest.mark.parametrize("t_sampling", [pytest.param("per_minibatch", marks=pytest.mark.slow),
+                                        "per_example"])
 def test_gradients_on_two_devices_match_one(devices, t_sampling):
   """Whole and micro-batched gradients on two devices against one device."""
   one, two = devices

@@ -45,6 +45,7 @@ def test_fixed_first_step_is_applied_unless_skipped(tiny):
   np.testing.assert_allclose(full, skipped * math.sqrt(1 - beta0) + math.sqrt(beta0) * eps, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_inpainting_keeps_known_pixels_exactly(tiny):
   model, params = tiny
   known = jax.random.normal(jax.random.key(5), (4, 8, 8, 1))

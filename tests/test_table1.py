@@ -50,6 +50,7 @@ def small_swiss_roll(**overrides):
   return model, diffusion.init_params(model, jax.random.key(0))
 
 
+@pytest.mark.slow
 def test_swiss_roll_schedule_fixes_beta_1_and_learns_the_rest():
   model, params = small_swiss_roll()
   beta = np.asarray(model.apply(params, method="beta_arr"))
