@@ -82,7 +82,7 @@ def sample_data(n: int, seed: int, cfg=None) -> np.ndarray:
 def save_samples(samples, path: str) -> None:
   """Sequences as rows of black (1) and white (0) bins."""
   from dpm_jax import plotting  # pylint: disable=g-import-not-at-top
-  plotting.save_binary_rows(np.asarray(samples)[:, :], path)
+  plotting.save_binary_rows(np.asarray(samples), path)
 
 
 def true_log_likelihood_bits(cfg=None) -> float:
