@@ -22,13 +22,13 @@ def get_config():
   config.optimizer.update(name="adam", learning_rate=1e-2, min_learning_rate=1e-3)
   config.compute.cpu_devices = 1  # a small model: one device wastes nothing
   t = config.train
-  t.batch_size = 4096             # two examples per time step and minibatch, on average
+  t.batch_size = 8192             # four examples per time step and minibatch, on average
   t.num_epochs = 0
-  t.num_steps = 20000
-  t.batches_per_epoch = 20        # the rate decays 10x over the run (1000 such epochs)
+  t.num_steps = 11000
+  t.batches_per_epoch = 11        # the rate decays 10x over the run (1000 such epochs)
   t.log_every_steps = 1000
-  t.eval_every_steps = 5000
-  t.checkpoint_every_steps = 5000
+  t.eval_every_steps = 5500
+  t.checkpoint_every_steps = 5500
   t.sample_every_steps = 0         # the final report draws samples
   t.sample_num_images = 20
   config.eval.update(method="stratified", num_strata=100, num_images=1000, batch_size=500)
