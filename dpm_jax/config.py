@@ -164,6 +164,27 @@ def validate_model_config(cfg) -> None:
         "pathway is on; set n_hidden_dense_lower=0 to turn the pathway off.")
 
 
+def add_loss_fields(cfg, t_sampling: str = "per_example") -> None:
+  """The fields make_loss_fn reads, for models other than the image model."""
+  cfg.t_sampling = t_sampling
+  cfg.n_t_per_minibatch = 1
+  cfg.kl_multiplier = "T-1"
+  cfg.dropout_rate = 0.0
+
+
+def validate_loss_fields(cfg) -> None:
+  """Raises ConfigError for an invalid trajectory length or field of add_loss_fields."""
+  if not isinstance(cfg.trajectory_length, int) or cfg.trajectory_length < 2:
+    raise ConfigError(
+        f"model.trajectory_length must be an integer >= 2, got {cfg.trajectory_length!r}.")
+  n_t = cfg.n_t_per_minibatch
+  if not isinstance(n_t, int) or isinstance(n_t, bool) or n_t < 1:
+    raise ConfigError(f"model.n_t_per_minibatch must be a positive integer, got {n_t!r}.")
+  for name, allowed in (("t_sampling", T_SAMPLINGS), ("kl_multiplier", KL_MULTIPLIERS)):
+    if cfg[name] not in allowed:
+      raise ConfigError(f"model.{name} must be one of {allowed}, got {cfg[name]!r}.")
+
+
 def n_dense_lower_layers(cfg) -> int:
   """Layers in the dense lower pathway (the reference code used n_layers_conv)."""
   return cfg.n_layers_conv if cfg.reference_dense_lower else cfg.n_layers_dense_lower

@@ -49,27 +49,20 @@ def model_config() -> ml_collections.ConfigDict:
   cfg.n_layers = 3
   cfg.p = 0.2                     # the stationary distribution's rate: the data's mean
   cfg.reverse_offset = "forward"  # 'forward': readout + logit(forward rate); 'none'
-  # The loss's fields, as the image model's (dpm_jax.config).
-  cfg.t_sampling = "per_example"
-  cfg.n_t_per_minibatch = 1
-  cfg.kl_multiplier = "T-1"
-  cfg.dropout_rate = 0.0
+  config_lib.add_loss_fields(cfg)
   return cfg
 
 
 def validate_model_config(cfg) -> None:
-  for name in ("sequence_length", "period", "n_hidden", "n_layers", "n_t_per_minibatch"):
+  config_lib.validate_loss_fields(cfg)
+  for name in ("sequence_length", "period", "n_hidden", "n_layers"):
     if not isinstance(cfg[name], int) or cfg[name] < 1:
       raise config_lib.ConfigError(f"model.{name} must be a positive integer, got {cfg[name]!r}.")
-  if not isinstance(cfg.trajectory_length, int) or cfg.trajectory_length < 2:
-    raise config_lib.ConfigError(
-        f"model.trajectory_length must be an integer >= 2, got {cfg.trajectory_length!r}.")
   if not 0.0 < cfg.p < 1.0:
     raise config_lib.ConfigError(f"model.p must lie in (0, 1), got {cfg.p!r}.")
-  for name, allowed in (("reverse_offset", OFFSETS), ("t_sampling", config_lib.T_SAMPLINGS),
-                        ("kl_multiplier", config_lib.KL_MULTIPLIERS)):
-    if cfg[name] not in allowed:
-      raise config_lib.ConfigError(f"model.{name} must be one of {allowed}, got {cfg[name]!r}.")
+  if cfg.reverse_offset not in OFFSETS:
+    raise config_lib.ConfigError(
+        f"model.reverse_offset must be one of {OFFSETS}, got {cfg.reverse_offset!r}.")
 
 
 def sample_data(n: int, seed: int, cfg=None) -> np.ndarray:

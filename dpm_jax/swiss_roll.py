@@ -53,30 +53,21 @@ def model_config() -> ml_collections.ConfigDict:
   cfg.step1_beta = 1e-6           # beta_1, fixed: it bounds K from above (README)
   cfg.learn_beta = True           # False: the reference code's 1 / linspace(T, 2, T), fixed
   cfg.beta_link = "logit"
-  # The loss's fields, as the image model's (dpm_jax.config).
-  cfg.t_sampling = "per_example"
-  cfg.n_t_per_minibatch = 1
-  cfg.kl_multiplier = "T-1"
-  cfg.dropout_rate = 0.0
+  config_lib.add_loss_fields(cfg)
   return cfg
 
 
 def validate_model_config(cfg) -> None:
-  for name in ("n_hidden", "n_t_per_minibatch"):
-    if not isinstance(cfg[name], int) or cfg[name] < 1:
-      raise config_lib.ConfigError(f"model.{name} must be a positive integer, got {cfg[name]!r}.")
-  if not isinstance(cfg.trajectory_length, int) or cfg.trajectory_length < 2:
-    raise config_lib.ConfigError(
-        f"model.trajectory_length must be an integer >= 2, got {cfg.trajectory_length!r}.")
+  config_lib.validate_loss_fields(cfg)
+  if not isinstance(cfg.n_hidden, int) or cfg.n_hidden < 1:
+    raise config_lib.ConfigError(f"model.n_hidden must be a positive integer, got {cfg.n_hidden!r}.")
   if not 0.0 < cfg.step1_beta < 1.0:
     raise config_lib.ConfigError(f"model.step1_beta must lie in (0, 1), got {cfg.step1_beta!r}.")
   if cfg.noise_std < 0:
     raise config_lib.ConfigError(f"model.noise_std must be >= 0, got {cfg.noise_std!r}.")
-  for name, allowed in (("t_sampling", config_lib.T_SAMPLINGS),
-                        ("kl_multiplier", config_lib.KL_MULTIPLIERS),
-                        ("beta_link", config_lib.BETA_LINKS)):
-    if cfg[name] not in allowed:
-      raise config_lib.ConfigError(f"model.{name} must be one of {allowed}, got {cfg[name]!r}.")
+  if cfg.beta_link not in config_lib.BETA_LINKS:
+    raise config_lib.ConfigError(
+        f"model.beta_link must be one of {config_lib.BETA_LINKS}, got {cfg.beta_link!r}.")
 
 
 def _raw_roll(n: int, rng: np.random.Generator, noise_std: float) -> np.ndarray:
