@@ -20,15 +20,16 @@ flags.DEFINE_string("workdir", None, "Run directory made by the training entry p
 flags.DEFINE_enum("method", "all_t", ["all_t", "stratified", "one_t"],
                   "all_t: every t for each image (exact over t); stratified: one t "
                   "per stratum; one_t: the reference code's one t per batch.")
-flags.DEFINE_integer("num_images", 0, "Test images to use (0: all).")
-flags.DEFINE_integer("num_strata", 20, "Strata for --method=stratified.")
-flags.DEFINE_integer("num_batches", 200, "Batches for --method=one_t.")
-flags.DEFINE_integer("batch_size", 100, "Images per network call.")
+flags.DEFINE_integer("num_images", 0, "Test images to use (0: all).", lower_bound=0)
+flags.DEFINE_integer("num_strata", 20, "Strata for --method=stratified.", lower_bound=1)
+flags.DEFINE_integer("num_batches", 200, "Batches for --method=one_t.", lower_bound=2)
+flags.DEFINE_integer("batch_size", 100, "Images per network call.", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Evaluation seed.")
-flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).", lower_bound=0)
 flags.DEFINE_integer("parzen_samples", 0, "> 0: also the Parzen-window log likelihood of this many "
-                     "samples (the paper's MNIST metric; it used 10000).")
-flags.DEFINE_integer("parzen_validation", 1000, "Training images held out to choose the window.")
+                     "samples (the paper's MNIST metric; it used 10000).", lower_bound=0)
+flags.DEFINE_integer("parzen_validation", 1000, "Training images held out to choose the window.",
+                     lower_bound=1)
 launch.define_cpu_devices_flag()
 FLAGS = flags.FLAGS
 

@@ -16,18 +16,22 @@ from experiments import launch
 
 flags.DEFINE_string("workdir", None, "Run directory made by the training entry point.", required=True)
 flags.DEFINE_enum("mode", "sample", ["sample", "inpaint", "denoise", "superres"], "What to generate.")
-flags.DEFINE_integer("num_images", 36, "Images in the grid.")
+flags.DEFINE_integer("num_images", 36, "Images in the grid.", lower_bound=1)
 flags.DEFINE_string("output", None, "PNG path (default: <workdir>/samples/<mode>.png).")
 flags.DEFINE_bool("intermediate", False, "Show states at several t as columns.")
-flags.DEFINE_integer("num_intermediate", None, "Intermediate columns (default: config.sample).")
+flags.DEFINE_integer("num_intermediate", None, "Intermediate columns (default: config.sample).",
+                     lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
-flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).", lower_bound=0)
 flags.DEFINE_enum("mask", None, ["right_half", "left_half", "centre_square", "random_pixels"],
                   "Known pixels for --mode=inpaint (default: config.sample.mask).")
 flags.DEFINE_float("denoise_sigma", None, "Observation noise for --mode=denoise, in model "
-                   "units (default: config.sample.denoise_sigma, 1 as the reference).")
-flags.DEFINE_integer("superres_factor", 4, "Downsampling factor for --mode=superres.")
-flags.DEFINE_float("superres_noise", 0.1, "Observation noise for --mode=superres (model units).")
+                   "units (default: config.sample.denoise_sigma, 1 as the reference).",
+                   lower_bound=0.0)
+flags.DEFINE_integer("superres_factor", 4, "Downsampling factor for --mode=superres.",
+                     lower_bound=1)
+flags.DEFINE_float("superres_noise", 0.1, "Observation noise for --mode=superres (model units).",
+                   lower_bound=0.0)
 flags.DEFINE_bool("skip_first_step", None, "Stop at x_0 like the reference sampler "
                   "(default: config.sample.skip_first_step).")
 launch.define_cpu_devices_flag()
