@@ -64,6 +64,13 @@ class MetricWriter:
     if self._tb is not None:
       self._tb.close()
 
+  def __enter__(self) -> "MetricWriter":
+    return self
+
+  def __exit__(self, *exc) -> bool:
+    self.close()
+    return False
+
 
 def _to_float(v):
   v = np.asarray(v)

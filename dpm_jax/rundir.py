@@ -2,7 +2,11 @@
 
 A run directory (workdir) holds:
   checkpoints/<step>/   Orbax checkpoints: 'state' (the train state pytree)
-                        and 'meta' (step, config, data stats) per step.
+                        and 'meta' (step, config, data stats, the state's
+                        SHA-256) per step.
+  checkpoints_corrupt/  checkpoints that failed verification, moved aside
+                        by a resume with resume_verified (never deleted).
+  .lock                 held by the training process writing the run.
   config.json           the full config of the run.
   data_stats.json       scale, shift and dequantisation width of the data.
   metrics.jsonl         one JSON object per logged step (dpm_jax.metrics).
@@ -17,10 +21,15 @@ import the training loop.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging as py_logging
 import os
 import re
+import shutil
+import socket
+import sys
+import time
 from typing import Any, Optional
 
 from absl import logging
@@ -33,17 +42,35 @@ from etils import epath
 from dpm_jax import data as data_lib
 
 CHECKPOINT_DIR = "checkpoints"
+CORRUPT_DIR = "checkpoints_corrupt"
+LOCK_FILE = ".lock"
 
 
 class CheckpointError(RuntimeError):
-  """A checkpoint that cannot be restored or does not fit this run."""
+  """A checkpoint that cannot be restored, fails verification or does not fit this run."""
+
+
+class CorruptCheckpointError(CheckpointError):
+  """A checkpoint whose files cannot be read or do not match the digest saved with them."""
+
+
+class RunDirError(RuntimeError):
+  """A run directory that cannot be written, is full, or is in use by another process."""
 
 
 class _OrbaxFilter(py_logging.Filter):
-  """Drops Orbax's INFO lines and its read-only notices."""
+  """Drops Orbax's INFO lines and its read-only notices; its errors keep one line.
+
+  A failed background save makes Orbax log the same traceback from several
+  threads; the training loop reports the cause itself (RunDirError).
+  """
 
   def filter(self, record):
     if "/orbax/" not in record.pathname:
+      return True
+    if record.levelno >= py_logging.ERROR:
+      record.msg, record.args = record.getMessage().splitlines()[0][:300], None
+      record.exc_info = record.exc_text = None
       return True
     if record.levelno >= py_logging.WARNING:
       message = record.getMessage()
@@ -75,10 +102,80 @@ def make_manager(workdir: str, max_to_keep: Optional[int] = 3,
                                item_names=("state", "meta"))
 
 
+def _host_array(x) -> np.ndarray:
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    x = x.addressable_data(0)  # a replicated array: this process's copy
+  return np.ascontiguousarray(np.asarray(x))
+
+
+def state_digest(state) -> str:
+  """SHA-256 of a state's arrays: of each array's shape and bytes, sorted.
+
+  Sorting makes it independent of how the tree is nested (a TrainState when
+  training resumes, plain dicts when a run is loaded for sampling), so the
+  same arrays give the same digest however they are restored.
+  """
+  digests = sorted(
+      hashlib.sha256(str(a.shape).encode() + a.tobytes()).hexdigest()
+      for a in map(_host_array, jax.tree.leaves(state)))
+  return hashlib.sha256("".join(digests).encode()).hexdigest()
+
+
+def state_nbytes(state) -> int:
+  return sum(int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize
+             for x in jax.tree.leaves(state))
+
+
 def save(manager: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
-  """Saves the train state and the metadata at `step` (asynchronously)."""
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+  """Saves the train state and the metadata at `step` (asynchronously).
+
+  The metadata gets the state's SHA-256 (state_digest), which `restore`
+  checks: a damaged checkpoint is an error, never a silent load.
+  """
+  meta = dict(meta, step=step, state_sha256=state_digest(state))
+  try:
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+  except Exception as err:  # pylint: disable=broad-except
+    raise _save_error(manager, os.path.dirname(str(manager.directory)), err) from err
+
+
+def check_save_errors(manager: ocp.CheckpointManager, workdir: str) -> None:
+  """Raises RunDirError, cause first, if the last background save has failed."""
+  if manager.is_saving_in_progress():
+    return
+  try:
+    manager.wait_until_finished()  # returns at once; raises the save's error
+    manager.check_for_errors()
+  except Exception as err:  # pylint: disable=broad-except
+    raise _save_error(manager, workdir, err) from err
+
+
+def _save_error(manager, workdir, err) -> RunDirError:
+  return RunDirError(
+      f"Saving a checkpoint in {checkpoint_dir(workdir)} failed: {_first_line(err)}\n"
+      f"{_last_good(manager)} {_free_space_note(workdir)}")
+
+
+def _first_line(err) -> str:
+  text = str(err).strip().splitlines()
+  return f"{type(err).__name__}: {text[0] if text else ''}"[:700]
+
+
+def _last_good(manager) -> str:
+  steps = [s for s in manager.all_steps()]
+  if not steps:
+    return "No checkpoint of this run was saved."
+  return (f"The last good checkpoint is step {max(steps)}, in "
+          f"{os.path.join(str(manager.directory), str(max(steps)))}.")
+
+
+def _free_space_note(workdir: str) -> str:
+  try:
+    free = shutil.disk_usage(workdir).free
+  except OSError:
+    return ""
+  return f"{free / 2**20:.1f} MiB are free there."
 
 
 def _step_dirs(directory: str):
@@ -131,18 +228,23 @@ def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
     raise _restore_error(manager, step, err) from err
 
 
-def _restore_error(manager, step, err) -> "CheckpointError":
+def _restore_error(manager, step, err) -> CorruptCheckpointError:
   path = os.path.join(str(manager.directory), str(step))
-  return CheckpointError(
+  return CorruptCheckpointError(
       f"Cannot restore the checkpoint at {path}: {type(err).__name__}: "
       f"{str(err)[:500]}\nThe checkpoint is corrupt or was written by an "
-      "incompatible model/config. Move that step folder aside to resume "
-      "from an earlier checkpoint, or start a new run with another --workdir.")
+      "incompatible model/config. Resume training from the newest checkpoint that "
+      f"verifies with --resume_verified (corrupt ones are moved to {CORRUPT_DIR}/), load "
+      "an earlier one with --step, or start a new run with another --workdir.")
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state=None):
   """Restores (state, meta) at `step` on this process's first device: the state
-  into the structure of abstract_state (arrays or shapes) if given, else as saved."""
+  into the structure of abstract_state (arrays or shapes) if given, else as saved.
+
+  The restored arrays are checked against the SHA-256 saved with them
+  (checkpoints of earlier versions have none and are not checked).
+  """
   try:
     if abstract_state is None:
       abstract_state = _saved_tree(manager, step)
@@ -151,7 +253,40 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state=None):
         state=state_args, meta=ocp.args.JsonRestore()))
   except Exception as err:  # pylint: disable=broad-except
     raise _restore_error(manager, step, err) from err
+  saved = restored["meta"].get("state_sha256")
+  if saved is not None and state_digest(restored["state"]) != saved:
+    raise CorruptCheckpointError(
+        f"The checkpoint at {os.path.join(str(manager.directory), str(step))} is corrupt: its "
+        "arrays do not match the SHA-256 saved with them.\nResume training from the newest "
+        "checkpoint that verifies with --resume_verified (corrupt ones are moved to "
+        f"{CORRUPT_DIR}/), or load an earlier one with --step.")
   return restored["state"], restored["meta"]
+
+
+def move_aside(manager: ocp.CheckpointManager, step: int) -> str:
+  """Moves the folder of `step` into <workdir>/checkpoints_corrupt/; returns its new path."""
+  source = os.path.join(str(manager.directory), str(step))
+  target_dir = os.path.join(os.path.dirname(str(manager.directory)), CORRUPT_DIR)
+  os.makedirs(target_dir, exist_ok=True)
+  target = os.path.join(target_dir, f"{step}-{time.strftime('%y%m%dT%H%M%S')}")
+  shutil.move(source, target)
+  manager.reload()
+  return target
+
+
+def restore_newest_verified(manager: ocp.CheckpointManager, restore_fn):
+  """(step, restore_fn(step)) of the newest checkpoint that restores and verifies,
+  moving every newer one (and unfinished step folders) aside; (None, None) if none."""
+  for step in _step_dirs(str(manager.directory)):
+    if step not in manager.all_steps():
+      logging.warning("Moved the unfinished checkpoint folder of step %d to %s", step,
+                      move_aside(manager, step))
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      return step, restore_fn(step)
+    except CorruptCheckpointError as err:
+      logging.warning("%s\nMoved it to %s", str(err).splitlines()[0], move_aside(manager, step))
+  return None, None
 
 
 def config_to_json(config: ml_collections.ConfigDict) -> str:
@@ -223,3 +358,113 @@ def write_json(path: str, obj) -> None:
   with open(tmp, "w") as f:
     f.write(obj if isinstance(obj, str) else json.dumps(obj, indent=2, sort_keys=True))
   os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------
+# The run directory as a place to write.
+
+
+def prepare_workdir(workdir: str) -> int:
+  """Creates workdir and checks that it can be written; returns its free bytes."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_test.{os.getpid()}")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+    return shutil.disk_usage(workdir).free
+  except OSError as err:
+    raise RunDirError(f"Cannot write to the run directory {workdir}: "
+                      f"{err.strerror or err}. Choose a writable --workdir.") from err
+
+
+def check_space(manager: ocp.CheckpointManager, workdir: str, nbytes: int) -> None:
+  """Raises RunDirError if a checkpoint of `nbytes` would not fit on the disk."""
+  free = shutil.disk_usage(workdir).free
+  need = int(nbytes * 1.05) + 2**20
+  if free < need:
+    raise RunDirError(
+        f"Not enough disk space for the next checkpoint in {checkpoint_dir(workdir)}: it needs "
+        f"about {need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free. {_last_good(manager)} "
+        "Free some space, or copy the run directory to a larger disk and use the copy as "
+        "--workdir, then rerun the same command to resume.")
+
+
+def _start_time(pid: int) -> Optional[str]:
+  """The process's start time in clock ticks since boot (Linux), to tell a reused pid."""
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[19]
+  except (OSError, IndexError):
+    return None
+
+
+def _alive(owner: dict) -> bool:
+  if owner.get("host") != socket.gethostname():
+    return True  # cannot tell; assume it runs
+  try:
+    os.kill(int(owner["pid"]), 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    pass
+  started = _start_time(int(owner["pid"]))
+  return started is None or owner.get("start_time") in (None, started)
+
+
+class WorkdirLock:
+  """<workdir>/.lock: one training process writes a run directory at a time.
+
+  The file names the process (pid, host, start time, command). It is removed
+  on exit; after a crash or kill -9 it stays, and the next run sees that its
+  process is gone (or its pid now belongs to another process) and takes it over.
+  """
+
+  def __init__(self, workdir: str):
+    self.workdir = workdir
+    self.path = os.path.join(workdir, LOCK_FILE)
+    self.held = False
+
+  def _read(self) -> Optional[dict]:
+    try:
+      with open(self.path) as f:
+        return json.load(f)
+    except FileNotFoundError:
+      return None
+    except (OSError, ValueError):
+      return {}  # unreadable: written by a process that died mid-write
+
+  def __enter__(self):
+    pid = os.getpid()
+    me = {"pid": pid, "host": socket.gethostname(), "start_time": _start_time(pid),
+          "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)[:300]}
+    for _ in range(3):
+      try:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      except FileExistsError:
+        owner = self._read()
+        if owner and _alive(owner):
+          raise RunDirError(
+              f"The run directory {self.workdir} is in use by process {owner.get('pid')} on "
+              f"{owner.get('host')} (since {owner.get('since')}: {owner.get('command')}). Wait "
+              "for it to finish or stop it, or use another --workdir. If that process is not "
+              f"running, delete {self.path}.") from None
+        logging.warning("Taking over the stale lock %s (its process %s is gone).", self.path,
+                        (owner or {}).get("pid"))
+        if self._read() == owner:
+          try:
+            os.remove(self.path)
+          except FileNotFoundError:
+            pass
+        continue
+      with os.fdopen(fd, "w") as f:
+        json.dump(me, f)
+      self.held = True
+      return self
+    raise RunDirError(f"Could not take the lock {self.path}; another process keeps taking it.")
+
+  def __exit__(self, *exc):
+    if self.held and (self._read() or {}).get("pid") == os.getpid():
+      os.remove(self.path)
+    self.held = False
+    return False

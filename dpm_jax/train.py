@@ -9,11 +9,12 @@ uninterrupted run exactly.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import signal
 import threading
 import time
-import math
 from typing import Callable, NamedTuple, Optional
 
 from absl import logging
@@ -45,7 +46,7 @@ class TrainingInterrupted(RuntimeError):
 
 
 class NonFiniteLossError(RuntimeError):
-  """The loss stayed non-finite for too many consecutive steps."""
+  """The loss stayed non-finite for too many consecutive steps, or at the last one."""
 
 
 # ----------------------------------------------------------------------------
@@ -206,11 +207,13 @@ def jit_train_step(task: tasks_lib.Task, config, par: parallel.DataParallel) -> 
 class Periodic:
   """Runs `fn(step, state, metrics, record) -> state` every `every` steps and at the last.
 
-  every = 0 turns it off; `record` collects the step's metrics to write.
+  every = 0 turns it off; `record` collects the step's metrics to write. An
+  abandonable action (an evaluation, a sample grid) is dropped on SIGTERM.
   """
 
-  def __init__(self, every: int, last_step: int, fn: Callable):
+  def __init__(self, every: int, last_step: int, fn: Callable, abandonable: bool = False):
     self.every, self.last_step, self.fn = every, last_step, fn
+    self.abandonable = abandonable
 
   def __call__(self, step, state, metrics, record):
     if self.every and (step % self.every == 0 or step == self.last_step):
@@ -262,10 +265,55 @@ def write_samples(task, num, workdir, key):
   return fn
 
 
-def save_checkpoint(manager, meta):
-  def fn(step, state, metrics, record):
-    rundir.save(manager, step, state, dict(meta, step=step))
-  return fn
+@jax.jit
+def all_finite(state) -> jax.Array:
+  """Whether every floating-point array of the state is finite."""
+  leaves = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+PROBE_EXAMPLES = 64
+
+
+class Saver:
+  """Saves finite states only: the checkpoint action, and the check behind it.
+
+  A state is saved if the loss of the step that made it was finite, all its
+  arrays are finite, and so is the loss at its own parameters on a fixed
+  batch of training examples (a step that diverged leaves finite but huge
+  parameters whose next loss is NaN). Pruning old checkpoints therefore
+  never removes the last good one. The disk's free space is checked first.
+  """
+
+  def __init__(self, manager, workdir: str, meta: dict, task: tasks_lib.Task):
+    self.manager, self.workdir, self.meta = manager, workdir, meta
+    loss_fn = diffusion.make_loss_fn(task.model, uniform_noise=task.uniform_noise, train=True)
+    probe = task.train[:PROBE_EXAMPLES]
+    self._probe_loss = jax.jit(
+        lambda params: loss_fn(params, task.prepare(probe), jax.random.key(0))[0])
+
+  def healthy(self, state) -> bool:
+    return (not int(state.nonfinite_streak) and bool(all_finite(state))
+            and bool(jnp.isfinite(self._probe_loss(state.params))))
+
+  def save(self, step: int, state) -> bool:
+    """Saves the state at `step` (asynchronously) if it is healthy; whether it did."""
+    if not self.healthy(state):
+      logging.warning("step %d: no checkpoint saved: the loss or the state is not finite.", step)
+      return False
+    rundir.check_space(self.manager, self.workdir, rundir.state_nbytes(state))
+    rundir.save(self.manager, step, state, self.meta)
+    return True
+
+  def __call__(self, step, state, metrics, record):
+    self.save(step, state)
+
+  def last_good(self) -> str:
+    step = rundir.latest_step(self.manager)
+    if step is None:
+      return "No checkpoint was saved before; start again with other settings."
+    return (f"The last good checkpoint is step {step} in {rundir.checkpoint_dir(self.workdir)}: "
+            "rerun with the same --workdir and other settings to resume from it.")
 
 
 def plot_curves(workdir):
@@ -292,31 +340,42 @@ def run_keys(seed: int) -> RunKeys:
   return RunKeys(*jax.random.split(jax.random.key(seed), 4))
 
 
-def restore_or_create(config, workdir, manager, tx, dataset):
-  """(task, state, start step): from the newest checkpoint, or new at step 0."""
-  start = rundir.latest_step(manager)
+def restore_or_create(config, workdir, manager, tx, dataset, resume_verified=False):
+  """(task, state, start step): from the newest checkpoint, or new at step 0.
+
+  resume_verified: resume from the newest checkpoint that restores and
+  verifies, moving newer, corrupt ones to <workdir>/checkpoints_corrupt/.
+  """
+
+  def restore_step(step):
+    meta = rundir.read_meta(manager, step)
+    diffs = rundir.diff_sections(meta["config"], rundir.config_to_dict(config))
+    if diffs:
+      raise rundir.CheckpointError(
+          f"The checkpoint in {rundir.checkpoint_dir(workdir)} was made with a different model "
+          "or data config:\n  " + "\n  ".join(diffs) +
+          "\nUse the original config, or a new --workdir for the new one.")
+    task = tasks_lib.build(config, dataset, meta["data_stats"])
+    target = jax.eval_shape(lambda: create_train_state(
+        task.model, diffusion.init_params(task.model, jax.random.key(0)), tx))
+    return task, rundir.restore(manager, step, target)[0]
+
+  if resume_verified:
+    start, restored = rundir.restore_newest_verified(manager, restore_step)
+  else:
+    start = rundir.latest_step(manager)
+    restored = None if start is None else restore_step(start)
   if start is None:
     task = tasks_lib.build(config, dataset)
     params = diffusion.init_params(task.model, run_keys(config.seed).init)
     return task, create_train_state(task.model, params, tx), 0
-  meta = rundir.read_meta(manager, start)
-  diffs = rundir.diff_sections(meta["config"], rundir.config_to_dict(config))
-  if diffs:
-    raise rundir.CheckpointError(
-        f"The checkpoint in {rundir.checkpoint_dir(workdir)} was made with a different model "
-        "or data config:\n  " + "\n  ".join(diffs) +
-        "\nUse the original config, or a new --workdir for the new one.")
-  task = tasks_lib.build(config, dataset, meta["data_stats"])
-  target = jax.eval_shape(lambda: create_train_state(
-      task.model, diffusion.init_params(task.model, jax.random.key(0)), tx))
-  state, _ = rundir.restore(manager, start, target)
   logging.info("Resumed from step %d in %s", start, workdir)
-  return task, state, start
+  return (*restored, start)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: Optional[str] = None,
-                       *, dataset: Optional[data_lib.Dataset] = None,
-                       devices=None) -> TrainState:
+                       *, dataset: Optional[data_lib.Dataset] = None, devices=None,
+                       resume_verified: bool = False) -> TrainState:
   """Trains the model of `config`, resuming from workdir's checkpoints.
 
   Args:
@@ -324,66 +383,99 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: Optional[str]
     workdir: the run directory; a new one under config.output_dir if None.
     dataset: already loaded data (tests); loaded from config.data if None.
     devices: the devices the batch is split over; all (of every process) if None.
+    resume_verified: if the newest checkpoint is corrupt, resume from the
+      newest that verifies (the corrupt ones are moved aside), not fail.
 
   Returns:
     The final TrainState.
 
   Raises:
     TrainingInterrupted: on SIGTERM, after a checkpoint was saved.
-    NonFiniteLossError: after train.max_nonfinite_steps non-finite losses in a row.
+    NonFiniteLossError: after train.max_nonfinite_steps non-finite losses in a
+      row, or one at the last step.
+    rundir.RunDirError: the workdir cannot be written, is full or is in use.
+    rundir.CheckpointError: a checkpoint is corrupt or does not fit the config.
   """
   validate_config(config)
   maybe_initialize_distributed()
   workdir = workdir or create_workdir(config)
-  os.makedirs(workdir, exist_ok=True)
+  free = rundir.prepare_workdir(workdir)  # before loading data and compiling
+  lock = rundir.WorkdirLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+  with lock:
+    manager = rundir.make_manager(workdir, config.train.keep_checkpoints)
+    try:
+      return _train(config, workdir, manager, dataset, devices, resume_verified, free)
+    finally:
+      close_quietly(manager)
+
+
+def _train(config, workdir, manager, dataset, devices, resume_verified, free) -> TrainState:
+  """The loop of train_and_evaluate, in a locked workdir with its checkpoint manager."""
   par = parallel.DataParallel(devices)
   par.check_batch_size(config.train.batch_size)
-  manager = rundir.make_manager(workdir, config.train.keep_checkpoints)
-  writer = None
-  try:
-    dataset = dataset or tasks_lib.load_data(config)
-    n_train = len(dataset.train)
-    steps_per_epoch, num_steps = schedule_steps(config, n_train)
-    tx = make_optimizer(config.optimizer, steps_per_epoch)
-    task, state, start = restore_or_create(config, workdir, manager, tx, dataset)
-    state = par.put_replicated(state)
-    meta = write_run_files(config, workdir, task)
-    train_step = jit_train_step(task, config, par)
-    keys = run_keys(config.seed)
-    t, throughput = config.train, metrics_lib.Throughput(config.train.batch_size)
-    actions = [
-        Periodic(t.log_every_steps, num_steps, log_train(
-            learning_rate_schedule(config.optimizer, steps_per_epoch), throughput,
-            steps_per_epoch, num_steps, start, task.unit)),
-        Periodic(t.eval_every_steps, num_steps, evaluate_test(evaluate_lib.make_test_evaluator(
-            task, config.eval, par, key=keys.eval), task.unit)),
-        Periodic(t.sample_every_steps, num_steps,
-                 write_samples(task, t.sample_num_images, workdir, keys.sample)),
-        Periodic(t.checkpoint_every_steps, num_steps, save_checkpoint(manager, meta)),
-        Periodic(t.eval_every_steps, num_steps, plot_curves(workdir)),
-    ]
-    writer = metrics_lib.MetricWriter(workdir, start)
-    log_start(task, config, par, start, num_steps, state, workdir)
-    with SigtermFlag() as stop:
-      for step in range(start + 1, num_steps + 1):
-        batch = par.put_batch(task.train[data_lib.batch_indices(step - 1, n_train, t.batch_size,
-                                                                config.seed)])
-        state, step_metrics = train_step(state, batch, keys.train)
-        throughput.tick()
-        check_finite(state, step, t.max_nonfinite_steps, manager, workdir)
-        record = {}
+  dataset = dataset or tasks_lib.load_data(config)
+  n_train = len(dataset.train)
+  steps_per_epoch, num_steps = schedule_steps(config, n_train)
+  tx = make_optimizer(config.optimizer, steps_per_epoch)
+  task, state, start = restore_or_create(config, workdir, manager, tx, dataset, resume_verified)
+  state = par.put_replicated(state)
+  meta = write_run_files(config, workdir, task)
+  train_step = jit_train_step(task, config, par)
+  keys = run_keys(config.seed)
+  saver = Saver(manager, workdir, meta, task)
+  t, throughput = config.train, metrics_lib.Throughput(config.train.batch_size)
+  actions = [
+      Periodic(t.log_every_steps, num_steps, log_train(
+          learning_rate_schedule(config.optimizer, steps_per_epoch), throughput,
+          steps_per_epoch, num_steps, start, task.unit)),
+      Periodic(t.eval_every_steps, num_steps, evaluate_test(evaluate_lib.make_test_evaluator(
+          task, config.eval, par, key=keys.eval), task.unit), abandonable=True),
+      Periodic(t.sample_every_steps, num_steps,
+               write_samples(task, t.sample_num_images, workdir, keys.sample), abandonable=True),
+      Periodic(t.checkpoint_every_steps, num_steps, saver),
+      Periodic(t.eval_every_steps, num_steps, plot_curves(workdir), abandonable=True),
+  ]
+  log_start(task, config, par, start, num_steps, state, workdir, free)
+  with metrics_lib.MetricWriter(workdir, start) as writer, SigtermFlag() as stop:
+    for step in range(start + 1, num_steps + 1):
+      batch = par.put_batch(task.train[data_lib.batch_indices(step - 1, n_train, t.batch_size,
+                                                              config.seed)])
+      # The first step compiles (seconds to minutes): SIGTERM may abandon it.
+      state, step_metrics = stop.call(train_step, state, batch, keys.train,
+                                      abandonable=step == start + 1)
+      throughput.tick()
+      check_finite(state, step, num_steps, t.max_nonfinite_steps, saver)
+      rundir.check_save_errors(manager, workdir)
+      record = {}
+      with contextlib.suppress(Abandoned):
         for action in actions:
-          state = action(step, state, step_metrics, record)
-        if record:
-          writer.write(step, record)
-        if stop.requested:
-          raise interrupt(manager, step, state, meta, workdir)
-  finally:
+          state = stop.call(action, step, state, step_metrics, record,
+                            abandonable=action.abandonable)
+      if record:
+        writer.write(step, record)
+      if stop.requested:
+        raise interrupt(saver, step, state)
+  finish_saving(manager, workdir)
+  return state
+
+
+def close_quietly(manager) -> None:
+  """Waits for pending saves and closes the manager; a save error here was either
+  reported already (finish_saving) or is secondary to the error being raised."""
+  try:
     manager.wait_until_finished()
     manager.close()
-    if writer is not None:
-      writer.close()
-  return state
+  except Exception as err:  # pylint: disable=broad-except
+    logging.debug("Closing the checkpoint manager: %s", err)
+
+
+def finish_saving(manager, workdir) -> None:
+  """Waits for the last save; raises RunDirError, cause first, if it failed."""
+  try:
+    manager.wait_until_finished()
+  except Exception:  # pylint: disable=broad-except
+    pass
+  rundir.check_save_errors(manager, workdir)
 
 
 def schedule_steps(config, n_train: int):
@@ -401,34 +493,41 @@ def write_run_files(config, workdir, task) -> dict:
   return {"config": rundir.config_to_dict(config), "data_stats": task.stats, "dataset": task.name}
 
 
-def log_start(task, config, par, start, num_steps, state, workdir):
+def log_start(task, config, par, start, num_steps, state, workdir, free):
   logging.info(
       "Training %s on %s: %d train / %d test examples, batch %d on %d device(s) "
-      "(%d process(es)), steps %d..%d, %d parameters, workdir %s",
+      "(%d process(es)), steps %d..%d, %d parameters, workdir %s (%.0f MiB free, "
+      "%.1f MiB a checkpoint)",
       task.model.__class__.__name__, task.name, len(task.train), len(task.test),
       config.train.batch_size, par.num_devices, jax.process_count(), start, num_steps,
-      diffusion.count_params(state.params), workdir)
+      diffusion.count_params(state.params), workdir, free / 2**20,
+      rundir.state_nbytes(state) / 2**20)
 
 
-def check_finite(state, step, max_steps, manager, workdir):
+def check_finite(state, step, num_steps, max_steps, saver):
+  """Raises NonFiniteLossError after max_steps non-finite losses in a row, or if
+  the final state is not healthy; no checkpoint is saved while it is not."""
   streak = int(state.nonfinite_streak)
-  if streak >= max_steps:
+  last = step == num_steps
+  if streak >= max_steps or (last and not saver.healthy(state)):
     raise NonFiniteLossError(
-        f"The training loss was non-finite for {streak} consecutive steps "
-        f"(up to step {step}). Parameters past the last checkpoint "
-        f"(step {rundir.latest_step(manager)}, kept in {rundir.checkpoint_dir(workdir)}) "
-        "are discarded. Lower optimizer.learning_rate, check the data for NaN/Inf, or raise "
-        "train.max_nonfinite_steps.")
+        f"The training loss was non-finite for {streak} consecutive step(s), up to step "
+        f"{step}{' (the last, whose state is not finite)' if last else ''}; no checkpoint is "
+        f"saved while it is. {saver.last_good()} Lower --config.optimizer.learning_rate, "
+        "check the data for NaN/Inf, or raise train.max_nonfinite_steps.")
 
 
-def interrupt(manager, step, state, meta, workdir) -> TrainingInterrupted:
-  """Saves the state at `step` (unless just saved) and returns the error to raise."""
-  if step not in manager.all_steps():
-    rundir.save(manager, step, state, dict(meta, step=step))
+def interrupt(saver, step, state) -> TrainingInterrupted:
+  """Saves the state at `step` (unless just saved, or not finite) and returns the error."""
+  manager = saver.manager
+  if step not in manager.all_steps() and not saver.save(step, state):
+    return TrainingInterrupted(f"SIGTERM received at step {step}, whose state is not finite: "
+                               f"not saved. {saver.last_good()}")
   manager.wait_until_finished()
+  rundir.check_save_errors(manager, saver.workdir)
   return TrainingInterrupted(
       f"SIGTERM received: saved a checkpoint at step {step} in "
-      f"{rundir.checkpoint_dir(workdir)}; rerun the same command to resume.")
+      f"{rundir.checkpoint_dir(saver.workdir)}; rerun the same command to resume.")
 
 
 # ----------------------------------------------------------------------------
@@ -442,8 +541,19 @@ def create_workdir(config) -> str:
   return os.path.join(os.path.expanduser(config.output_dir), name)
 
 
+def _non_finite_fields(config, prefix=""):
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _non_finite_fields(value, f"{prefix}{key}.")
+    elif isinstance(value, float) and not math.isfinite(value):
+      yield f"{prefix}{key}={value}"
+
+
 def validate_config(config) -> None:
   """Checks the sections of a full experiment config; raises ConfigError."""
+  bad = list(_non_finite_fields(config))
+  if bad:
+    raise config_lib.ConfigError(f"config fields must be finite numbers: {', '.join(bad)}.")
   for section in ("model", "data", "train", "optimizer", "compute", "eval"):
     if section not in config:
       raise config_lib.ConfigError(
@@ -463,8 +573,14 @@ def validate_config(config) -> None:
   o = config.optimizer
   if o.get("name", "rmsprop") not in OPTIMIZERS:
     raise config_lib.ConfigError(f"optimizer.name must be one of {OPTIMIZERS}, got {o.name!r}.")
-  if not o.learning_rate > 0:
-    raise config_lib.ConfigError(f"optimizer.learning_rate must be > 0, got {o.learning_rate!r}.")
+  for name in ("learning_rate", "min_learning_rate"):
+    if not 0 < o[name] < math.inf:
+      raise config_lib.ConfigError(
+          f"optimizer.{name} must be a finite number > 0, got {o[name]!r}.")
+  if not 0 <= o.rmsprop_decay < 1 or not 0 <= o.rmsprop_eps < math.inf:
+    raise config_lib.ConfigError(
+        "optimizer.rmsprop_decay must be in [0, 1) and optimizer.rmsprop_eps finite and >= 0, "
+        f"got {o.rmsprop_decay!r} and {o.rmsprop_eps!r}.")
   if config.compute.conv not in kernels.CONV_KERNELS:
     raise config_lib.ConfigError(
         f"compute.conv must be one of {kernels.CONV_KERNELS}, got {config.compute.conv!r}.")
@@ -507,24 +623,60 @@ def maybe_initialize_distributed() -> None:
     logging.warning("Not joining a multi-host job: %s", err)
 
 
+class Abandoned(Exception):
+  """SIGTERM arrived while an abandonable action ran; its result is dropped."""
+
+
 class SigtermFlag:
-  """Turns SIGTERM into a flag checked between steps (main thread only)."""
+  """Turns SIGTERM into a flag checked between steps (main thread only).
+
+  `call(fn, ..., abandonable=True)` runs fn in a worker thread while the main
+  thread waits for it or for SIGTERM, whichever comes first: an evaluation,
+  a sample grid or a compilation is abandoned at once (Abandoned), not
+  finished, so the run saves and exits within seconds in any phase.
+  """
 
   def __init__(self):
     self.requested = False
+    self._active = False
     self._previous = None
 
   def _handler(self, signum, frame):
     del signum, frame
-    logging.warning("SIGTERM: finishing this step, then saving a checkpoint.")
+    logging.warning("SIGTERM: saving a checkpoint, then exiting.")
     self.requested = True
+
+  def call(self, fn, *args, abandonable: bool = False):
+    if not (abandonable and self._active):
+      return fn(*args)
+    if self.requested:
+      raise Abandoned()
+    box = {}
+
+    def work():
+      try:
+        box["value"] = fn(*args)
+      except BaseException as err:  # pylint: disable=broad-except
+        box["error"] = err
+
+    worker = threading.Thread(target=work, name="dpm-jax-abandonable", daemon=True)
+    worker.start()
+    while worker.is_alive():
+      worker.join(0.05)
+      if self.requested:
+        raise Abandoned()
+    if "error" in box:
+      raise box["error"]
+    return box["value"]
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handler)
+      self._active = True
     return self
 
   def __exit__(self, *exc):
-    if self._previous is not None:
+    if self._active:
       signal.signal(signal.SIGTERM, self._previous)
+      self._active = False
     return False

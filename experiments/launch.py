@@ -38,6 +38,9 @@ def define_flags(default_config: str) -> None:
                       "<config.output_dir>/dpm_<dataset><suffix>-<time>.")
   config_flags.DEFINE_config_file("config", default_config, "Experiment config file.",
                                   lock_config=True)
+  flags.DEFINE_bool("resume_verified", False, "If the newest checkpoint is corrupt, resume from "
+                    "the newest one that verifies, moving the corrupt ones to "
+                    "<workdir>/checkpoints_corrupt/ (default: stop with an error).")
 
 
 def _quiet_logs() -> None:
@@ -46,6 +49,19 @@ def _quiet_logs() -> None:
   logging.set_verbosity(logging.INFO)
   rundir.quiet_orbax_logs()
   std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
+  sys.unraisablehook = _drop_closed_event_loop
+
+
+_default_unraisablehook = sys.unraisablehook
+
+
+def _drop_closed_event_loop(unraisable) -> None:
+  """Drops "Event loop is closed" reports: Orbax's storage callbacks arriving
+  after a failed save or restore closed its event loop, after the error itself
+  was reported. Every other unraisable exception is printed as usual."""
+  if not (isinstance(unraisable.exc_value, RuntimeError)
+          and "Event loop is closed" in str(unraisable.exc_value)):
+    _default_unraisablehook(unraisable)
 
 
 def main(argv, final_report: bool = False) -> None:
@@ -57,19 +73,28 @@ def main(argv, final_report: bool = False) -> None:
   try:
     use_cpu_devices(FLAGS.config.train.batch_size, configured=FLAGS.config.compute.cpu_devices)
     workdir = FLAGS.workdir or train.create_workdir(FLAGS.config)
-    train.train_and_evaluate(FLAGS.config, workdir)
+    train.train_and_evaluate(FLAGS.config, workdir, resume_verified=FLAGS.resume_verified)
     if final_report:
       from dpm_jax import table1  # pylint: disable=g-import-not-at-top
       report = table1.final_report(workdir)
       print(table1.summary_line(report) + f"\nwrote {os.path.join(workdir, 'eval.json')}")
   except train.TrainingInterrupted as e:
     logging.warning("%s", e)
-    sys.exit(143)
-  except (config_lib.ConfigError, data.DataError, rundir.CheckpointError,
+    _exit_now(143)
+  except (config_lib.ConfigError, data.DataError, rundir.CheckpointError, rundir.RunDirError,
           train.NonFiniteLossError) as e:
-    logging.error("%s: %s", type(e).__name__, e)
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _exit_now(2)
+
+
+def _exit_now(code: int) -> None:
+  """Exits at once: an abandoned evaluation's thread or a failed background save
+  must not delay the exit or print tracebacks while the interpreter shuts down.
+  Everything the run keeps is on disk by now."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  std_logging.shutdown()
+  os._exit(code)
 
 
 def run(default_config: str, final_report: bool = False) -> None:
@@ -78,7 +103,8 @@ def run(default_config: str, final_report: bool = False) -> None:
 
 
 def open_run(workdir: str, step=None, with_data: bool = True):
-  """(run, task) of a run directory, or a usage error that says what is wrong.
+  """(run, task) of a run directory; exits with one line saying what is wrong if it
+  cannot be loaded (exit code 2).
 
   The task (dpm_jax.tasks) holds the model and, with_data, the run's data.
   """
@@ -89,4 +115,5 @@ def open_run(workdir: str, step=None, with_data: bool = True):
     dataset = tasks.load_data(run.config) if with_data else tasks.no_data(run.config)
     return run, tasks.build(run.config, dataset, run.stats)
   except (rundir.CheckpointError, data.DataError) as e:
-    raise app.UsageError(str(e))
+    print(f"error: {e}", file=sys.stderr)
+    _exit_now(2)

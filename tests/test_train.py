@@ -234,7 +234,7 @@ def test_nonfinite_losses_stop_training_and_keep_the_last_good_checkpoint(run_co
   monkeypatch.setattr(data_lib.DataStats, "from_dict",
                       classmethod(lambda cls, d: real(d).__class__(float("nan"), 0.0, 0.0)))
   config = tiny_config(num_steps=30, max_nonfinite_steps=4)
-  with pytest.raises(train.NonFiniteLossError, match="non-finite for 4 consecutive steps"):
+  with pytest.raises(train.NonFiniteLossError, match="non-finite for 4 consecutive step"):
     train.train_and_evaluate(config, str(run_copy), dataset=small_dataset(96, 40))
   monkeypatch.undo()
   after = rundir.load_run(str(run_copy))
@@ -282,7 +282,10 @@ def test_compute_section_may_change_on_resume(run_copy):
 @pytest.mark.parametrize("field,value,message", [
     ("batch_size", 0, "train.batch_size must be a positive integer"),
     ("num_steps", -1, "Set train.num_steps > 0"),
-    ("learning_rate", 0.0, "optimizer.learning_rate must be > 0"),
+    ("learning_rate", 0.0, "optimizer.learning_rate must be a finite number > 0"),
+    ("learning_rate", float("inf"), "config fields must be finite numbers: "
+     "optimizer.learning_rate=inf"),
+    ("learning_rate", float("nan"), "optimizer.learning_rate=nan"),
     ("conv", "fft", "compute.conv must be one of"),
 ])
 def test_bad_train_config(field, value, message):

@@ -1,0 +1,273 @@
+"""What training guarantees when things go wrong: divergence, corrupt checkpoints,
+full or unwritable disks, SIGTERM in any phase, bad arguments, two writers."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from dpm_jax import rundir, train
+from experiments.configs import test as test_config
+from runs import small_dataset
+
+
+def config_of(**train_fields):
+  config = test_config.get_config()
+  config.train.update(train_fields)
+  return config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """An 8-step run with checkpoints at 4 and 8: copy it before changing it."""
+  workdir = tmp_path_factory.mktemp("trained")
+  train.train_and_evaluate(config_of(num_steps=8, checkpoint_every_steps=4, eval_every_steps=8),
+                           str(workdir), dataset=small_dataset(96, 40))
+  return workdir
+
+
+@pytest.fixture
+def run(trained, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(trained, workdir)
+  return workdir
+
+
+def steps_on_disk(workdir):
+  return sorted(int(n) for n in os.listdir(workdir / "checkpoints") if n.isdigit())
+
+
+def cli(*args, timeout=300):
+  return subprocess.run([sys.executable, "-m"] + list(args), cwd=ROOT, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+# ----------------------------------------------------------------------------
+# Only finite states are saved.
+
+
+def test_divergence_saves_nothing_and_fails_naming_the_last_good_checkpoint(run):
+  good = rundir.load_run(str(run))
+  config = config_of(num_steps=17, checkpoint_every_steps=3, keep_checkpoints=2)
+  config.optimizer.learning_rate = 1e30  # the loss is NaN from the second step on
+  with pytest.raises(train.NonFiniteLossError,
+                     match=r"(?s)up to step 17 \(the last, .*last good checkpoint is step 8"):
+    train.train_and_evaluate(config, str(run), dataset=small_dataset(96, 40))
+  # Steps 9, 12 and 15 were not saved, so pruning kept the good ones.
+  assert steps_on_disk(run) == [4, 8]
+  after = rundir.load_run(str(run))
+  for x, y in zip(jax.tree.leaves(good.params), jax.tree.leaves(after.params)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_only_finite_states_are_saved(run):
+  state, _ = rundir.restore(rundir.make_manager(str(run), read_only=True), 8)
+  leaves, treedef = jax.tree.flatten(jax.tree.map(np.array, state))
+  assert bool(train.all_finite(state))
+  biggest = max(range(len(leaves)), key=lambda i: leaves[i].size)
+  leaves[biggest].flat[3] = np.inf
+  assert not bool(train.all_finite(jax.tree.unflatten(treedef, leaves)))
+
+
+# ----------------------------------------------------------------------------
+# Checkpoints are verified on restore.
+
+
+def _flip_bytes(step_dir):
+  """Flips 16 bytes in the middle of the largest data file of a checkpoint's state."""
+  data = step_dir / "state" / "ocdbt.process_0" / "d"
+  path = max(data.iterdir(), key=lambda p: p.stat().st_size)
+  raw = bytearray(path.read_bytes())
+  middle = len(raw) // 2
+  raw[middle:middle + 16] = bytes(b ^ 0xFF for b in raw[middle:middle + 16])
+  path.write_bytes(bytes(raw))
+
+
+def test_byte_flipped_checkpoint_is_an_error_and_resume_verified_skips_it(run):
+  _flip_bytes(run / "checkpoints" / "8")
+  config = config_of(num_steps=10, checkpoint_every_steps=4)
+  with pytest.raises(rundir.CorruptCheckpointError, match=r"checkpoints/8 is corrupt"):
+    train.train_and_evaluate(config, str(run), dataset=small_dataset(96, 40))
+  with pytest.raises(rundir.CorruptCheckpointError, match=r"checkpoints/8 is corrupt"):
+    rundir.load_run(str(run))
+  assert rundir.load_run(str(run), step=4).step == 4
+  state = train.train_and_evaluate(config, str(run), dataset=small_dataset(96, 40),
+                                   resume_verified=True)
+  assert int(state.step) == 10 and steps_on_disk(run) == [4, 8, 10]
+  (moved,) = os.listdir(run / "checkpoints_corrupt")
+  assert moved.startswith("8-")
+  records = [json.loads(line) for line in open(run / "metrics.jsonl")]
+  assert [r["step"] for r in records if "train/loss" in r][-2:] == [5, 10]  # resumed at 4
+
+
+def test_digest_mismatch_is_detected(run):
+  """A changed array under an intact file format: only the saved SHA-256 can tell."""
+  meta_file = run / "checkpoints" / "8" / "meta" / "metadata"
+  meta = json.loads(meta_file.read_text())
+  digest = meta["state_sha256"]
+  meta["state_sha256"] = ("0" if digest[0] != "0" else "1") + digest[1:]
+  meta_file.write_text(json.dumps(meta))
+  with pytest.raises(rundir.CorruptCheckpointError, match="do not match the SHA-256"):
+    rundir.load_run(str(run))
+
+
+def test_state_digest_ignores_nesting_but_not_values():
+  a = {"w": np.arange(6.0).reshape(2, 3), "b": np.zeros(2)}
+  assert rundir.state_digest(a) == rundir.state_digest([a["b"], {"x": a["w"]}])
+  changed = {"w": a["w"].copy(), "b": a["b"]}
+  changed["w"][1, 2] += 1e-6
+  assert rundir.state_digest(a) != rundir.state_digest(changed)
+  assert rundir.state_digest(a) != rundir.state_digest({"w": a["w"].reshape(3, 2), "b": a["b"]})
+
+
+# ----------------------------------------------------------------------------
+# Full and unwritable disks.
+
+
+def test_full_disk_stops_before_saving_with_the_cause(run, monkeypatch):
+  usage = shutil.disk_usage(str(run))
+  monkeypatch.setattr(rundir.shutil, "disk_usage",
+                      lambda path: usage._replace(free=300 * 1024))
+  with pytest.raises(rundir.RunDirError, match=r"(?s)Not enough disk space.*"
+                     r"last good checkpoint is step 8"):
+    train.train_and_evaluate(config_of(num_steps=12, checkpoint_every_steps=2), str(run),
+                             dataset=small_dataset(96, 40))
+  assert steps_on_disk(run) == [4, 8]
+  assert not (run / ".lock").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 1 MiB tmpfs (needs root and mount; skipped elsewhere)."""
+  mount = tmp_path / "disk"
+  mount.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                    capture_output=True).returncode != 0:
+    pytest.skip("cannot mount a tmpfs here")
+  yield mount
+  subprocess.run(["umount", str(mount)], check=False)
+
+
+@pytest.mark.slow
+def test_failed_background_save_stops_training_at_once(small_disk, monkeypatch):
+  """The disk fills under Orbax's background writer: the next step stops with the cause."""
+  monkeypatch.setattr(rundir, "check_space", lambda *args: None)
+  with pytest.raises(rundir.RunDirError, match=r"(?s)Saving a checkpoint in .* failed: "
+                     r".*No space left on device.*The last good checkpoint is step"):
+    train.train_and_evaluate(config_of(num_steps=40, checkpoint_every_steps=2,
+                                       keep_checkpoints=50),
+                             str(small_disk / "run"), dataset=small_dataset(96, 40))
+  records = [json.loads(line) for line in open(small_disk / "run" / "metrics.jsonl")]
+  assert records[-1]["step"] < 40
+
+
+def test_unwritable_workdir_fails_at_once(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a folder")
+  start = time.time()
+  res = cli("experiments.mnist", "--config=experiments/configs/test.py",
+            f"--workdir={blocker}/run")
+  assert res.returncode == 2
+  assert time.time() - start < 10
+  assert f"error: Cannot write to the run directory {blocker}/run" in res.stderr
+  assert "Traceback" not in res.stderr
+
+
+# ----------------------------------------------------------------------------
+# SIGTERM in any phase.
+
+
+@pytest.mark.slow
+def test_sigterm_during_evaluation_saves_and_exits_within_seconds(tmp_path):
+  workdir = tmp_path / "run"
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "experiments.mnist", "--config=experiments/configs/test.py",
+       f"--workdir={workdir}", "--config.train.num_steps=12",
+       "--config.train.eval_every_steps=12", "--config.train.checkpoint_every_steps=100",
+       "--config.eval.num_images=500", "--config.eval.num_strata=49"],
+      cwd=ROOT, stderr=subprocess.PIPE, text=True)
+  for line in proc.stderr:
+    if "step 12/12" in line:  # logged just before the final evaluation starts
+      break
+  time.sleep(1.0)
+  sent = time.time()
+  proc.send_signal(signal.SIGTERM)
+  err = proc.stderr.read()
+  proc.wait(timeout=60)
+  assert time.time() - sent < 5, err
+  assert proc.returncode == 143, err
+  assert "SIGTERM received: saved a checkpoint at step 12" in err
+  assert "step 12: eval bound" not in err  # abandoned, not finished
+  assert rundir.load_run(str(workdir)).step == 12
+  assert not (workdir / ".lock").exists()
+
+
+# ----------------------------------------------------------------------------
+# Arguments.
+
+
+@pytest.mark.parametrize("args,flag", [
+    (["experiments.sample", "--num_images=0"], "--num_images=0"),
+    (["experiments.sample", "--num_images=-3"], "--num_images=-3"),
+    (["experiments.evaluate", "--batch_size=0"], "--batch_size=0"),
+    (["experiments.evaluate", "--num_images=-5"], "--num_images=-5"),
+])
+def test_bad_counts_are_a_short_error(args, flag, tmp_path):
+  res = cli(*args, f"--workdir={tmp_path}")
+  assert res.returncode != 0
+  assert f"flag {flag}:" in res.stderr and "Traceback" not in res.stderr
+  assert len(res.stderr.strip().splitlines()) <= 3
+
+
+# ----------------------------------------------------------------------------
+# One writer per workdir.
+
+
+def test_lock_names_the_live_holder_and_is_released(tmp_path):
+  with rundir.WorkdirLock(str(tmp_path)):
+    owner = json.loads((tmp_path / ".lock").read_text())
+    assert owner["pid"] == os.getpid()
+    with pytest.raises(rundir.RunDirError, match=rf"in use by process {os.getpid()}"):
+      rundir.WorkdirLock(str(tmp_path)).__enter__()
+  assert not (tmp_path / ".lock").exists()
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  (tmp_path / ".lock").write_text(json.dumps(
+      {"pid": dead.pid, "host": socket.gethostname(), "start_time": "1"}))
+  with rundir.WorkdirLock(str(tmp_path)):
+    assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+
+
+def test_lock_of_a_reused_pid_is_stale(tmp_path):
+  """The pid runs, but started at another time than the lock's process: stale."""
+  (tmp_path / ".lock").write_text(json.dumps(
+      {"pid": os.getppid(), "host": socket.gethostname(), "start_time": "-1"}))
+  with rundir.WorkdirLock(str(tmp_path)):
+    pass
+
+
+def test_training_refuses_a_workdir_in_use(tmp_path):
+  holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  try:
+    (tmp_path / ".lock").write_text(json.dumps(
+        {"pid": holder.pid, "host": socket.gethostname(), "start_time": None,
+         "command": "python -m experiments.mnist"}))
+    with pytest.raises(rundir.RunDirError, match=rf"in use by process {holder.pid}"):
+      train.train_and_evaluate(config_of(num_steps=2), str(tmp_path),
+                               dataset=small_dataset(96, 40))
+  finally:
+    holder.kill()
+  assert not os.path.exists(tmp_path / "checkpoints")
