@@ -38,21 +38,21 @@ T_SAMPLINGS = ("per_minibatch", "per_example")
 def mnist_model_config() -> ml_collections.ConfigDict:
   """The reference code's default model, for 28x28 greyscale digits."""
   cfg = ml_collections.ConfigDict()
-  cfg.spatial_width = 28
-  cfg.n_colors = 1
-  cfg.trajectory_length = 1000
-  cfg.n_temporal_basis = 10
-  cfg.n_hidden_dense_lower = 500
-  cfg.n_hidden_dense_lower_output = 2
-  cfg.n_hidden_dense_upper = 20
-  cfg.n_hidden_conv = 20
-  cfg.n_layers_conv = 4
-  cfg.n_layers_dense_lower = 4
-  cfg.n_layers_dense_upper = 2
-  cfg.n_t_per_minibatch = 1
-  cfg.n_scales = 1
-  cfg.step1_beta = 0.001
-  cfg.filter_size = 3
+  cfg.spatial_width = 28          # image height and width, pixels
+  cfg.n_colors = 1                # colour channels
+  cfg.trajectory_length = 1000    # T, the diffusion steps
+  cfg.n_temporal_basis = 10       # bumps over t that mix the per-t outputs and the beta schedule
+  cfg.n_hidden_dense_lower = 500  # units of the dense lower pathway (0: off)
+  cfg.n_hidden_dense_lower_output = 2  # its output channels per pixel
+  cfg.n_hidden_dense_upper = 20   # units of the per-pixel upper MLP
+  cfg.n_hidden_conv = 20          # channels of the multi-scale convolution layers
+  cfg.n_layers_conv = 4           # multi-scale convolution layers
+  cfg.n_layers_dense_lower = 4    # dense lower layers
+  cfg.n_layers_dense_upper = 2    # per-pixel upper layers
+  cfg.n_t_per_minibatch = 1       # t values drawn per minibatch (the minibatch split among them)
+  cfg.n_scales = 1                # scales of the multi-scale convolution
+  cfg.step1_beta = 0.001          # beta_1, the first step's noise variance
+  cfg.filter_size = 3             # convolution kernel width
   # Dropout on the input of every layer during training (the reference
   # `--dropout_rate` flag, which applied Blocks' dropout to all brick inputs).
   cfg.dropout_rate = 0.0
@@ -166,10 +166,10 @@ def validate_model_config(cfg) -> None:
 
 def add_loss_fields(cfg, t_sampling: str = "per_example") -> None:
   """The fields make_loss_fn reads, for models other than the image model."""
-  cfg.t_sampling = t_sampling
-  cfg.n_t_per_minibatch = 1
-  cfg.kl_multiplier = "T-1"
-  cfg.dropout_rate = 0.0
+  cfg.t_sampling = t_sampling     # 'per_example': one t per example; 'per_minibatch': one per batch
+  cfg.n_t_per_minibatch = 1       # t values per minibatch, for t_sampling='per_minibatch'
+  cfg.kl_multiplier = "T-1"       # 'T-1': t ranges over T-1 values; 'T': the reference code's
+  cfg.dropout_rate = 0.0          # dropout on every layer's input while training
 
 
 def validate_loss_fields(cfg) -> None:

@@ -42,11 +42,11 @@ UNIT = "sequence"
 def model_config() -> ml_collections.ConfigDict:
   """The paper's heartbeat model."""
   cfg = ml_collections.ConfigDict()
-  cfg.sequence_length = 20
+  cfg.sequence_length = 20        # bins per sequence
   cfg.period = 5                  # a 1 every `period` bins
-  cfg.trajectory_length = 2000
-  cfg.n_hidden = 50
-  cfg.n_layers = 3
+  cfg.trajectory_length = 2000    # T, the binomial diffusion steps
+  cfg.n_hidden = 50               # sigmoid units per hidden layer, shared over t
+  cfg.n_layers = 3                # hidden layers
   cfg.p = 0.2                     # the stationary distribution's rate: the data's mean
   cfg.reverse_offset = "forward"  # 'forward': readout + logit(forward rate); 'none'
   config_lib.add_loss_fields(cfg)

@@ -45,14 +45,14 @@ THETA_RANGE = (1.5 * math.pi, 4.5 * math.pi)
 def model_config() -> ml_collections.ConfigDict:
   cfg = ml_collections.ConfigDict()
   cfg.noise_std = 0.0             # the data's noise, in the roll's raw units (before scaling)
-  cfg.trajectory_length = 40
+  cfg.trajectory_length = 40      # T, the Gaussian diffusion steps
   # Radial basis functions. The paper's 16 reach about 1.6 bits per point in
   # this project's training budget (README, "The paper's Table 1"); 64 reach
   # its 2.35.
   cfg.n_hidden = 64
   cfg.step1_beta = 1e-6           # beta_1, fixed: it bounds K from above (README)
   cfg.learn_beta = True           # False: the reference code's 1 / linspace(T, 2, T), fixed
-  cfg.beta_link = "logit"
+  cfg.beta_link = "logit"         # the learned schedule's link: 'logit' or 'log'
   config_lib.add_loss_fields(cfg)
   return cfg
 

@@ -3,9 +3,12 @@
   python -m experiments.cifar10 --config=experiments/configs/cifar10.py --workdir=runs/cifar10
 """
 
-import os
-
 from experiments import launch
 
+
+def run() -> None:
+  launch.run(launch.config_path("cifar10"))
+
+
 if __name__ == "__main__":
-  launch.run(os.path.join(os.path.dirname(__file__), "configs", "cifar10.py"))
+  run()

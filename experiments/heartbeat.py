@@ -7,10 +7,12 @@ bits per sequence, on fresh sequences, exact over t), samples.png and
 kl_per_t.png.
 """
 
-import os
-
 from experiments import launch
 
+
+def run() -> None:
+  launch.run(launch.config_path("heartbeat"), final_report=True)
+
+
 if __name__ == "__main__":
-  launch.run(os.path.join(os.path.dirname(__file__), "configs", "heartbeat.py"),
-             final_report=True)
+  run()

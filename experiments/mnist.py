@@ -3,9 +3,12 @@
   python -m experiments.mnist --config=experiments/configs/mnist.py --workdir=runs/mnist
 """
 
-import os
-
 from experiments import launch
 
+
+def run() -> None:
+  launch.run(launch.config_path("mnist"))
+
+
 if __name__ == "__main__":
-  launch.run(os.path.join(os.path.dirname(__file__), "configs", "mnist.py"))
+  run()

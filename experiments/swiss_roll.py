@@ -7,10 +7,12 @@ bits per point, on fresh points, exact over t), figure1.png (the forward and
 reverse trajectories and the drift) and kl_per_t.png.
 """
 
-import os
-
 from experiments import launch
 
+
+def run() -> None:
+  launch.run(launch.config_path("swiss_roll"), final_report=True)
+
+
 if __name__ == "__main__":
-  launch.run(os.path.join(os.path.dirname(__file__), "configs", "swiss_roll.py"),
-             final_report=True)
+  run()

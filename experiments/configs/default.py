@@ -12,10 +12,10 @@ from dpm_jax import config as model_config
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.seed = 0
+  config.seed = 0                 # every random stream (data order, init, draws) derives from it
   # Run directory when --workdir is not given: <output_dir>/dpm_<dataset><suffix>-<time>.
   config.output_dir = "runs"
-  config.suffix = ""
+  config.suffix = ""              # appended to the run directory's name
 
   config.model = model_config.get_model_config("mnist")
 
@@ -29,28 +29,28 @@ def get_config() -> ml_collections.ConfigDict:
   data.dequantization = "bin"     # 'bin' (one 8-bit bin) | 'reference' ((1/255)/scale)
 
   config.train = train = ml_collections.ConfigDict()
-  train.batch_size = 512
-  train.num_epochs = 100
+  train.batch_size = 512          # examples per step, over all devices
+  train.num_epochs = 100          # length of the run in epochs, when num_steps = 0
   train.num_steps = 0             # > 0: stop after this many steps instead of epochs
   # Steps per "epoch" for the learning-rate decay and num_epochs; 0 = one pass
   # over the training set. The reference code used 500 batches.
   train.batches_per_epoch = 0
-  train.log_every_steps = 50
-  train.eval_every_steps = 1000
-  train.checkpoint_every_steps = 500
-  train.keep_checkpoints = 3
+  train.log_every_steps = 50      # the progress line and train/* metrics
+  train.eval_every_steps = 1000   # the test-set bound (eval/*) and learning_curves.png
+  train.checkpoint_every_steps = 500  # and at the last step and on SIGTERM
+  train.keep_checkpoints = 3      # the newest checkpoints kept
   train.sample_every_steps = 1000  # and at the last step; 0: off (grids in workdir/samples)
-  train.sample_num_images = 36
+  train.sample_num_images = 36    # samples per grid
   train.max_nonfinite_steps = 20  # stop after this many non-finite losses in a row
 
   # RMSprop as the reference code's (no bias correction), after a rule that
   # zeroes a non-finite gradient; the rate decays 10x per 1000 epochs.
   config.optimizer = opt = ml_collections.ConfigDict()
   opt.name = "rmsprop"            # 'rmsprop' (the reference code's) or 'adam'
-  opt.learning_rate = 1e-3
+  opt.learning_rate = 1e-3        # the initial rate
   opt.min_learning_rate = 1e-4   # the decay's floor
-  opt.rmsprop_decay = 0.9
-  opt.rmsprop_eps = 1e-10
+  opt.rmsprop_decay = 0.9         # RMSprop's moving-average decay
+  opt.rmsprop_eps = 1e-10         # RMSprop's floor on the root mean square
 
   # How the model runs: never changes what it computes, and may change when
   # a run is resumed.
@@ -72,15 +72,15 @@ def get_config() -> ml_collections.ConfigDict:
   # across images; 'one_t': num_batches batches with one random t each, as the
   # reference code (heavy-tailed in t: typically optimistic, see evaluate.py).
   ev.method = "stratified"
-  ev.num_strata = 20
+  ev.num_strata = 20              # for method='stratified': t strata per test image
   ev.num_images = 1000            # test images per evaluation (0: all)
-  ev.batch_size = 500
+  ev.batch_size = 500             # test images per network call
   ev.num_batches = 20             # for method='one_t'
-  ev.seed = 0
+  ev.seed = 0                     # the evaluation's draws
 
   config.sample = sample = ml_collections.ConfigDict()
   sample.skip_first_step = False  # True: stop at x_0, as the reference sampler
-  sample.num_intermediate = 4
+  sample.num_intermediate = 4     # columns of experiments.sample --intermediate
   sample.denoise_sigma = 1.0      # reference: signal-to-noise ratio 1
   sample.mask = "right_half"      # reference: the right half known
   return config
@@ -105,6 +105,10 @@ def get_synthetic_config(model: ml_collections.ConfigDict, dataset: str, *, num_
   config.compute.cpu_devices = 1  # a small model: one device wastes nothing
   config.train.num_epochs = 0
   config.train.sample_every_steps = 0  # the final report draws the samples
-  config.final_eval = ml_collections.ConfigDict(
-      dict(num_examples=final_examples, batch_size=final_batch, seed=1))
+  # The final report's bound (dpm_jax.table1): fresh examples, every t, their
+  # batch size and seed.
+  config.final_eval = final = ml_collections.ConfigDict()
+  final.num_examples = final_examples  # fresh examples from the data distribution
+  final.batch_size = final_batch       # examples per network call
+  final.seed = 1                       # their draws, apart from the training data's
   return config
