@@ -253,6 +253,15 @@ def markdown_table(results: dict) -> str:
   return "\n".join(lines)
 
 
+def default_output(quick: bool) -> str:
+  """runs/benchmark_quick.json for a smoke run; the committed benchmarks/results.json
+  when run from a checkout, else runs/benchmark.json (never inside site-packages)."""
+  if quick:
+    return os.path.join("runs", "benchmark_quick.json")
+  checkout = os.path.exists(os.path.join(HERE, os.pardir, "pyproject.toml"))
+  return os.path.join(HERE, "results.json") if checkout else os.path.join("runs", "benchmark.json")
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--quick", action="store_true",
@@ -270,15 +279,15 @@ def main(argv=None):
                       help="CPU devices JAX shows (0: one per core, as many as divide the batches)")
   parser.add_argument("--no_torch", action="store_true", help="skip the PyTorch seed model")
   parser.add_argument("--output", default=None,
-                      help="default: benchmarks/results.json (--quick: runs/benchmark_quick.json)")
+                      help="default: benchmarks/results.json in a checkout, else "
+                      "runs/benchmark.json (--quick: runs/benchmark_quick.json)")
   args = parser.parse_args(argv)
 
   quick = args.quick
   args.models = args.models or ("mnist" if quick else "mnist,cifar10")
   args.impls = args.impls or ("auto" if quick else "auto,xla")
   args.devices = args.devices or ("all" if quick else "all,1")
-  args.output = args.output or (os.path.join("runs", "benchmark_quick.json") if quick
-                                else os.path.join(HERE, "results.json"))
+  args.output = args.output or default_output(quick)
   # The CIFAR-10 model's trajectory costs ~30x the MNIST model's per image:
   # few images, timed once after the compiling run.
   setups = {"mnist": dict(batch=512, sample=64, sample_repeats=2),

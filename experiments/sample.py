@@ -17,7 +17,8 @@ from experiments import launch
 flags.DEFINE_string("workdir", None, "Run directory made by the training entry point.", required=True)
 flags.DEFINE_enum("mode", "sample", ["sample", "inpaint", "denoise", "superres"], "What to generate.")
 flags.DEFINE_integer("num_images", 36, "Images in the grid.", lower_bound=1)
-flags.DEFINE_string("output", None, "PNG path (default: <workdir>/samples/<mode>.png).")
+flags.DEFINE_string("output", None, "PNG path; a bare file name goes into the run directory "
+                    "(default: <workdir>/samples/<mode>.png).")
 flags.DEFINE_bool("intermediate", False, "Show states at several t as columns.")
 flags.DEFINE_integer("num_intermediate", None, "Intermediate columns (default: config.sample).",
                      lower_bound=1)
@@ -36,6 +37,13 @@ flags.DEFINE_bool("skip_first_step", None, "Stop at x_0 like the reference sampl
                   "(default: config.sample.skip_first_step).")
 launch.define_cpu_devices_flag()
 FLAGS = flags.FLAGS
+
+
+def output_path(output, workdir: str, mode: str) -> str:
+  """--output as given if it has a folder, else in the run directory."""
+  if not output:
+    return os.path.join(workdir, "samples", f"{mode}.png")
+  return output if os.path.dirname(output) else os.path.join(workdir, output)
 
 
 def main(argv):
@@ -63,7 +71,7 @@ def main(argv):
       denoise_sigma=FLAGS.denoise_sigma if FLAGS.denoise_sigma is not None else cfg.sample.denoise_sigma,
       superres_factor=FLAGS.superres_factor, superres_noise=FLAGS.superres_noise,
       record_t=record_t, skip_first_step=skip)
-  path = FLAGS.output or os.path.join(FLAGS.workdir, "samples", f"{FLAGS.mode}.png")
+  path = output_path(FLAGS.output, FLAGS.workdir, FLAGS.mode)
   columns, labels = [], []
   if FLAGS.mode != "sample":
     columns += [out["true"], out["observed"]]
@@ -83,5 +91,9 @@ def main(argv):
   print(f"{FLAGS.mode}: {n} images from step {run.step} -> {path} (+ .npz)")
 
 
+def run() -> None:
+  launch.app_run(main)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  run()
