@@ -418,6 +418,11 @@ def _train(config, workdir, manager, dataset, devices, resume_verified, free) ->
   steps_per_epoch, num_steps = schedule_steps(config, n_train)
   tx = make_optimizer(config.optimizer, steps_per_epoch)
   task, state, start = restore_or_create(config, workdir, manager, tx, dataset, resume_verified)
+  if start >= num_steps:
+    logging.info("This run is complete: step %d of %d, in %s (metrics.jsonl, samples/, "
+                 "checkpoints/). Raise --config.train.num_steps to train on.",
+                 start, num_steps, os.path.abspath(workdir))
+    return state
   state = par.put_replicated(state)
   meta = write_run_files(config, workdir, task)
   train_step = jit_train_step(task, config, par)
@@ -444,6 +449,8 @@ def _train(config, workdir, manager, dataset, devices, resume_verified, free) ->
       state, step_metrics = stop.call(train_step, state, batch, keys.train,
                                       abandonable=step == start + 1)
       throughput.tick()
+      if step == start + 1:
+        log_first_step(step, num_steps, step_metrics, t.log_every_steps, task.unit)
       check_finite(state, step, num_steps, t.max_nonfinite_steps, saver)
       rundir.check_save_errors(manager, workdir)
       record = {}
@@ -457,6 +464,13 @@ def _train(config, workdir, manager, dataset, devices, resume_verified, free) ->
         raise interrupt(saver, step, state)
   finish_saving(manager, workdir)
   return state
+
+
+def log_first_step(step, num_steps, metrics, log_every, unit) -> None:
+  """A progress line as soon as the first step (and its compilation) is done."""
+  logging.info("step %d/%d: train bound %.4f bits/%s (this step); compiled and ran; "
+               "progress with speed and ETA every %d steps", step, num_steps,
+               float(metrics["loss"]), unit, log_every)
 
 
 def close_quietly(manager) -> None:
