@@ -29,13 +29,13 @@ from dpm_jax import schedule
 EPS = 1e-7
 
 
-def bernoulli_entropy(p):
+def bernoulli_entropy(p: jax.Array) -> jax.Array:
   """H(B(p)) = -p log p - (1 - p) log(1 - p), elementwise, nats."""
   p = jnp.clip(p, EPS, 1.0 - EPS)
   return -p * jnp.log(p) - (1.0 - p) * jnp.log1p(-p)
 
 
-def bernoulli_kl(q, p):
+def bernoulli_kl(q: jax.Array, p: jax.Array) -> jax.Array:
   """KL(B(q) || B(p)) elementwise, nats."""
   q = jnp.clip(q, EPS, 1.0 - EPS)
   p = jnp.clip(p, EPS, 1.0 - EPS)

@@ -104,7 +104,7 @@ class ConfigError(ValueError):
   """A configuration value that cannot describe a valid model or run."""
 
 
-def validate_model_config(cfg) -> None:
+def validate_model_config(cfg: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first invalid field and how to fix it."""
   reference = mnist_model_config()
   missing = [k for k in reference.keys() if k not in cfg]
@@ -164,7 +164,7 @@ def validate_model_config(cfg) -> None:
         "pathway is on; set n_hidden_dense_lower=0 to turn the pathway off.")
 
 
-def add_loss_fields(cfg, t_sampling: str = "per_example") -> None:
+def add_loss_fields(cfg: ml_collections.ConfigDict, t_sampling: str = "per_example") -> None:
   """The fields make_loss_fn reads, for models other than the image model."""
   cfg.t_sampling = t_sampling     # 'per_example': one t per example; 'per_minibatch': one per batch
   cfg.n_t_per_minibatch = 1       # t values per minibatch, for t_sampling='per_minibatch'
@@ -172,7 +172,7 @@ def add_loss_fields(cfg, t_sampling: str = "per_example") -> None:
   cfg.dropout_rate = 0.0          # dropout on every layer's input while training
 
 
-def validate_loss_fields(cfg) -> None:
+def validate_loss_fields(cfg: ml_collections.ConfigDict) -> None:
   """Raises ConfigError for an invalid trajectory length or field of add_loss_fields."""
   if not isinstance(cfg.trajectory_length, int) or cfg.trajectory_length < 2:
     raise ConfigError(
@@ -185,7 +185,7 @@ def validate_loss_fields(cfg) -> None:
       raise ConfigError(f"model.{name} must be one of {allowed}, got {cfg[name]!r}.")
 
 
-def n_dense_lower_layers(cfg) -> int:
+def n_dense_lower_layers(cfg: ml_collections.ConfigDict) -> int:
   """Layers in the dense lower pathway (the reference code used n_layers_conv)."""
   return cfg.n_layers_conv if cfg.reference_dense_lower else cfg.n_layers_dense_lower
 
@@ -195,7 +195,7 @@ def n_dense_lower_layers(cfg) -> int:
 LEGACY_FIELDS = ("conv_impl",)
 
 
-def frozen(cfg) -> ml_collections.FrozenConfigDict:
+def frozen(cfg: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
   """Validates a model config and freezes it (Flax module fields must hash)."""
   cfg = ml_collections.ConfigDict(
       {k: v for k, v in cfg.items() if k not in LEGACY_FIELDS})

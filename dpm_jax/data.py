@@ -25,6 +25,8 @@ import socket
 import struct
 from typing import Optional
 
+import ml_collections
+
 import numpy as np
 
 EMBEDDED_FILE = os.path.join(os.path.dirname(__file__), "data", "mnist_5k.npz")
@@ -89,7 +91,7 @@ class DataStats:
 # Sources.
 
 
-def load_dataset(data_config) -> Dataset:
+def load_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
   """Loads the configured data set into memory as uint8 NHWC arrays."""
   source = data_config.source
   if source == "embedded":
@@ -279,14 +281,14 @@ def _chunks(x, size=4096):
     yield x[i:i + size].astype(np.float64)
 
 
-def to_model_units(images_uint8, stats: DataStats, dtype=None):
+def to_model_units(images_uint8: np.ndarray, stats: DataStats, dtype=None) -> np.ndarray:
   """uint8 pixels -> model units (works on numpy and jax arrays, inside jit too)."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   x = jnp.asarray(images_uint8).astype(dtype or jnp.float32)
   return x * (stats.scale / 255.0) + stats.shift
 
 
-def to_pixels(x, stats: DataStats):
+def to_pixels(x: np.ndarray, stats: DataStats) -> np.ndarray:
   """Model units -> [0, 1] pixel intensities (not clipped)."""
   return (np.asarray(x) - stats.shift) / stats.scale
 

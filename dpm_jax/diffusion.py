@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, ClassVar, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple, Optional
 
 import flax
 import flax.linen as nn
@@ -46,6 +46,8 @@ from dpm_jax import kernels
 from dpm_jax import networks
 from dpm_jax import schedule
 
+PyTree = Any  # parameters, states: nested dicts of arrays
+
 LN2 = math.log(2.0)
 
 
@@ -53,18 +55,19 @@ LN2 = math.log(2.0)
 # The Gaussian forward process.
 
 
-def gaussian_entropy(variance):
+def gaussian_entropy(variance: jax.Array) -> jax.Array:
   """H(v) = 0.5 (1 + log 2 pi) + 0.5 log v: differential entropy of N(., v), nats."""
   return 0.5 * (1.0 + math.log(2.0 * math.pi)) + 0.5 * jnp.log(variance)
 
 
-def normal_kl(mu_q, sigma_q, mu_p, sigma_p):
+def normal_kl(mu_q: jax.Array, sigma_q: jax.Array, mu_p: jax.Array,
+              sigma_p: jax.Array) -> jax.Array:
   """KL(N(mu_q, sigma_q^2) || N(mu_p, sigma_p^2)) elementwise, in nats."""
   return (jnp.log(sigma_p) - jnp.log(sigma_q)
           + (sigma_q**2 + (mu_q - mu_p)**2) / (2.0 * sigma_p**2) - 0.5)
 
 
-def per_t(x, like):
+def per_t(x: jax.Array, like: jax.Array) -> jax.Array:
   """Reshapes a scalar or per-example value (B,) to broadcast against `like`."""
   x = jnp.asarray(x)
   if x.ndim == 0:
@@ -72,7 +75,8 @@ def per_t(x, like):
   return x.reshape(x.shape + (1,) * (like.ndim - x.ndim))
 
 
-def posterior(x_0, x_t, beta_t, abar_t):
+def posterior(x_0: jax.Array, x_t: jax.Array, beta_t: jax.Array,
+              abar_t: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Mean and standard deviation of q(x_{t-1} | x_t, x_0).
 
   The product of q(x_{t-1} | x_0) = N(sqrt(abar_{t-1}) x_0, 1 - abar_{t-1})
@@ -158,8 +162,8 @@ class GaussianDiffusion:
     return reverse_kernel(x, 0.0, 0.0, self.beta[0], self.trajectory_length, self.link)
 
 
-def reverse_kernel(x_t, mu_coeff, beta_coeff, beta_t, trajectory_length: int,
-                   link: str = "logit"):
+def reverse_kernel(x_t: jax.Array, mu_coeff: jax.Array, beta_coeff: jax.Array, beta_t: jax.Array,
+                   trajectory_length: int, link: str = "logit") -> tuple[jax.Array, jax.Array]:
   """The reverse step p(x_{t-1} | x_t) = N(mu, sigma^2) from network outputs.
 
   beta_rev = sigmoid(beta_coeff / sqrt(T) + logit(beta_t)),
@@ -176,14 +180,14 @@ def reverse_kernel(x_t, mu_coeff, beta_coeff, beta_t, trajectory_length: int,
 # The bound, for any forward process and model.
 
 
-def kl_multiplier(config) -> int:
+def kl_multiplier(config: ml_collections.ConfigDict) -> int:
   """T - 1 learned steps by default; T as the reference code."""
   T = config.trajectory_length
   return T - 1 if config.kl_multiplier == "T-1" else T
 
 
-def kl_at_t(model: nn.Module, params, x_0, t, noise, *, deterministic: bool = True,
-            rngs=None):
+def kl_at_t(model: nn.Module, params: PyTree, x_0: jax.Array, t: jax.Array, noise: PyTree, *,
+            deterministic: bool = True, rngs: Optional[dict] = None) -> tuple[jax.Array, Any]:
   """KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) per dimension, in nats.
 
   The chain of paper eq. 14's summand: x_t from the forward process, the
@@ -206,7 +210,8 @@ def kl_at_t(model: nn.Module, params, x_0, t, noise, *, deterministic: bool = Tr
   return process.kl(q, p), process
 
 
-def bound_terms(kl, process, x_0, *, multiplier: int, unit_dims: int, axis=None) -> dict:
+def bound_terms(kl: jax.Array, process: Any, x_0: jax.Array, *, multiplier: int, unit_dims: int,
+                axis: Optional[int] = None) -> dict:
   """The terms of -(K - L_null) in bits per unit, from a one-t KL estimate.
 
   -K = multiplier E_t[KL_t] + H_q(X_1|X_0) - H_q(X_T|X_0) + H_p(X_T) (paper
@@ -237,12 +242,12 @@ def bound_terms(kl, process, x_0, *, multiplier: int, unit_dims: int, axis=None)
   return terms
 
 
-def sample_t(rng, trajectory_length: int, shape=()):
+def sample_t(rng: jax.Array, trajectory_length: int, shape: tuple = ()) -> jax.Array:
   """t uniform on {1, ..., T-1}: step 0 is fixed, so it is never learned."""
   return jax.random.randint(rng, shape, 1, trajectory_length)
 
 
-def dequantize(x_0, uniform, width: float):
+def dequantize(x_0: jax.Array, uniform: Optional[jax.Array], width: float) -> jax.Array:
   """x_0 + (U(0, 1) - 0.5) width: continuous data from quantised values."""
   return x_0 if uniform is None else x_0 + (uniform - 0.5) * width
 
@@ -401,7 +406,7 @@ class DiffusionModel(nn.Module):
                           cfg.trajectory_length, cfg.beta_link)
 
 
-def make_model(model_config, conv: str = "auto") -> DiffusionModel:
+def make_model(model_config: ml_collections.ConfigDict, conv: str = "auto") -> DiffusionModel:
   """Validates a model config and builds the image model.
 
   Args:
@@ -411,13 +416,13 @@ def make_model(model_config, conv: str = "auto") -> DiffusionModel:
   return DiffusionModel(config_lib.frozen(model_config), kernels.conv_layer(conv))
 
 
-def init_params(model: nn.Module, rng) -> Any:
+def init_params(model: nn.Module, rng: jax.Array) -> PyTree:
   """Initialises the parameters for the model's data shape, batch of 1."""
   x = jnp.zeros((1,) + tuple(model.data_shape), jnp.float32)
   return model.init(rng, x, jnp.ones((), jnp.float32))
 
 
-def get_norms(params, grads=None):
+def get_norms(params: PyTree, grads: Optional[PyTree] = None) -> dict:
   """Per-parameter L2 norm divided by its number of elements (the seed's get_norms).
 
   Returns:
@@ -433,6 +438,6 @@ def get_norms(params, grads=None):
   return out
 
 
-def count_params(params) -> int:
+def count_params(params: PyTree) -> int:
   """Total number of scalar parameters."""
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))

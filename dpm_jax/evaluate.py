@@ -16,15 +16,19 @@ bound in bits per dimension on 8-bit data (today's convention).
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from dpm_jax import data as data_lib
 from dpm_jax import diffusion
 from dpm_jax import parallel
+
+if TYPE_CHECKING:  # tasks imports this module
+  from dpm_jax import tasks as tasks_lib
 
 LN2 = diffusion.LN2
 # The random stream of the stratified estimate's t draws, beside the per-stratum keys.
@@ -106,7 +110,8 @@ def bound_from_kl_sum(kl_sum, process, x_0, unit_dims: int):
   return (kl_sum + jnp.mean(h_diff, axis=tuple(range(1, x_0.ndim)))) / LN2 * unit_dims
 
 
-def make_test_evaluator(task, eval_config, par, *, key):
+def make_test_evaluator(task: tasks_lib.Task, eval_config: ml_collections.ConfigDict,
+                        par: parallel.DataParallel, *, key: jax.Array) -> Callable[[Any], dict]:
   """The periodic test-set bound during training.
 
   eval_config.method:
@@ -158,7 +163,7 @@ def make_test_evaluator(task, eval_config, par, *, key):
   return evaluate
 
 
-def bound_one_t(task, params, examples: np.ndarray, key, *, num_batches: int = 200,
+def bound_one_t(task: tasks_lib.Task, params: Any, examples: np.ndarray, key: jax.Array, *, num_batches: int = 200,
                 batch_size: int = 100, par=None):
   """The reference code's test-set estimate: many batches, one random t each.
 
@@ -182,8 +187,9 @@ def _placement(params, batch_size: int, par):
       lambda batch: par.put_batch(batch) if len(batch) % par.num_devices == 0 else batch)
 
 
-def bound_all_t(task, params, examples: np.ndarray, key, *, batch_size: int = 100, par=None,
-                progress=None):
+def bound_all_t(task: tasks_lib.Task, params: Any, examples: np.ndarray, key: jax.Array, *,
+                batch_size: int = 100, par: Optional[parallel.DataParallel] = None,
+                progress: Optional[Callable[[int, int], None]] = None) -> dict:
   """The bound summed over every t = 1 .. T-1 for each example.
 
   Args:
@@ -266,8 +272,9 @@ def _stratified_bits_fn(task, num_strata: int):
   return bits
 
 
-def bound_stratified(task, params, examples: np.ndarray, key, *, num_strata: int = 10,
-                     batch_size: int = 100, par=None):
+def bound_stratified(task: tasks_lib.Task, params: Any, examples: np.ndarray, key: jax.Array, *,
+                     num_strata: int = 10, batch_size: int = 100,
+                     par: Optional[parallel.DataParallel] = None) -> dict:
   """A cheaper unbiased estimate: one t in each of num_strata strata of {1..T-1}.
 
   sum_t KL_t is estimated per example by sum_k n_k KL_{t_k}, with t_k uniform
@@ -279,7 +286,7 @@ def bound_stratified(task, params, examples: np.ndarray, key, *, num_strata: int
   return _summary(task, params, bits, extra={"per_image": bits, "num_strata": num_strata})
 
 
-def null_bits(task, params) -> float:
+def null_bits(task: tasks_lib.Task, params: Any) -> float:
   """L_null, the null model's log likelihood in bits per unit (-H_p(X_T))."""
   process = task.model.apply(params, jnp.float32, method="process")
   x = jnp.zeros((1,) + tuple(task.model.data_shape), jnp.float32)
@@ -306,7 +313,8 @@ def _summary(task, params, bits_per_example, extra):
 # Parzen windows (the paper's MNIST table metric).
 
 
-def parzen_log_likelihood(samples, points, sigma: float, *, batch_size: int = 500):
+def parzen_log_likelihood(samples: np.ndarray, points: np.ndarray, sigma: float, *,
+                          batch_size: int = 500) -> np.ndarray:
   """log p(x) per point under an isotropic Gaussian Parzen window on samples (nats).
 
   log p(x) = logsumexp_i(-|x - s_i|^2 / (2 sigma^2)) - log N - d/2 log(2 pi sigma^2).
@@ -326,7 +334,8 @@ def parzen_log_likelihood(samples, points, sigma: float, *, batch_size: int = 50
                          for i in range(0, len(points), batch_size)])
 
 
-def parzen_select_and_score(samples, validation, test, sigmas: Optional[np.ndarray] = None):
+def parzen_select_and_score(samples: np.ndarray, validation: np.ndarray, test: np.ndarray,
+                            sigmas: Optional[np.ndarray] = None) -> dict:
   """Chooses the window on a validation split and reports the test log likelihood.
 
   Args:

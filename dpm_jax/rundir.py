@@ -30,7 +30,7 @@ import shutil
 import socket
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from absl import logging
 import jax
@@ -108,7 +108,7 @@ def _host_array(x) -> np.ndarray:
   return np.ascontiguousarray(np.asarray(x))
 
 
-def state_digest(state) -> str:
+def state_digest(state: Any) -> str:
   """SHA-256 of a state's arrays: of each array's shape and bytes, sorted.
 
   Sorting makes it independent of how the tree is nested (a TrainState when
@@ -121,12 +121,12 @@ def state_digest(state) -> str:
   return hashlib.sha256("".join(digests).encode()).hexdigest()
 
 
-def state_nbytes(state) -> int:
+def state_nbytes(state: Any) -> int:
   return sum(int(np.prod(np.shape(x))) * np.dtype(x.dtype).itemsize
              for x in jax.tree.leaves(state))
 
 
-def save(manager: ocp.CheckpointManager, step: int, state, meta: dict) -> None:
+def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
   """Saves the train state and the metadata at `step` (asynchronously).
 
   The metadata gets the state's SHA-256 (state_digest), which `restore`
@@ -238,7 +238,8 @@ def _restore_error(manager, step, err) -> CorruptCheckpointError:
       "an earlier one with --step, or start a new run with another --workdir.")
 
 
-def restore(manager: ocp.CheckpointManager, step: int, abstract_state=None):
+def restore(manager: ocp.CheckpointManager, step: int,
+            abstract_state: Any = None) -> tuple[Any, dict]:
   """Restores (state, meta) at `step` on this process's first device: the state
   into the structure of abstract_state (arrays or shapes) if given, else as saved.
 
@@ -274,7 +275,8 @@ def move_aside(manager: ocp.CheckpointManager, step: int) -> str:
   return target
 
 
-def restore_newest_verified(manager: ocp.CheckpointManager, restore_fn):
+def restore_newest_verified(manager: ocp.CheckpointManager,
+                            restore_fn: Callable[[int], Any]) -> tuple[Optional[int], Any]:
   """(step, restore_fn(step)) of the newest checkpoint that restores and verifies,
   moving every newer one (and unfinished step folders) aside; (None, None) if none."""
   for step in _step_dirs(str(manager.directory)):
@@ -307,7 +309,7 @@ def config_from_dict(d: dict) -> ml_collections.ConfigDict:
 RESUMABLE_FIELDS = ("model.conv_impl", "data.dir", "data.tfds_data_dir", "data.download")
 
 
-def diff_sections(saved: dict, current: dict, sections=("model", "data")) -> list:
+def diff_sections(saved: dict, current: dict, sections: Sequence[str] = ("model", "data")) -> list:
   """Fields of the given sections that differ between two configs (as dicts)."""
   diffs = []
   for section in sections:
@@ -352,7 +354,7 @@ def load_run(workdir: str, step: Optional[int] = None) -> Run:
              stats=meta["data_stats"], step=int(step), workdir=workdir)
 
 
-def write_json(path: str, obj) -> None:
+def write_json(path: str, obj: Any) -> None:
   """Writes JSON atomically (temporary file, then rename)."""
   tmp = path + ".tmp"
   with open(tmp, "w") as f:

@@ -19,12 +19,14 @@ Conditioning, applied to every reverse step including the fixed one
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dpm_jax import data as data_lib
 from dpm_jax import networks
 from dpm_jax import parallel
 
@@ -59,7 +61,7 @@ def condition_step(mu, sigma, *, mask=None, known=None, y=None, denoise_sigma=No
   return mu, sigma
 
 
-def make_sampler(model, *, num_images: int,
+def make_sampler(model: nn.Module, *, num_images: int,
                  skip_first_step: bool = False, record_t: Sequence[int] = (),
                  log_r: Optional[Callable] = None,
                  par: Optional[parallel.DataParallel] = None) -> Callable:
@@ -214,7 +216,8 @@ MODES = ("sample", "inpaint", "denoise", "superres")
 OBSERVATION_STREAM = 2**31 - 1
 
 
-def generate(model, params, stats, mode: str, key, *, num_images: int,
+def generate(model: nn.Module, params: Any, stats: data_lib.DataStats, mode: str, key: jax.Array, *,
+             num_images: int,
              true_images=None, mask_kind: str = "right_half", denoise_sigma: float = 1.0,
              superres_factor: int = 4, superres_noise: float = 0.1,
              record_t: Sequence[int] = (), skip_first_step: bool = False) -> dict:
@@ -238,7 +241,6 @@ def generate(model, params, stats, mode: str, key, *, num_images: int,
     dict with 'samples' (N, H, W, C), 'states' (K, N, H, W, C) if record_t,
     'record_t', and for conditional modes 'true' and 'observed' (and 'mask').
   """
-  from dpm_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   if mode not in MODES:
     raise ValueError(f"Unknown mode {mode!r}; choose one of {MODES}.")
   cfg = model.config

@@ -13,6 +13,7 @@ import os
 from typing import Callable, Optional
 
 import flax.linen as nn
+import ml_collections
 import jax.numpy as jnp
 import numpy as np
 
@@ -52,7 +53,7 @@ class Task:
   save_samples: Callable[[np.ndarray, str], None]
 
 
-def image_task(config, dataset: Optional[data_lib.Dataset] = None,
+def image_task(config: ml_collections.ConfigDict, dataset: Optional[data_lib.Dataset] = None,
                stats: Optional[dict] = None) -> Task:
   """The 2015 image model on MNIST, Fashion-MNIST or CIFAR-10.
 
@@ -102,7 +103,7 @@ def synthetic_module(name: str):
   return importlib.import_module(f"dpm_jax.{name}")
 
 
-def load_data(config) -> data_lib.Dataset:
+def load_data(config: ml_collections.ConfigDict) -> data_lib.Dataset:
   """The stored examples of an experiment config: images, or fresh synthetic draws."""
   if config.data.dataset in SYNTHETIC:
     module, m, d = synthetic_module(config.data.dataset), config.model, config.data
@@ -111,7 +112,7 @@ def load_data(config) -> data_lib.Dataset:
   return data_lib.load_dataset(config.data)
 
 
-def no_data(config) -> data_lib.Dataset:
+def no_data(config: ml_collections.ConfigDict) -> data_lib.Dataset:
   """No examples, of the config's shape: a task that only samples needs no data."""
   m = config.model
   if config.data.dataset in SYNTHETIC:
@@ -122,7 +123,7 @@ def no_data(config) -> data_lib.Dataset:
   return data_lib.Dataset(empty, empty, config.data.dataset)
 
 
-def synthetic_task(config, dataset: Optional[data_lib.Dataset] = None) -> Task:
+def synthetic_task(config: ml_collections.ConfigDict, dataset: Optional[data_lib.Dataset] = None) -> Task:
   """A synthetic data set of the paper's Table 1: data in model units, no dequantisation."""
   module = synthetic_module(config.data.dataset)
   dataset = dataset or load_data(config)
@@ -132,12 +133,12 @@ def synthetic_task(config, dataset: Optional[data_lib.Dataset] = None) -> Task:
               save_samples=module.save_samples)
 
 
-def conv_kernel(config) -> str:
+def conv_kernel(config: ml_collections.ConfigDict) -> str:
   """config.compute.conv; 'auto' for runs saved before the compute section."""
   return config.get("compute", {}).get("conv", "auto")
 
 
-def validate_model_config(config) -> None:
+def validate_model_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first invalid field of config.model."""
   if config.data.dataset in SYNTHETIC:
     synthetic_module(config.data.dataset).validate_model_config(config.model)
@@ -145,7 +146,8 @@ def validate_model_config(config) -> None:
     config_lib.validate_model_config(config.model)
 
 
-def build(config, dataset=None, stats: Optional[dict] = None) -> Task:
+def build(config: ml_collections.ConfigDict, dataset: Optional[data_lib.Dataset] = None,
+          stats: Optional[dict] = None) -> Task:
   """The Task of an experiment config (by config.data.dataset)."""
   if config.data.dataset in SYNTHETIC:
     return synthetic_task(config, dataset)

@@ -15,9 +15,10 @@ import os
 import signal
 import threading
 import time
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 from absl import logging
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -80,7 +81,8 @@ def zero_nonfinite_per_tensor() -> optax.GradientTransformation:
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def learning_rate_schedule(optimizer_config, steps_per_epoch: int) -> optax.Schedule:
+def learning_rate_schedule(optimizer_config: ml_collections.ConfigDict,
+                           steps_per_epoch: int) -> optax.Schedule:
   """lr * 0.1^(epoch / 1000), applied once an epoch, floored at min_learning_rate."""
   return optax.exponential_decay(
       init_value=optimizer_config.learning_rate, transition_steps=steps_per_epoch,
@@ -91,7 +93,8 @@ def learning_rate_schedule(optimizer_config, steps_per_epoch: int) -> optax.Sche
 OPTIMIZERS = ("rmsprop", "adam")
 
 
-def make_optimizer(optimizer_config, steps_per_epoch: int) -> optax.GradientTransformation:
+def make_optimizer(optimizer_config: ml_collections.ConfigDict,
+                   steps_per_epoch: int) -> optax.GradientTransformation:
   """RemoveNotFinite, then RMSProp (the reference code's) or Adam.
 
   RMSProp: decay 0.9, 1e-10 floor, no bias correction. Blocks' RMSProp
@@ -121,7 +124,8 @@ class TrainState(train_state.TrainState):
   nonfinite_streak: jax.Array
 
 
-def create_train_state(model, params, tx) -> TrainState:
+def create_train_state(model: nn.Module, params: Any,
+                       tx: optax.GradientTransformation) -> TrainState:
   return TrainState.create(
       apply_fn=model.apply, params=params, tx=tx,
       loss_sum=jnp.zeros([], jnp.float32), loss_count=jnp.zeros([], jnp.int32),
@@ -187,7 +191,8 @@ def resolve_micro_batch_size(requested: int, batch_size: int, num_devices: int,
   return requested
 
 
-def jit_train_step(task: tasks_lib.Task, config, par: parallel.DataParallel) -> Callable:
+def jit_train_step(task: tasks_lib.Task, config: ml_collections.ConfigDict,
+                   par: parallel.DataParallel) -> Callable:
   """The jitted, data-parallel train step of a task: what the loop and the benchmark run."""
   micro_batch = resolve_micro_batch_size(config.compute.micro_batch_size,
                                          config.train.batch_size, par.num_devices,
@@ -266,7 +271,7 @@ def write_samples(task, num, workdir, key):
 
 
 @jax.jit
-def all_finite(state) -> jax.Array:
+def all_finite(state: Any) -> jax.Array:
   """Whether every floating-point array of the state is finite."""
   leaves = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.inexact)]
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
@@ -374,7 +379,8 @@ def restore_or_create(config, workdir, manager, tx, dataset, resume_verified=Fal
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: Optional[str] = None,
-                       *, dataset: Optional[data_lib.Dataset] = None, devices=None,
+                       *, dataset: Optional[data_lib.Dataset] = None,
+                       devices: Optional[Sequence[jax.Device]] = None,
                        resume_verified: bool = False) -> TrainState:
   """Trains the model of `config`, resuming from workdir's checkpoints.
 
@@ -492,7 +498,7 @@ def finish_saving(manager, workdir) -> None:
   rundir.check_save_errors(manager, workdir)
 
 
-def schedule_steps(config, n_train: int):
+def schedule_steps(config: ml_collections.ConfigDict, n_train: int) -> tuple[int, int]:
   """(steps per epoch, total steps) of config.train."""
   steps_per_epoch = (config.train.batches_per_epoch
                      or data_lib.steps_per_epoch(n_train, config.train.batch_size))
@@ -548,7 +554,7 @@ def interrupt(saver, step, state) -> TrainingInterrupted:
 # Config, devices, signals.
 
 
-def create_workdir(config) -> str:
+def create_workdir(config: ml_collections.ConfigDict) -> str:
   """runs/<model id><suffix>-<yymmddTHHMMSS>, as the seed's create_log_dir."""
   model_id = f"dpm_{config.data.dataset}"
   name = model_id + config.suffix + time.strftime("-%y%m%dT%H%M%S")
@@ -563,7 +569,7 @@ def _non_finite_fields(config, prefix=""):
       yield f"{prefix}{key}={value}"
 
 
-def validate_config(config) -> None:
+def validate_config(config: ml_collections.ConfigDict) -> None:
   """Checks the sections of a full experiment config; raises ConfigError."""
   bad = list(_non_finite_fields(config))
   if bad:
