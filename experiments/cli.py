@@ -20,10 +20,14 @@ COMMANDS = ("train", "sample", "evaluate", "benchmark")
 
 
 def _usage(error: str = "") -> int:
-  print(__doc__.strip(), file=sys.stderr if error else sys.stdout)
   if error:
-    print(f"\nerror: {error}", file=sys.stderr)
-  return 2 if error else 0
+    print(f"error: {error} (dpm-jax --help shows the commands)", file=sys.stderr)
+    return 2
+  try:
+    print(__doc__.strip())
+  except BrokenPipeError:  # dpm-jax --help | head
+    pass
+  return 0
 
 
 def main(argv=None) -> int:
