@@ -247,6 +247,27 @@ def sample_t(rng: jax.Array, trajectory_length: int, shape: tuple = ()) -> jax.A
   return jax.random.randint(rng, shape, 1, trajectory_length)
 
 
+def stratified_layout(trajectory_length: int, batch_size: int) -> np.ndarray:
+  """floor(i (T-1) / B) for example i of B: the batch cut into T-1 runs of
+  consecutive examples, as equal as they can be (sizes differ by at most 1)."""
+  n = trajectory_length - 1
+  return (np.arange(batch_size, dtype=np.int64) * n // batch_size).astype(np.int32)
+
+
+def stratified_t(offset: jax.Array, trajectory_length: int, batch_size: int) -> jax.Array:
+  """t of a stratified draw: 1 + (stratified_layout + offset) mod (T-1), shape (B,).
+
+  Example i's run of the layout, rotated by `offset`. With offset uniform on
+  {0 .. T-2}, every example's t is uniform on {1 .. T-1}, so the loss has the
+  expectation of independent uniform draws; and every t gets B/(T-1) examples
+  (rounded down or up) in every batch, so a per-t parameter sees each batch.
+  When T-1 divides B, t runs through T-1 blocks of B/(T-1) equal values,
+  which a model may read out block by block (dpm_jax.heartbeat.PerStepDense).
+  """
+  n = trajectory_length - 1
+  return 1 + (jnp.asarray(stratified_layout(trajectory_length, batch_size)) + offset) % n
+
+
 def dequantize(x_0: jax.Array, uniform: Optional[jax.Array], width: float) -> jax.Array:
   """x_0 + (U(0, 1) - 0.5) width: continuous data from quantised values."""
   return x_0 if uniform is None else x_0 + (uniform - 0.5) * width
@@ -289,7 +310,8 @@ def make_loss_fn(model: nn.Module, *, uniform_noise: float = 0.0,
   """Builds loss_fn(params, x_0, rng) -> (loss, metrics).
 
   The loss is the bound -(K - L_null) in bits per unit for one random t per
-  minibatch (or per example, config.t_sampling), averaged over
+  minibatch (or per example, or per example stratified over the batch:
+  config.t_sampling), averaged over
   config.n_t_per_minibatch draws, as the reference code. All randomness
   comes from splitting `rng`. The metrics hold the bound's terms
   (bound_terms), the mean KL in nats per dimension and the mean t.
@@ -306,12 +328,15 @@ def make_loss_fn(model: nn.Module, *, uniform_noise: float = 0.0,
   cfg = model.config
   T = cfg.trajectory_length
   multiplier = kl_multiplier(cfg)
-  per_example_t = cfg.t_sampling == "per_example"
+  per_example_t = cfg.t_sampling in ("per_example", "stratified")
   deterministic = not train or cfg.dropout_rate == 0.0
 
   def draw_one(rng, x_0):
     rng_t, rng_noise, rng_unif, rng_drop = jax.random.split(rng, 4)
-    t = sample_t(rng_t, T, x_0.shape[:1] if per_example_t else ())
+    if cfg.t_sampling == "stratified":
+      t = stratified_t(jax.random.randint(rng_t, (), 0, T - 1), T, x_0.shape[0])
+    else:
+      t = sample_t(rng_t, T, x_0.shape[:1] if per_example_t else ())
     per_example = {"noise": model.Process.draw_noise(rng_noise, x_0.shape, x_0.dtype),
                    "uniform": (jax.random.uniform(rng_unif, x_0.shape, x_0.dtype)
                                if uniform_noise else None)}

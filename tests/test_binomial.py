@@ -148,3 +148,41 @@ def test_check_grads_heartbeat_network_float64(offset):
     loss_fn = diffusion.make_loss_fn(model)
     g = lambda p: loss_fn(p, x, jax.random.key(4))[0]
     check_grads(jax.jit(g), (params,), order=1, modes=("rev",), atol=1e-5, rtol=1e-5, eps=1e-6)
+
+
+@pytest.mark.parametrize("B,offset", [(14, 0), (14, 5), (28, 6), (7, 3)])
+def test_per_step_readout_of_stratified_t_in_blocks_equals_the_gather(B, offset):
+  """T-1 dividing the batch: read out block by block; values and gradients as the gather."""
+  T = 8
+  kernel = jax.random.normal(jax.random.key(0), (T, 5, 3))
+  bias = jax.random.normal(jax.random.key(1), (T, 3))
+  h = jax.random.normal(jax.random.key(2), (B, 5))
+  t = diffusion.stratified_t(offset, T, B)
+  shuffled = t[::-1]
+  assert heartbeat._is_blocked(t, T) is not False and bool(heartbeat._is_blocked(t, T))
+  assert not bool(heartbeat._is_blocked(shuffled, T))
+  assert heartbeat._is_blocked(t[:B - 1], T) is False  # T-1 does not divide B - 1
+  loss = lambda fn: jax.jit(jax.value_and_grad(
+      lambda h, k, b, t: jnp.sum(jnp.sin(fn(h, t, k, b))), argnums=(0, 1, 2)))
+  for tt in (t, shuffled):
+    (v1, g1), (v2, g2) = (loss(fn)(h, kernel, bias, tt)
+                          for fn in (heartbeat.per_step_readout, heartbeat._gathered))
+    np.testing.assert_allclose(v1, v2, rtol=1e-5)
+    for a, b in zip(g1, g2):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(heartbeat._blocked(h, t, kernel, bias),
+                             heartbeat._gathered(h, t, kernel, bias), rtol=1e-5, atol=1e-6)
+
+
+def test_heartbeat_stratified_loss_whole_batch_equals_micro_batches():
+  """The whole batch's readout in blocks, micro-batches' by the gather: the same gradient."""
+  from dpm_jax import parallel  # pylint: disable=g-import-not-at-top
+  model, params = untrained_heartbeat(t_sampling="stratified", trajectory_length=9)
+  x = jnp.asarray(heartbeat.sample_data(32, 0))
+  loss_fn = diffusion.make_loss_fn(model)
+  (l1, _), g1 = jax.jit(parallel.make_loss_and_grad(loss_fn))(params, x, jax.random.key(1))
+  (l2, _), g2 = jax.jit(parallel.make_loss_and_grad(loss_fn, micro_batch_size=8))(
+      params, x, jax.random.key(1))
+  np.testing.assert_allclose(l1, l2, atol=1e-4)  # a sum of terms of ~14 bits, in float32
+  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)

@@ -180,6 +180,36 @@ def test_per_example_t_equals_per_minibatch_t_when_all_equal():
   np.testing.assert_allclose(s1, s2, rtol=1e-6)
 
 
+@pytest.mark.parametrize("T,B", [(9, 32), (9, 20), (9, 5), (2, 3)])
+def test_stratified_t_spreads_the_batch_evenly_and_each_t_is_uniform(T, B):
+  n = T - 1
+  counts = np.stack([np.bincount(np.asarray(diffusion.stratified_t(s, T, B)), minlength=T)
+                     for s in range(n)])
+  assert np.all(counts[:, 0] == 0) and np.all(counts.sum(axis=1) == B)
+  # Every batch: each t gets B/(T-1) examples, rounded down or up.
+  assert np.all(counts[:, 1:] >= B // n) and np.all(counts[:, 1:] <= -(-B // n))
+  # Over the offsets, each example's t is uniform on 1..T-1: every t the same.
+  for i in range(B):
+    ts = [int(diffusion.stratified_t(s, T, B)[i]) for s in range(n)]
+    assert sorted(ts) == list(range(1, T)), i
+  if B % n == 0:  # T-1 blocks of B/(T-1) equal t, in order from 1 + offset
+    t = np.asarray(diffusion.stratified_t(3 % n, T, B)).reshape(n, B // n)
+    np.testing.assert_array_equal(t, (1 + (np.arange(n) + 3) % n)[:, None].repeat(B // n, 1))
+
+
+def test_stratified_t_sampling_draws_a_rotation_per_batch():
+  model = diffusion.make_model(tiny_model_config(t_sampling="stratified"))
+  x = jnp.zeros((16, 8, 8, 1))
+  draws = diffusion.make_loss_fn(model).draw(jax.random.key(0), x)
+  (per_example,), (shared,) = draws.per_example, draws.shared
+  assert shared == {} and per_example["t"].shape == (16,)
+  t = np.asarray(per_example["t"])
+  np.testing.assert_array_equal(t, diffusion.stratified_t(t[0] - 1, 20, 16))
+  firsts = {int(diffusion.make_loss_fn(model).draw(jax.random.key(k), x).per_example[0]["t"][0])
+            for k in range(40)}
+  assert len(firsts) > 4  # the offset is random
+
+
 def test_reverse_kernel_with_zero_coefficients_is_the_forward_kernel():
   x = jnp.linspace(-2, 2, 5)
   mu, sigma = diffusion.reverse_kernel(x, 0.0, 0.0, 0.3, 1000)
@@ -261,7 +291,8 @@ def test_get_norms_matches_the_seed_definition():
 
 
 @pytest.mark.parametrize("t_sampling,n_t", [
-    pytest.param("per_minibatch", 1, marks=pytest.mark.slow), ("per_example", 2)])
+    pytest.param("per_minibatch", 1, marks=pytest.mark.slow), ("per_example", 2),
+    ("stratified", 1)])
 def test_micro_batched_gradient_equals_whole_batch_gradient(t_sampling, n_t):
   model = diffusion.make_model(tiny_model_config(t_sampling=t_sampling, n_t_per_minibatch=n_t))
   params = diffusion.init_params(model, jax.random.key(0))

@@ -23,7 +23,7 @@ def devices():
 
 
 @pytest.mark.parametrize("t_sampling", [pytest.param("per_minibatch", marks=pytest.mark.slow),
-                                        "per_example"])
+                                        "per_example", "stratified"])
 def test_gradients_on_two_devices_match_one(devices, t_sampling):
   """Whole and micro-batched gradients on two devices against one device."""
   one, two = devices
