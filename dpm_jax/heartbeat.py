@@ -127,6 +127,20 @@ def _blocked(h, t, kernel, bias):
   return jnp.roll(out, -offset, axis=0).reshape(h.shape[0], -1)
 
 
+def _blocked_vjp(h, t, kernel, g):
+  """(dh, dkernel, dbias) of _blocked; the kernel's as a sum of B/(T-1) outer
+  products per t, several times faster on the CPU than XLA's batched dot."""
+  n, features = kernel.shape[0] - 1, h.shape[-1]
+  offset = t[0] - 1
+  blocks = jnp.roll(h.reshape(n, -1, features), offset, axis=0)
+  g = jnp.roll(g.reshape(n, blocks.shape[1], -1), offset, axis=0)
+  dkernel = jnp.sum(blocks[:, :, :, None] * g[:, :, None, :], axis=1)
+  dh = jnp.einsum("tjo,tko->tjk", g, kernel[1:])
+  zero = jnp.zeros((1,) + kernel.shape[1:], kernel.dtype)
+  return (jnp.roll(dh, -offset, axis=0).reshape(h.shape),
+          jnp.concatenate([zero, dkernel]), jnp.concatenate([zero[:, 0], jnp.sum(g, axis=1)]))
+
+
 def _is_blocked(t, trajectory_length: int):
   """Whether t (B,) is a stratified draw that _blocked reads out: T-1 divides B."""
   if t.shape[0] == 0 or t.shape[0] % (trajectory_length - 1):
@@ -162,7 +176,8 @@ def _readout_fwd(h, t, kernel, bias):
 def _readout_bwd(res, g):
   h, t, kernel, bias = res
   vjp = lambda fn: lambda: jax.vjp(lambda h, k, b: fn(h, t, k, b), h, kernel, bias)[1](g)
-  dh, dkernel, dbias = _choose(t, kernel.shape[0], vjp(_blocked), vjp(_gathered))
+  dh, dkernel, dbias = _choose(t, kernel.shape[0], lambda: _blocked_vjp(h, t, kernel, g),
+                               vjp(_gathered))
   return dh, None, dkernel, dbias
 
 

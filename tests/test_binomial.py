@@ -172,6 +172,10 @@ def test_per_step_readout_of_stratified_t_in_blocks_equals_the_gather(B, offset)
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(heartbeat._blocked(h, t, kernel, bias),
                              heartbeat._gathered(h, t, kernel, bias), rtol=1e-5, atol=1e-6)
+  g = jax.random.normal(jax.random.key(3), (B, 3))
+  _, vjp = jax.vjp(lambda h, k, b: heartbeat._gathered(h, t, k, b), h, kernel, bias)
+  for a, b in zip(heartbeat._blocked_vjp(h, t, kernel, g), vjp(g)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_heartbeat_stratified_loss_whole_batch_equals_micro_batches():
