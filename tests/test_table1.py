@@ -41,6 +41,22 @@ def test_swiss_roll_true_log_likelihood_against_monte_carlo_on_a_wide_roll():
   assert ll == pytest.approx(mc, abs=0.02)
 
 
+def test_heartbeat_config_trains_on_whole_stratified_batches_read_out_in_blocks():
+  """The default batch covers every t equally and the whole batch goes through the
+  blocked readout (dpm_jax.heartbeat.PerStepDense): T-1 divides it, no micro-batches."""
+  from dpm_jax import heartbeat  # pylint: disable=g-import-not-at-top
+  config = heartbeat_config.get_config()
+  train.validate_config(config)
+  T, batch = config.model.trajectory_length, config.train.batch_size
+  assert config.model.t_sampling == "stratified" and batch % (T - 1) == 0
+  assert train.resolve_micro_batch_size(config.compute.micro_batch_size, batch, 1,
+                                        config.compute.conv) == 0
+  model = heartbeat.make_model(config.model)
+  x = jnp.zeros((batch,) + model.data_shape)
+  t = diffusion.make_loss_fn(model).draw(jax.random.key(0), x).per_example[0]["t"]
+  assert bool(heartbeat._is_blocked(t, T))  # pylint: disable=protected-access
+
+
 def small_swiss_roll(**overrides):
   cfg = swiss_roll.model_config()
   cfg.trajectory_length = 10

@@ -10,14 +10,17 @@ from experiments.configs import default
 def get_config():
   config = default.get_synthetic_config(heartbeat.model_config(), "heartbeat", num_test=1000,
                                         final_examples=2000, final_batch=500)
+  # Four examples of every t per step (diffusion.stratified_t), read out in blocks.
+  config.model.t_sampling = "stratified"
   config.optimizer.min_learning_rate = 1e-3
+  config.compute.micro_batch_size = 0  # the blocked readout needs the whole batch at once
   t = config.train
-  t.batch_size = 8192             # four examples per time step and minibatch, on average
-  t.num_steps = 11000
-  t.batches_per_epoch = 11        # the rate decays 10x over the run (1000 such epochs)
+  t.batch_size = 4 * 1999         # four examples per time step t = 1 .. T-1 and minibatch
+  t.num_steps = 16000
+  t.batches_per_epoch = 16        # the rate decays 10x over the run (1000 such epochs)
   t.log_every_steps = 1000
-  t.eval_every_steps = 5500
-  t.checkpoint_every_steps = 5500
+  t.eval_every_steps = 8000
+  t.checkpoint_every_steps = 8000
   t.sample_num_images = 20
   config.eval.update(method="stratified", num_strata=100, num_images=1000, batch_size=500)
   return config
