@@ -10,6 +10,7 @@ import pytest
 from jax.test_util import check_grads
 
 from dpm_jax import binomial, diffusion, heartbeat
+from dpm_jax.kernels import readout
 
 
 def small_process(T=6, p=0.3):
@@ -159,22 +160,22 @@ def test_per_step_readout_of_stratified_t_in_blocks_equals_the_gather(B, offset)
   h = jax.random.normal(jax.random.key(2), (B, 5))
   t = diffusion.stratified_t(offset, T, B)
   shuffled = t[::-1]
-  assert heartbeat._is_blocked(t, T) is not False and bool(heartbeat._is_blocked(t, T))
-  assert not bool(heartbeat._is_blocked(shuffled, T))
-  assert heartbeat._is_blocked(t[:B - 1], T) is False  # T-1 does not divide B - 1
+  assert readout._is_blocked(t, T) is not False and bool(readout._is_blocked(t, T))
+  assert not bool(readout._is_blocked(shuffled, T))
+  assert readout._is_blocked(t[:B - 1], T) is False  # T-1 does not divide B - 1
   loss = lambda fn: jax.jit(jax.value_and_grad(
       lambda h, k, b, t: jnp.sum(jnp.sin(fn(h, t, k, b))), argnums=(0, 1, 2)))
   for tt in (t, shuffled):
     (v1, g1), (v2, g2) = (loss(fn)(h, kernel, bias, tt)
-                          for fn in (heartbeat.per_step_readout, heartbeat._gathered))
+                          for fn in (readout.per_step_readout, readout._gathered))
     np.testing.assert_allclose(v1, v2, rtol=1e-5)
     for a, b in zip(g1, g2):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(heartbeat._blocked(h, t, kernel, bias),
-                             heartbeat._gathered(h, t, kernel, bias), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(readout._blocked(h, t, kernel, bias),
+                             readout._gathered(h, t, kernel, bias), rtol=1e-5, atol=1e-6)
   g = jax.random.normal(jax.random.key(3), (B, 3))
-  _, vjp = jax.vjp(lambda h, k, b: heartbeat._gathered(h, t, k, b), h, kernel, bias)
-  for a, b in zip(heartbeat._blocked_vjp(h, t, kernel, g), vjp(g)):
+  _, vjp = jax.vjp(lambda h, k, b: readout._gathered(h, t, k, b), h, kernel, bias)
+  for a, b in zip(readout._blocked_vjp(h, t, kernel, g), vjp(g)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 

@@ -11,6 +11,7 @@ import pytest
 from jax.test_util import check_grads
 
 from dpm_jax import diffusion, swiss_roll, table1, train
+from dpm_jax.kernels import readout
 from experiments.configs import heartbeat as heartbeat_config
 from experiments.configs import swiss_roll as swiss_roll_config
 
@@ -54,7 +55,7 @@ def test_heartbeat_config_trains_on_whole_stratified_batches_read_out_in_blocks(
   model = heartbeat.make_model(config.model)
   x = jnp.zeros((batch,) + model.data_shape)
   t = diffusion.make_loss_fn(model).draw(jax.random.key(0), x).per_example[0]["t"]
-  assert bool(heartbeat._is_blocked(t, T))  # pylint: disable=protected-access
+  assert bool(readout._is_blocked(t, T))  # pylint: disable=protected-access
 
 
 def small_swiss_roll(**overrides):
