@@ -140,12 +140,15 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> N
     raise _save_error(manager, os.path.dirname(str(manager.directory)), err) from err
 
 
-def check_save_errors(manager: ocp.CheckpointManager, workdir: str) -> None:
-  """Raises RunDirError, cause first, if the last background save has failed."""
-  if manager.is_saving_in_progress():
+def check_save_errors(manager: ocp.CheckpointManager, workdir: str, wait: bool = False) -> None:
+  """Raises RunDirError, cause first, if the last background save has failed.
+
+  Without `wait`, a save still in progress is checked at a later call.
+  """
+  if not wait and manager.is_saving_in_progress():
     return
   try:
-    manager.wait_until_finished()  # returns at once; raises the save's error
+    manager.wait_until_finished()  # raises the save's error
     manager.check_for_errors()
   except Exception as err:  # pylint: disable=broad-except
     raise _save_error(manager, workdir, err) from err
@@ -154,7 +157,7 @@ def check_save_errors(manager: ocp.CheckpointManager, workdir: str) -> None:
 def _save_error(manager, workdir, err) -> RunDirError:
   return RunDirError(
       f"Saving a checkpoint in {checkpoint_dir(workdir)} failed: {_first_line(err)}\n"
-      f"{_last_good(manager)} {_free_space_note(workdir)}")
+      f"{last_good(manager)} {_free_space_note(workdir)}")
 
 
 def _first_line(err) -> str:
@@ -162,8 +165,9 @@ def _first_line(err) -> str:
   return f"{type(err).__name__}: {text[0] if text else ''}"[:700]
 
 
-def _last_good(manager) -> str:
-  steps = [s for s in manager.all_steps()]
+def last_good(manager: ocp.CheckpointManager) -> str:
+  """A sentence naming the newest checkpoint of the run, for error messages."""
+  steps = manager.all_steps()
   if not steps:
     return "No checkpoint of this run was saved."
   return (f"The last good checkpoint is step {max(steps)}, in "
@@ -387,7 +391,7 @@ def check_space(manager: ocp.CheckpointManager, workdir: str, nbytes: int) -> No
   if free < need:
     raise RunDirError(
         f"Not enough disk space for the next checkpoint in {checkpoint_dir(workdir)}: it needs "
-        f"about {need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free. {_last_good(manager)} "
+        f"about {need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free. {last_good(manager)} "
         "Free some space, or copy the run directory to a larger disk and use the copy as "
         "--workdir, then rerun the same command to resume.")
 

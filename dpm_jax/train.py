@@ -314,11 +314,11 @@ class Saver:
     self.save(step, state)
 
   def last_good(self) -> str:
-    step = rundir.latest_step(self.manager)
-    if step is None:
-      return "No checkpoint was saved before; start again with other settings."
-    return (f"The last good checkpoint is step {step} in {rundir.checkpoint_dir(self.workdir)}: "
-            "rerun with the same --workdir and other settings to resume from it.")
+    """Where to go on from: the newest checkpoint, and how to resume from it."""
+    if not self.manager.all_steps():
+      return rundir.last_good(self.manager) + " Start again with other settings."
+    return (rundir.last_good(self.manager) +
+            " Rerun with the same --workdir and other settings to resume from it.")
 
 
 def plot_curves(workdir):
@@ -468,7 +468,7 @@ def _train(config, workdir, manager, dataset, devices, resume_verified, free) ->
         writer.write(step, record)
       if stop.requested:
         raise interrupt(saver, step, state)
-  finish_saving(manager, workdir)
+  rundir.check_save_errors(manager, workdir, wait=True)  # the last save, cause first
   return state
 
 
@@ -481,21 +481,12 @@ def log_first_step(step, num_steps, metrics, log_every, unit) -> None:
 
 def close_quietly(manager) -> None:
   """Waits for pending saves and closes the manager; a save error here was either
-  reported already (finish_saving) or is secondary to the error being raised."""
+  reported already (check_save_errors) or is secondary to the error being raised."""
   try:
     manager.wait_until_finished()
     manager.close()
   except Exception as err:  # pylint: disable=broad-except
     logging.debug("Closing the checkpoint manager: %s", err)
-
-
-def finish_saving(manager, workdir) -> None:
-  """Waits for the last save; raises RunDirError, cause first, if it failed."""
-  try:
-    manager.wait_until_finished()
-  except Exception:  # pylint: disable=broad-except
-    pass
-  rundir.check_save_errors(manager, workdir)
 
 
 def schedule_steps(config: ml_collections.ConfigDict, n_train: int) -> tuple[int, int]:
@@ -543,8 +534,7 @@ def interrupt(saver, step, state) -> TrainingInterrupted:
   if step not in manager.all_steps() and not saver.save(step, state):
     return TrainingInterrupted(f"SIGTERM received at step {step}, whose state is not finite: "
                                f"not saved. {saver.last_good()}")
-  manager.wait_until_finished()
-  rundir.check_save_errors(manager, saver.workdir)
+  rundir.check_save_errors(manager, saver.workdir, wait=True)
   return TrainingInterrupted(
       f"SIGTERM received: saved a checkpoint at step {step} in "
       f"{rundir.checkpoint_dir(saver.workdir)}; rerun the same command to resume.")

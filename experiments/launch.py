@@ -158,8 +158,7 @@ def main(argv, final_report: bool = False) -> None:
     _exit_now(143)
   except (config_lib.ConfigError, data.DataError, rundir.CheckpointError, rundir.RunDirError,
           train.NonFiniteLossError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    _exit_now(2)
+    fail(str(e))
 
 
 def fail(message: str) -> None:
@@ -196,5 +195,4 @@ def open_run(workdir: str, step=None, with_data: bool = True):
     dataset = tasks.load_data(run.config) if with_data else tasks.no_data(run.config)
     return run, tasks.build(run.config, dataset, run.stats)
   except (rundir.CheckpointError, data.DataError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    _exit_now(2)
+    fail(str(e))
