@@ -24,9 +24,10 @@ def _model_sources(dataset: str) -> list:
   """The files that set the model fields of a dataset's config: the image model's
   (config.py, also the loss fields of the others), then the dataset's own."""
   import dpm_jax  # pylint: disable=g-import-not-at-top
+  from dpm_jax import tasks  # pylint: disable=g-import-not-at-top
   root = os.path.dirname(dpm_jax.__file__)
   own = os.path.join(root, f"{dataset}.py")
-  return [os.path.join(root, "config.py")] + ([own] if dataset in ("heartbeat", "swiss_roll") else [])
+  return [os.path.join(root, "config.py")] + ([own] if dataset in tasks.SYNTHETIC else [])
 
 
 def field_comments(path: str, model_file: bool = False) -> Dict[str, str]:

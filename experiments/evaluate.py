@@ -11,7 +11,6 @@ The default method, stratified, takes seconds; all_t (every t for every image,
 exact over t) takes minutes and shows its progress.
 """
 
-import json
 import os
 import time
 
@@ -44,7 +43,7 @@ def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from dpm_jax import data, evaluate, plotting, sampling  # pylint: disable=g-import-not-at-top
+  from dpm_jax import data, evaluate, plotting, rundir, sampling  # pylint: disable=g-import-not-at-top
   launch.use_cpu_devices(FLAGS.batch_size)
   run, task = launch.open_run(FLAGS.workdir, FLAGS.step)
   cfg = run.config
@@ -96,8 +95,7 @@ def main(argv):
           f"({parzen['test_nats']:.1f} nats)")
   path = os.path.join(FLAGS.workdir, f"eval_{FLAGS.method}.json")
   for name in (path, os.path.join(FLAGS.workdir, "eval.json")):
-    with open(name, "w") as f:
-      json.dump(report, f, indent=2, sort_keys=True)
+    rundir.write_json(name, report)
   print(f"wrote {path} (and eval.json, the latest)")
 
 
