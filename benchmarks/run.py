@@ -37,11 +37,12 @@ import numpy as np
 from dpm_jax import data as data_lib
 from dpm_jax import diffusion
 from dpm_jax import kernels
+from dpm_jax import experiment
+from dpm_jax import optim
 from dpm_jax import parallel
+from dpm_jax import registry
 from dpm_jax import sampling
-from dpm_jax import tasks
-from dpm_jax import train
-from experiments.configs import default as default_config
+from dpm_jax import step as step_lib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STATS = data_lib.DataStats(scale=3.25, shift=-0.42, uniform_noise=3.25 / 255)
@@ -70,9 +71,7 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
 
 def experiment_config(name: str, quick: bool, conv: str = "auto", batch: int = 512):
   """The experiment config of a model preset, with the given convolution kernel."""
-  from dpm_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  config = default_config.get_config()
-  config.model = config_lib.get_model_config(name)
+  config = registry.get(name).default_config()
   config.compute.conv = conv
   config.train.batch_size = batch
   if quick:
@@ -80,13 +79,12 @@ def experiment_config(name: str, quick: bool, conv: str = "auto", batch: int = 5
   return config
 
 
-def random_task(config, batch: int) -> tasks.Task:
+def random_task(config, batch: int) -> experiment.Task:
   """The image task of a config on random uint8 images (the benchmark's data)."""
   m = config.model
   images = np.random.default_rng(0).integers(
       0, 256, (batch, m.spatial_width, m.spatial_width, m.n_colors), dtype=np.uint8)
-  return tasks.image_task(config, data_lib.Dataset(images, images, "random"),
-                          STATS.to_dict())
+  return registry.build(config, data_lib.Dataset(images, images, "random"), STATS.to_dict())
 
 
 def bench_jax_train(config, steps: int, par: parallel.DataParallel) -> dict:
@@ -94,11 +92,11 @@ def bench_jax_train(config, steps: int, par: parallel.DataParallel) -> dict:
   batch = config.train.batch_size
   task = random_task(config, batch)
   params = diffusion.init_params(task.model, jax.random.key(0))
-  tx = train.make_optimizer(config.optimizer, steps_per_epoch=1000)
-  state = par.put_replicated(train.create_train_state(task.model, params, tx))
-  step_fn = train.jit_train_step(task, config, par)
-  micro = train.resolve_micro_batch_size(config.compute.micro_batch_size, batch, par.num_devices,
-                                         config.compute.conv)
+  tx = optim.make_optimizer(config.optimizer, steps_per_epoch=1000)
+  state = par.put_replicated(step_lib.create_train_state(task.model, params, tx))
+  step_fn = step_lib.jit_train_step(task, config, par)
+  micro = parallel.micro_batch_size(config.compute.micro_batch_size, batch, par.num_devices,
+                                    task.model)
   images = par.put_batch(task.train)
   key = jax.random.key(1)
   start = time.perf_counter()
@@ -135,9 +133,9 @@ def model_flops_per_step(config) -> float:
   config.compute.conv, config.compute.micro_batch_size = "xla", 0
   task = random_task(config, config.train.batch_size)
   params = jax.eval_shape(lambda: diffusion.init_params(task.model, jax.random.key(0)))
-  tx = train.make_optimizer(config.optimizer, steps_per_epoch=1000)
-  state = jax.eval_shape(lambda p: train.create_train_state(task.model, p, tx), params)
-  step_fn = train.jit_train_step(task, config, parallel.DataParallel(jax.devices()[:1]))
+  tx = optim.make_optimizer(config.optimizer, steps_per_epoch=1000)
+  state = jax.eval_shape(lambda p: step_lib.create_train_state(task.model, p, tx), params)
+  step_fn = step_lib.jit_train_step(task, config, parallel.DataParallel(jax.devices()[:1]))
   cost = step_fn.lower(state, task.train, jax.random.key(0)).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get("flops", float("nan"))) if cost else float("nan")
@@ -175,7 +173,7 @@ def bench_torch(name: str, cfg, batch: int, steps: int, num_images: int) -> dict
   """The seed's PyTorch model: train step (RMSprop) and the sampling loop."""
   import torch  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, os.path.dirname(HERE))
-  from benchmarks import seed_torch  # pylint: disable=g-import-not-at-top
+  from . import seed_torch  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
   torch.set_num_threads(os.cpu_count() or 1)
   kwargs = {k: cfg[k] for k in (

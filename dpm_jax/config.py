@@ -1,14 +1,33 @@
-"""Model configurations: field names of the 2015 code, presets, and validation.
+"""Configs: the image model's fields and presets, the shared sections, their domains.
 
-The model section of every experiment config is an `ml_collections.ConfigDict`
-whose fields carry the names used by the reference code (`model.py`,
-`regression.py`) and the seed notebook, so that a reader can hold the two side
-by side. Fields that restore a behaviour of the reference code which this
-project fixes by default are grouped at the end and documented in the README
+An experiment config is an `ml_collections.ConfigDict` with the sections
+  model      what the model is (the experiment's own fields; for the 2015 image
+             model the names of the reference code's `model.py` and
+             `regression.py` and of the seed notebook, so that the two can be
+             read side by side);
+  data       where its examples come from (the experiment's own fields);
+  train      steps, batch and the periodic actions;
+  optimizer  the update rule and its learning rate;
+  compute    how it runs (never what it computes);
+  eval       the periodic test-set bound;
+  sample     sampling defaults;
+and the top-level fields `experiment` (its name in dpm_jax.registry), `seed`,
+`output_dir` and `suffix`. `base_config()` gives the shared sections; each
+experiment adds its model and data sections (Experiment.default_config).
+
+Every field has a domain, checked before anything runs (`check_fields`);
+relations between fields are checked beside them. Fields that restore a
+behaviour of the reference code which this project fixes by default are
+grouped at the end of the model section and documented in the README
 ("Differences from the 2015 code and the seed").
 """
 
 from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import ml_collections
 
@@ -102,10 +121,6 @@ def get_model_config(preset: str = "mnist") -> ml_collections.ConfigDict:
   return PRESETS[preset]()
 
 
-class ConfigError(ValueError):
-  """A configuration value that cannot describe a valid model or run."""
-
-
 def validate_model_config(cfg: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first invalid field and how to fix it."""
   reference = mnist_model_config()
@@ -192,14 +207,322 @@ def n_dense_lower_layers(cfg: ml_collections.ConfigDict) -> int:
   return cfg.n_layers_conv if cfg.reference_dense_lower else cfg.n_layers_dense_lower
 
 
-# Fields of earlier versions' model sections that no longer describe the
-# model: 'conv_impl' chose the convolution kernel, now config.compute.conv.
-LEGACY_FIELDS = ("conv_impl",)
-
-
 def frozen(cfg: ml_collections.ConfigDict) -> ml_collections.FrozenConfigDict:
   """Validates a model config and freezes it (Flax module fields must hash)."""
   cfg = ml_collections.ConfigDict(
-      {k: v for k, v in cfg.items() if k not in LEGACY_FIELDS})
+      {k: v for k, v in cfg.items() if f"model.{k}" not in LEGACY_FIELDS})
   validate_model_config(cfg)
   return ml_collections.FrozenConfigDict(cfg)
+
+
+# ----------------------------------------------------------------------------
+# Domains of config fields and flags.
+
+
+@dataclasses.dataclass(frozen=True)
+class Domain:
+  """The values a config field or flag may take, and how to say so.
+
+  Attributes:
+    accepts: value -> whether it lies in the domain (its type included).
+    text: the domain in words, for the error ("a positive integer").
+  """
+  accepts: Callable[[Any], bool]
+  text: str
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+  return (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value))
+
+
+def integer(lo: Optional[int] = None, hi: Optional[int] = None) -> Domain:
+  """Integers in [lo, hi] (either end open when None)."""
+  if lo == 1 and hi is None:
+    text = "a positive integer"
+  elif lo == 0 and hi is None:
+    text = "a non-negative integer"
+  elif hi is None:
+    text = "an integer" + ("" if lo is None else f" >= {lo}")
+  else:
+    text = f"an integer in {lo}..{hi}"
+  return Domain(lambda v: _is_int(v) and (lo is None or v >= lo) and (hi is None or v <= hi),
+                text)
+
+
+def real(lo: Optional[float] = None, hi: Optional[float] = None, *,
+         lo_open: bool = False, hi_open: bool = False) -> Domain:
+  """Finite numbers between lo and hi, each end closed unless *_open."""
+  if lo is not None and hi is not None:
+    text = f"a number in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+  elif lo is not None:
+    text = f"a finite number {'>' if lo_open else '>='} {lo:g}"
+  elif hi is not None:
+    text = f"a finite number {'<' if hi_open else '<='} {hi:g}"
+  else:
+    text = "a finite number"
+
+  def accepts(v):
+    if not _is_real(v):
+      return False
+    above = lo is None or (v > lo if lo_open else v >= lo)
+    below = hi is None or (v < hi if hi_open else v <= hi)
+    return above and below
+  return Domain(accepts, text)
+
+
+def choice(*options: str) -> Domain:
+  return Domain(lambda v: v in options, f"one of {options}")
+
+
+BOOLEAN = Domain(lambda v: isinstance(v, bool), "True or False")
+TEXT = Domain(lambda v: isinstance(v, str), "a string")
+
+
+class ConfigError(ValueError):
+  """A configuration value that cannot describe a valid model or run."""
+
+
+def check_value(name: str, value: Any, domain: Domain, fix: str = "") -> None:
+  """Raises ConfigError naming `name` if value lies outside the domain."""
+  if not domain.accepts(value):
+    raise ConfigError(f"{name} must be {domain.text}, got {value!r}." + (f" {fix}" if fix else ""))
+
+
+def check_fields(section: str, cfg: ml_collections.ConfigDict,
+                 domains: Mapping[str, Domain]) -> None:
+  """Checks that a section has every field of `domains` and each lies in its domain.
+
+  Raises:
+    ConfigError: the first missing field (with the closest existing name) or
+      the first value outside its domain, naming `section.field`.
+  """
+  for name, domain in domains.items():
+    if name not in cfg:
+      close = difflib.get_close_matches(name, list(cfg.keys()), n=1)
+      raise ConfigError(
+          f"The config's {section} section has no field {name!r}"
+          + (f" (it has {close[0]!r})" if close else "")
+          + "; start from the experiment's config (experiments/configs/) and override fields.")
+    check_value(f"{section}.{name}", cfg[name], domain)
+
+
+def non_finite_fields(config: ml_collections.ConfigDict, prefix: str = ""):
+  """Yields 'section.field=value' for every float field that is NaN or infinite."""
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from non_finite_fields(value, f"{prefix}{key}.")
+    elif isinstance(value, float) and not math.isfinite(value):
+      yield f"{prefix}{key}={value}"
+
+
+# ----------------------------------------------------------------------------
+# The shared sections.
+
+OPTIMIZERS = ("rmsprop", "adam")
+CONV_KERNELS = ("auto", "xla", "cpu")
+EVAL_METHODS = ("stratified", "one_t")
+MASKS = ("right_half", "left_half", "centre_square", "random_pixels")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The sections every experiment shares, with the reference MNIST recipe's values.
+
+  An experiment's default_config() adds its model and data sections and
+  overrides what its recipe changes; the config files in
+  experiments/configs/ override the rest.
+  """
+  config = ml_collections.ConfigDict()
+  config.experiment = "mnist"     # the experiment (dpm_jax.registry): its model, data and outputs
+  config.seed = 0                 # every random stream (data order, init, draws) derives from it
+  # Run directory when --workdir is not given: <output_dir>/dpm_<experiment><suffix>-<time>.
+  config.output_dir = "runs"
+  config.suffix = ""              # appended to the run directory's name
+
+  config.train = train = ml_collections.ConfigDict()
+  train.batch_size = 512          # examples per step, over all devices
+  train.num_epochs = 100          # length of the run in epochs, when num_steps = 0
+  train.num_steps = 0             # > 0: stop after this many steps instead of epochs
+  # Steps per "epoch" for the learning-rate decay and num_epochs; 0 = one pass
+  # over the training set. The reference code used 500 batches.
+  train.batches_per_epoch = 0
+  train.log_every_steps = 50      # the progress line and train/* metrics
+  train.eval_every_steps = 1000   # the test-set bound (eval/*) and learning_curves.png; 0: off
+  train.checkpoint_every_steps = 500  # and at the last step and on a stop signal; 0: only then
+  train.keep_checkpoints = 3      # the newest checkpoints kept
+  train.sample_every_steps = 1000  # and at the last step; 0: off (grids in workdir/samples)
+  train.sample_num_images = 36    # samples per grid
+  train.max_nonfinite_steps = 20  # stop after this many non-finite losses in a row
+
+  # RMSprop as the reference code's (no bias correction), after a rule that
+  # zeroes a non-finite gradient; the rate decays 10x per 1000 epochs.
+  config.optimizer = opt = ml_collections.ConfigDict()
+  opt.name = "rmsprop"            # 'rmsprop' (the reference code's) or 'adam'
+  opt.learning_rate = 1e-3        # the initial rate
+  opt.min_learning_rate = 1e-4    # the decay's floor, at most learning_rate
+  opt.rmsprop_decay = 0.9         # RMSprop's moving-average decay
+  opt.rmsprop_eps = 1e-10         # RMSprop's floor on the root mean square
+
+  # How the model runs: never changes what it computes, and may change when
+  # a run is resumed.
+  config.compute = compute = ml_collections.ConfigDict()
+  # The convolution kernel (dpm_jax.kernels): 'auto' (the CPU kernel on the
+  # CPU, XLA's convolution elsewhere), 'xla' or 'cpu'.
+  compute.conv = "auto"
+  # Each device's gradient accumulated over micro-batches of this size (the
+  # same gradient up to float rounding): -1 = 64 when the model's convolutions
+  # run the CPU kernel and a device's part of the batch is larger, where it
+  # is faster; 0 = off.
+  compute.micro_batch_size = -1
+  # CPU devices JAX shows when it runs on the CPU: 0 = one per core, as many
+  # as divide the batch; 1 = one multi-threaded device. The entry points'
+  # --cpu_devices flag, when given, wins.
+  compute.cpu_devices = 0
+
+  config.eval = ev = ml_collections.ConfigDict()
+  # 'stratified': num_strata random t per test example, the standard error
+  # across examples; 'one_t': num_batches batches with one random t each, as
+  # the reference code (heavy-tailed in t: typically optimistic, see evaluate.py).
+  ev.method = "stratified"
+  ev.num_strata = 20              # for method='stratified': t strata per test example
+  ev.num_images = 1000            # test examples per evaluation (0: all)
+  ev.batch_size = 500             # test examples per network call
+  ev.num_batches = 20             # for method='one_t'
+  ev.seed = 0                     # the evaluation's draws
+
+  config.sample = sample = ml_collections.ConfigDict()
+  sample.skip_first_step = False  # True: stop at x_0, as the reference sampler
+  sample.num_intermediate = 4     # columns of experiments.sample --intermediate
+  sample.denoise_sigma = 1.0      # observation noise of denoising (model units; reference: 1)
+  sample.mask = "right_half"      # known pixels of inpainting (reference: the right half)
+  return config
+
+
+BASE_DOMAINS = {
+    "train": {
+        "batch_size": integer(1), "num_epochs": integer(0), "num_steps": integer(0),
+        "batches_per_epoch": integer(0), "log_every_steps": integer(1),
+        "eval_every_steps": integer(0), "checkpoint_every_steps": integer(0),
+        "keep_checkpoints": integer(1), "sample_every_steps": integer(0),
+        "sample_num_images": integer(1), "max_nonfinite_steps": integer(1)},
+    "optimizer": {
+        "name": choice(*OPTIMIZERS), "learning_rate": real(0, lo_open=True),
+        "min_learning_rate": real(0, lo_open=True), "rmsprop_decay": real(0, 1, hi_open=True),
+        "rmsprop_eps": real(0)},
+    "compute": {"conv": choice(*CONV_KERNELS), "micro_batch_size": integer(-1),
+                "cpu_devices": integer(0)},
+    "eval": {"method": choice(*EVAL_METHODS), "num_strata": integer(1), "num_images": integer(0),
+             "batch_size": integer(1), "num_batches": integer(2), "seed": integer()},
+    "sample": {"skip_first_step": BOOLEAN, "num_intermediate": integer(1),
+               "denoise_sigma": real(0, lo_open=True), "mask": choice(*MASKS)},
+}
+TOP_DOMAINS = {"experiment": TEXT, "seed": integer(), "output_dir": TEXT, "suffix": TEXT}
+
+
+def validate_base(config: ml_collections.ConfigDict) -> None:
+  """Checks the shared sections and top-level fields, and the relations among them.
+
+  The model and data sections are the experiment's (Experiment.validate).
+
+  Raises:
+    ConfigError: naming the first field outside its domain, or the relation broken.
+  """
+  bad = list(non_finite_fields(config))
+  if bad:
+    raise ConfigError(f"config fields must be finite numbers: {', '.join(bad)}.")
+  for name, domain in TOP_DOMAINS.items():
+    if name not in config:
+      raise ConfigError(f"The config has no field {name!r}; start from the experiment's config "
+                        "(experiments/configs/) and override fields.")
+    check_value(name, config[name], domain)
+  for section, domains in BASE_DOMAINS.items():
+    if section not in config:
+      raise ConfigError(f"The config has no {section!r} section; start from the experiment's "
+                        "config (experiments/configs/) and override fields.")
+    check_fields(section, config[section], domains)
+  t, o = config.train, config.optimizer
+  if t.num_steps == 0 and t.num_epochs == 0:
+    raise ConfigError("Set train.num_steps > 0 (steps) or train.num_epochs > 0 (epochs); "
+                      "both are 0.")
+  if o.min_learning_rate > o.learning_rate:
+    raise ConfigError(
+        f"optimizer.learning_rate={o.learning_rate:g} is below optimizer.min_learning_rate="
+        f"{o.min_learning_rate:g}, the decay's floor, so every step would use "
+        f"{o.min_learning_rate:g}; lower optimizer.min_learning_rate too (at most the "
+        "learning rate).")
+  T = config.model.get("trajectory_length") if "model" in config else None
+  if config.eval.method == "stratified" and _is_int(T) and config.eval.num_strata > T - 1:
+    raise ConfigError(
+        f"eval.num_strata must be in 1..{T - 1} (trajectory_length - 1), got "
+        f"{config.eval.num_strata}.")
+
+
+# ----------------------------------------------------------------------------
+# Resuming with other settings.
+
+# What a run is: its model, its data and the stream of its draws, and the
+# optimiser whose state the checkpoint holds. Everything else (steps,
+# periodic actions, the learning rate, how it runs, evaluation and sampling)
+# may change when a run resumes.
+FIXED_ON_RESUME = ("experiment", "seed", "model.", "data.", "optimizer.name")
+# Where the data lives may change (a copy elsewhere), not what it is.
+MOVABLE_DATA_FIELDS = ("data.dir", "data.tfds_data_dir", "data.download")
+# Fields of earlier versions that no longer describe anything (model.conv_impl
+# chose the convolution kernel, now compute.conv).
+LEGACY_FIELDS = ("model.conv_impl",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+  """A field whose value differs between a run's checkpoint and the current config."""
+  field: str
+  saved: Any
+  now: Any
+
+  @property
+  def may_change(self) -> bool:
+    if self.field in MOVABLE_DATA_FIELDS:
+      return True
+    return not any(self.field == f or (f.endswith(".") and self.field.startswith(f))
+                   for f in FIXED_ON_RESUME)
+
+  def __str__(self) -> str:
+    return f"{self.field}: checkpoint {self.saved!r}, now {self.now!r}"
+
+
+def _flatten(d: Mapping, prefix: str = "") -> dict:
+  out = {}
+  for key, value in d.items():
+    if isinstance(value, Mapping):
+      out.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def changes(saved: Mapping, current: Mapping) -> list:
+  """Every field, in every section, whose value differs between two configs (as dicts).
+
+  A field that only one of them has (added or removed between versions of
+  this code) is not a change: new fields default to the earlier behaviour.
+  """
+  a, b = _flatten(saved), _flatten(current)
+  return [Change(k, a[k], b[k]) for k in sorted(set(a) & set(b))
+          if k not in LEGACY_FIELDS and a[k] != b[k]]
+
+
+def resume_error(changes_: Sequence[Change], workdir: str) -> Optional[str]:
+  """The error for resuming with `changes_`, or None if every change is allowed."""
+  fixed = [c for c in changes_ if not c.may_change]
+  if not fixed:
+    return None
+  free = [c for c in changes_ if c.may_change]
+  return (f"The run in {workdir} was made with other settings; these may not change when a run "
+          "resumes (what the model is, its data and draws, the optimiser):\n  "
+          + "\n  ".join(map(str, fixed))
+          + ("\nThese differ too and may change:\n  " + "\n  ".join(map(str, free)) if free else "")
+          + "\nUse the run's settings for the fixed ones (its config.json), or a new --workdir.")

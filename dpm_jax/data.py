@@ -19,10 +19,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gzip
+import hashlib
 import json
 import os
 import socket
 import struct
+import zipfile
+import zlib
 from typing import Optional
 
 import ml_collections
@@ -56,14 +59,78 @@ OFFLINE_OPTIONS = (
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-  """Training and test images, uint8 (N, H, W, C)."""
+  """An experiment's stored examples and where they came from.
+
+  Attributes:
+    train, test: stored examples, (N, ...) each: uint8 (N, H, W, C) images,
+      or an experiment's own arrays.
+    name: the data set's name, for logs.
+    provenance: where the examples came from, as JSON-able data: the source
+      and what it needs to be read again (recorded in the run, so that
+      sampling and evaluation use the same data or say they cannot). None:
+      arrays handed over from Python (`from_arrays`), which no file holds.
+  """
   train: np.ndarray
   test: np.ndarray
   name: str
+  provenance: Optional[dict] = None
 
   @property
   def image_shape(self):
     return self.train.shape[1:]
+
+  def record(self) -> dict:
+    """What a run records of its data: the provenance, the sizes and fingerprints."""
+    return {**(self.provenance or {"source": "arrays", "note": "arrays given from Python"}),
+            "name": self.name, "num_train": int(len(self.train)),
+            "num_test": int(len(self.test)), "fingerprint": fingerprint(self)}
+
+
+def fingerprint(dataset: Dataset) -> str:
+  """SHA-256 of the stored examples (shapes, dtypes and bytes), train then test."""
+  h = hashlib.sha256()
+  for part in (dataset.train, dataset.test):
+    part = np.ascontiguousarray(part)
+    h.update(f"{part.shape}{part.dtype}".encode())
+    h.update(memoryview(part).cast("B"))
+  return h.hexdigest()
+
+
+def from_arrays(train: np.ndarray, test: Optional[np.ndarray] = None, *, name: str = "arrays",
+                test_fraction: float = 0.1, seed: int = 0) -> Dataset:
+  """A Dataset of images held in memory: uint8 (N, H, W, C), or (N, H, W) greyscale.
+
+  Args:
+    train: the training images (all images, if `test` is None).
+    test: held-out images; if None, a fixed-seed `test_fraction` of `train`.
+    name: the data set's name, for logs.
+    test_fraction: the held-out share when `test` is None.
+    seed: the split's seed.
+
+  Raises:
+    DataError: images that are not uint8, not 3- or 4-dimensional, or too few.
+  """
+  arrays = []
+  for what, x in (("train", train), ("test", test)):
+    if x is None:
+      arrays.append(None)
+      continue
+    x = np.asarray(x)
+    if x.ndim == 3:
+      x = x[..., None]
+    if x.dtype != np.uint8 or x.ndim != 4:
+      raise DataError(f"from_arrays: {what} images must be uint8 (N, H, W, C) or (N, H, W), got "
+                      f"{x.dtype} {x.shape}; convert with (x * 255).round().astype(np.uint8).")
+    arrays.append(x)
+  train, test = arrays
+  if test is None:
+    n_test = int(round(len(train) * test_fraction))
+    if not 0 < n_test < len(train):
+      raise DataError(f"from_arrays: {len(train)} images cannot be split {test_fraction:g} "
+                      "for testing; pass test= or more images.")
+    order = np.random.default_rng(seed).permutation(len(train))
+    train, test = train[np.sort(order[n_test:])], train[np.sort(order[:n_test])]
+  return Dataset(train, test, name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,10 +169,14 @@ def load_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
           "data.source='idx' or 'tfds'.")
     return load_embedded()
   if source == "idx":
-    return load_idx(data_config.dir, name=data_config.dataset)
+    dataset = load_idx(data_config.dir, name=data_config.dataset)
+    return dataclasses.replace(dataset, provenance={"source": "idx", "dataset": data_config.dataset,
+                                                    "dir": data_config.dir})
   if source == "tfds":
-    return load_tfds(data_config.dataset, data_dir=data_config.tfds_data_dir or None,
-                     download=data_config.download)
+    dataset = load_tfds(data_config.dataset, data_dir=data_config.tfds_data_dir or None,
+                        download=data_config.download)
+    return dataclasses.replace(dataset, provenance={"source": "tfds",
+                                                    "dataset": data_config.dataset})
   raise DataError(f"data.source must be one of {SOURCES}, got {source!r}.")
 
 
@@ -128,10 +199,15 @@ def load_embedded() -> Dataset:
         f"The embedded digits {EMBEDDED_FILE} are missing from this install; "
         "reinstall the package (pip install .) or run "
         "tools/make_embedded_mnist.py.")
-  with np.load(EMBEDDED_FILE) as f:
-    images, labels = f["images"], f["labels"]
+  try:
+    with np.load(EMBEDDED_FILE) as f:
+      images, labels = f["images"], f["labels"]
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+    raise DataError(f"The embedded digits {EMBEDDED_FILE} cannot be read ({type(err).__name__}: "
+                    f"{err}); reinstall the package (pip install .).") from err
   train, test = embedded_split(labels)
-  return Dataset(images[train, :, :, None], images[test, :, :, None], "mnist_embedded")
+  return Dataset(images[train, :, :, None], images[test, :, :, None], "mnist_embedded",
+                 {"source": "embedded", "dataset": "mnist"})
 
 
 def read_idx_images(path: str) -> np.ndarray:
@@ -148,8 +224,11 @@ def read_idx_images(path: str) -> np.ndarray:
             f"{path} is not an IDX3 ubyte image file (magic {magic:#010x}, "
             "expected 0x00000803).")
       data = np.frombuffer(f.read(), dtype=np.uint8)
-  except (OSError, EOFError) as e:
-    raise DataError(f"Cannot read IDX file {path}: {e}") from e
+  except (OSError, EOFError, zlib.error, struct.error, ValueError) as e:
+    # gzip raises OSError (a bad header), EOFError (cut short) or zlib.error
+    # (a damaged deflate stream): each is a damaged file.
+    raise DataError(f"Cannot read IDX file {path}: {type(e).__name__}: {e}. The file is damaged "
+                    "or not an IDX file; download it again.") from e
   if data.size != n * rows * cols:
     raise DataError(
         f"{path} holds {data.size} pixels, but its header promises "
@@ -225,10 +304,15 @@ def _read_all(source, name) -> np.ndarray:
   n = len(source)
   if n == 0:
     raise DataError(f"tfds split of {name!r} is empty.")
-  first = np.asarray(source[0]["image"])
-  out = np.empty((n,) + first.shape, np.uint8)
-  for i in range(n):
-    out[i] = np.asarray(source[i]["image"])
+  try:
+    first = np.asarray(source[0]["image"])
+    out = np.empty((n,) + first.shape, np.uint8)
+    for i in range(n):
+      out[i] = np.asarray(source[i]["image"])
+  except Exception as err:  # pylint: disable=broad-except
+    # array_record, protobuf and image decoders raise their own types.
+    raise DataError(f"Cannot read the tfds data set {name!r} ({type(err).__name__}: "
+                    f"{str(err)[:300]}); its prepared files are damaged: prepare it again.") from err
   return out
 
 
@@ -290,7 +374,8 @@ def to_model_units(images_uint8: np.ndarray, stats: DataStats, dtype=None) -> np
 
 def to_pixels(x: np.ndarray, stats: DataStats) -> np.ndarray:
   """Model units -> [0, 1] pixel intensities (not clipped)."""
-  return (np.asarray(x) - stats.shift) / stats.scale
+  with np.errstate(divide="ignore", invalid="ignore"):  # a zero scale: Inf, which writers refuse
+    return (np.asarray(x) - stats.shift) / stats.scale
 
 
 @functools.lru_cache(maxsize=4)

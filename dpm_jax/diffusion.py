@@ -17,7 +17,10 @@ A model is a Flax module with
   `unit_dims`   dimensions per reported unit (the colour channels of a pixel,
                 or every dimension of a sequence or a point);
   `process(dtype)`                  the forward process, from its parameters;
-  `reverse(x_t, t, deterministic)`  the reverse kernel p(x_{t-1} | x_t).
+  `reverse(x_t, t, deterministic)`  the reverse kernel p(x_{t-1} | x_t); the
+                                    loss adds `t_stratified=True` when its t
+                                    is a stratified draw (stratified_t), a
+                                    fact a model may use to run faster.
 The per-t KL (`kl_at_t`), the bound (`bound_terms`) and `make_loss_fn` are
 written once against that, and so are the sampler (dpm_jax.sampling), the
 evaluations (dpm_jax.evaluate) and the training loop.
@@ -187,7 +190,8 @@ def kl_multiplier(config: ml_collections.ConfigDict) -> int:
 
 
 def kl_at_t(model: nn.Module, params: PyTree, x_0: jax.Array, t: jax.Array, noise: PyTree, *,
-            deterministic: bool = True, rngs: Optional[dict] = None) -> tuple[jax.Array, Any]:
+            deterministic: bool = True, rngs: Optional[dict] = None,
+            t_stratified: bool = False) -> tuple[jax.Array, Any]:
   """KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) per dimension, in nats.
 
   The chain of paper eq. 14's summand: x_t from the forward process, the
@@ -199,6 +203,7 @@ def kl_at_t(model: nn.Module, params: PyTree, x_0: jax.Array, t: jax.Array, nois
     t: time step(s), scalar or (B,), float.
     noise: the forward process's noise, shape of x_0 (Process.draw_noise).
     deterministic, rngs: dropout off, or its keys.
+    t_stratified: t is a stratified draw over the batch (stratified_t).
 
   Returns:
     (kl, process): kl of x_0's shape, and the forward process.
@@ -206,7 +211,8 @@ def kl_at_t(model: nn.Module, params: PyTree, x_0: jax.Array, t: jax.Array, nois
   process = model.apply(params, x_0.dtype, method="process")
   x_t = process.q_sample(x_0, t, noise)
   q = process.posterior(x_0, x_t, t)
-  p = model.apply(params, x_t, t, deterministic, method="reverse", rngs=rngs)
+  extra = {"t_stratified": True} if t_stratified else {}
+  p = model.apply(params, x_t, t, deterministic, method="reverse", rngs=rngs, **extra)
   return process.kl(q, p), process
 
 
@@ -247,25 +253,21 @@ def sample_t(rng: jax.Array, trajectory_length: int, shape: tuple = ()) -> jax.A
   return jax.random.randint(rng, shape, 1, trajectory_length)
 
 
-def stratified_layout(trajectory_length: int, batch_size: int) -> np.ndarray:
-  """floor(i (T-1) / B) for example i of B: the batch cut into T-1 runs of
-  consecutive examples, as equal as they can be (sizes differ by at most 1)."""
-  n = trajectory_length - 1
-  return (np.arange(batch_size, dtype=np.int64) * n // batch_size).astype(np.int32)
-
-
 def stratified_t(offset: jax.Array, trajectory_length: int, batch_size: int) -> jax.Array:
-  """t of a stratified draw: 1 + (stratified_layout + offset) mod (T-1), shape (B,).
+  """t of a stratified draw: t_i = 1 + (i + offset) mod (T-1), shape (B,).
 
-  Example i's run of the layout, rotated by `offset`. With offset uniform on
-  {0 .. T-2}, every example's t is uniform on {1 .. T-1}, so the loss has the
-  expectation of independent uniform draws; and every t gets B/(T-1) examples
-  (rounded down or up) in every batch, so a per-t parameter sees each batch.
-  When T-1 divides B, t runs through T-1 blocks of B/(T-1) equal values,
-  which a model may read out block by block (dpm_jax.heartbeat.PerStepDense).
+  The batch dealt round the T-1 steps, starting at step 1 + offset. With
+  offset uniform on {0 .. T-2}, every example's t is uniform on {1 .. T-1},
+  so the loss has the expectation of independent uniform draws; and every t
+  gets B/(T-1) examples (rounded down or up) in every batch, so a per-t
+  parameter sees each batch. Any run of consecutive examples is itself a
+  stratified draw, with offset its first t minus 1: when T-1 divides its
+  length, every t appears equally often in it, which a model may read out
+  block by block (dpm_jax.kernels.readout), for a micro-batch or a device's
+  part of the batch as for the whole.
   """
   n = trajectory_length - 1
-  return 1 + (jnp.asarray(stratified_layout(trajectory_length, batch_size)) + offset) % n
+  return 1 + (jnp.arange(batch_size, dtype=jnp.int32) + offset) % n
 
 
 def dequantize(x_0: jax.Array, uniform: Optional[jax.Array], width: float) -> jax.Array:
@@ -329,6 +331,7 @@ def make_loss_fn(model: nn.Module, *, uniform_noise: float = 0.0,
   T = cfg.trajectory_length
   multiplier = kl_multiplier(cfg)
   per_example_t = cfg.t_sampling in ("per_example", "stratified")
+  stratified = cfg.t_sampling == "stratified"
   deterministic = not train or cfg.dropout_rate == 0.0
 
   def draw_one(rng, x_0):
@@ -351,7 +354,8 @@ def make_loss_fn(model: nn.Module, *, uniform_noise: float = 0.0,
     x_0 = dequantize(x_0, per_example["uniform"], uniform_noise)
     kl, process = kl_at_t(model, params, x_0, t.astype(x_0.dtype), per_example["noise"],
                           deterministic=deterministic,
-                          rngs=None if deterministic else {"dropout": key})
+                          rngs=None if deterministic else {"dropout": key},
+                          t_stratified=stratified)
     terms = bound_terms(kl, process, x_0, multiplier=multiplier, unit_dims=model.unit_dims)
     return {**terms, "kl_nats": jnp.mean(kl), "t_mean": jnp.mean(t.astype(jnp.float32))}
 
@@ -417,8 +421,9 @@ class DiffusionModel(nn.Module):
     """Z: per-pixel basis coefficients, (B, H, W, n_colors * 2 * J)."""
     return self.network(x, deterministic)
 
-  def reverse(self, x_t, t, deterministic: bool = True):
-    """Mean and standard deviation of the reverse step at t."""
+  def reverse(self, x_t, t, deterministic: bool = True, t_stratified: bool = False):
+    """Mean and standard deviation of the reverse step at t (t_stratified: unused)."""
+    del t_stratified
     cfg = self.config
     # The readout at t is folded into the network's last layer (see
     # schedule.folded_readout): the same values as reading out network_output.

@@ -27,8 +27,8 @@ from dpm_jax import data as data_lib
 from dpm_jax import diffusion
 from dpm_jax import parallel
 
-if TYPE_CHECKING:  # tasks imports this module
-  from dpm_jax import tasks as tasks_lib
+if TYPE_CHECKING:
+  from dpm_jax import experiment as experiment_lib
 
 LN2 = diffusion.LN2
 # The random stream of the stratified estimate's t draws, beside the per-stratum keys.
@@ -48,11 +48,48 @@ def nll_bits_per_dim(cost_bits_per_pixel, stats: data_lib.DataStats, n_colors: i
   return nats / LN2
 
 
+class Stopped(Exception):
+  """A stop was requested (SIGINT, SIGTERM) between two evaluation batches."""
+
+
+def _poll(should_stop: Optional[Callable[[], bool]]) -> None:
+  if should_stop is not None and should_stop():
+    raise Stopped()
+
+
 def _mean_stderr(values):
+  """Mean and standard error; the error is NaN (undefined) for fewer than 2 values."""
   values = np.asarray(values, np.float64)
   if values.size < 2:
     return float(values.mean()), float("nan")
   return float(values.mean()), float(values.std(ddof=1) / math.sqrt(values.size))
+
+
+def report(result: dict) -> dict:
+  """A bound's result as JSON-able data: arrays dropped, undefined values (NaN) as None."""
+  out = {}
+  for key, value in result.items():
+    if isinstance(value, np.ndarray):
+      continue
+    if isinstance(value, float) and not math.isfinite(value):
+      value = None
+    out[key] = value
+  return out
+
+
+class NonFiniteResultError(ValueError):
+  """A bound came out NaN or infinite: the model's parameters or data are broken."""
+
+
+def check_finite(result: dict, what: str = "the bound") -> None:
+  """Raises NonFiniteResultError if the bound (K, K - L_null) of a result is not finite."""
+  for key in ("K_bits", "K_minus_L_null_bits"):
+    value = result.get(key)
+    if value is None or not math.isfinite(value):
+      raise NonFiniteResultError(
+          f"{what} is not finite ({key} = {value}): the model's parameters or the data hold "
+          "NaN or Inf, or the model diverged. Nothing was written; evaluate an earlier "
+          "checkpoint with --step.")
 
 
 def _eval_batch_size(requested: int, n_test: int, num_devices: int) -> int:
@@ -77,9 +114,10 @@ def _one_t_losses(task, examples, batch_size, *, seed=0):
   def eval_step(params, batch, rng):
     return loss_fn(params, task.prepare(batch), rng)[0]
 
-  def losses(params, num_batches, key, put=None):
+  def losses(params, num_batches, key, put=None, should_stop=None):
     out = []
     for i in range(num_batches):
+      _poll(should_stop)
       start = (i * batch_size) % len(examples)
       batch = examples[np.take(order, np.arange(start, start + batch_size), mode="wrap")]
       out.append(eval_step(params, put(batch) if put else batch, jax.random.fold_in(key, i)))
@@ -110,7 +148,7 @@ def bound_from_kl_sum(kl_sum, process, x_0, unit_dims: int):
   return (kl_sum + jnp.mean(h_diff, axis=tuple(range(1, x_0.ndim)))) / LN2 * unit_dims
 
 
-def make_test_evaluator(task: tasks_lib.Task, eval_config: ml_collections.ConfigDict,
+def make_test_evaluator(task: experiment_lib.Task, eval_config: ml_collections.ConfigDict,
                         par: parallel.DataParallel, *, key: jax.Array) -> Callable[[Any], dict]:
   """The periodic test-set bound during training.
 
@@ -125,8 +163,9 @@ def make_test_evaluator(task: tasks_lib.Task, eval_config: ml_collections.Config
         estimate is unbiased but typically optimistic, and its standard error
         too small.
 
-  Returns fn(params) -> {'eval/loss', 'eval/loss_stderr', ...} plus
-  task.eval_extras. The same keys and examples are used at every evaluation,
+  Returns fn(params, should_stop=None) -> {'eval/loss', 'eval/loss_stderr',
+  ...} plus task.eval_extras; should_stop() is polled between batches (a stop
+  raises Stopped). The same keys and examples are used at every evaluation,
   so successive values differ only by the model.
   """
   test = task.test
@@ -141,8 +180,8 @@ def make_test_evaluator(task: tasks_lib.Task, eval_config: ml_collections.Config
   if method == "one_t":
     losses_fn = _one_t_losses(task, test, batch_size, seed=eval_config.seed)
 
-    def evaluate(params):
-      losses = losses_fn(params, eval_config.num_batches, key, par.put_batch)
+    def evaluate(params, should_stop=None):
+      losses = losses_fn(params, eval_config.num_batches, key, par.put_batch, should_stop)
       return record(losses, {"eval/num_batches": len(losses)})
 
     return evaluate
@@ -156,15 +195,17 @@ def make_test_evaluator(task: tasks_lib.Task, eval_config: ml_collections.Config
   examples = test[np.take(order, np.arange(n), mode="wrap")]
   stratified_bits = _stratified_bits_fn(task, eval_config.num_strata)
 
-  def evaluate(params):
-    bits = stratified_bits(params, examples, key, batch_size, par.put_batch, par.to_host)
+  def evaluate(params, should_stop=None):
+    bits = stratified_bits(params, examples, key, batch_size, par.put_batch, par.to_host,
+                           should_stop)
     return record(bits, {"eval/num_images": n})
 
   return evaluate
 
 
-def bound_one_t(task: tasks_lib.Task, params: Any, examples: np.ndarray, key: jax.Array, *, num_batches: int = 200,
-                batch_size: int = 100, par=None):
+def bound_one_t(task: experiment_lib.Task, params: Any, examples: np.ndarray, key: jax.Array, *,
+                num_batches: int = 200, batch_size: int = 100, par=None,
+                should_stop: Optional[Callable[[], bool]] = None):
   """The reference code's test-set estimate: many batches, one random t each.
 
   The standard error is across batches, as the reference code's. `par`: the
@@ -172,7 +213,7 @@ def bound_one_t(task: tasks_lib.Task, params: Any, examples: np.ndarray, key: ja
   """
   batch_size = min(batch_size, len(examples))
   params, put = _placement(params, batch_size, par)
-  losses = _one_t_losses(task, examples, batch_size)(params, num_batches, key, put)
+  losses = _one_t_losses(task, examples, batch_size)(params, num_batches, key, put, should_stop)
   return _summary(task, params, losses, extra={
       "per_batch": losses, "num_batches": num_batches,
       "num_images": int(min(len(examples), num_batches * batch_size))})
@@ -187,19 +228,21 @@ def _placement(params, batch_size: int, par):
       lambda batch: par.put_batch(batch) if len(batch) % par.num_devices == 0 else batch)
 
 
-def bound_all_t(task: tasks_lib.Task, params: Any, examples: np.ndarray, key: jax.Array, *,
+def bound_all_t(task: experiment_lib.Task, params: Any, examples: np.ndarray, key: jax.Array, *,
                 batch_size: int = 100, par: Optional[parallel.DataParallel] = None,
-                progress: Optional[Callable[[int, int], None]] = None) -> dict:
+                progress: Optional[Callable[[int, int], None]] = None,
+                should_stop: Optional[Callable[[], bool]] = None) -> dict:
   """The bound summed over every t = 1 .. T-1 for each example.
 
   Args:
-    task: the model and its data map (dpm_jax.tasks.Task).
+    task: the model and its data map (dpm_jax.experiment.Task).
     params: the model's parameters.
     examples: stored test examples (N, ...), e.g. uint8 images.
     key: PRNG key; example i, time step t uses fold_in(fold_in(key, i_batch), t).
     batch_size: examples per network call; all T-1 steps run in one scan.
     par: the devices each batch is split over (default: see _placement).
     progress: called as progress(batches done, batches) after each batch.
+    should_stop: polled before each batch; a stop request raises Stopped.
 
   Returns:
     dict with 'per_image' (N,) bits/unit, 'kl_per_t' (T-1,) mean KL nats
@@ -223,6 +266,7 @@ def bound_all_t(task: tasks_lib.Task, params: Any, examples: np.ndarray, key: ja
   bits, kl_curve = [], np.zeros(T - 1)
   starts = range(0, len(examples), batch_size)
   for b, start in enumerate(starts):
+    _poll(should_stop)
     batch_bits, kl_t = per_batch(params, put(examples[start:start + batch_size]),
                                  jax.random.fold_in(key, b))
     bits.append(np.asarray(batch_bits))
@@ -235,7 +279,7 @@ def bound_all_t(task: tasks_lib.Task, params: Any, examples: np.ndarray, key: ja
 
 
 def _stratified_bits_fn(task, num_strata: int):
-  """fn(params, examples, key, batch_size, put=None, to_host=None) -> per-example bound.
+  """fn(params, examples, key, batch_size, put=None, to_host=None, should_stop=None) -> bound.
 
   Per example, sum_t KL_t is estimated by sum_k n_k KL_{t_k}, t_k uniform in
   stratum k of size n_k; batch b uses fold_in(key, b). `put` (if given)
@@ -262,19 +306,22 @@ def _stratified_bits_fn(task, num_strata: int):
     process = task.model.apply(params, x_0.dtype, method="process")
     return bound_from_kl_sum(total, process, x_0, task.model.unit_dims)
 
-  def bits(params, examples, key, batch_size, put=None, to_host=None):
+  def bits(params, examples, key, batch_size, put=None, to_host=None, should_stop=None):
     put = put or (lambda batch: batch)
     to_host = to_host or (lambda x: np.asarray(jax.device_get(x)))
-    out = [per_batch(params, put(examples[s:s + batch_size]), jax.random.fold_in(key, b))
-           for b, s in enumerate(range(0, len(examples), batch_size))]
+    out = []
+    for b, s in enumerate(range(0, len(examples), batch_size)):
+      _poll(should_stop)
+      out.append(per_batch(params, put(examples[s:s + batch_size]), jax.random.fold_in(key, b)))
     return np.concatenate([to_host(o) for o in out])
 
   return bits
 
 
-def bound_stratified(task: tasks_lib.Task, params: Any, examples: np.ndarray, key: jax.Array, *,
+def bound_stratified(task: experiment_lib.Task, params: Any, examples: np.ndarray, key: jax.Array, *,
                      num_strata: int = 10, batch_size: int = 100,
-                     par: Optional[parallel.DataParallel] = None) -> dict:
+                     par: Optional[parallel.DataParallel] = None,
+                     should_stop: Optional[Callable[[], bool]] = None) -> dict:
   """A cheaper unbiased estimate: one t in each of num_strata strata of {1..T-1}.
 
   sum_t KL_t is estimated per example by sum_k n_k KL_{t_k}, with t_k uniform
@@ -282,11 +329,12 @@ def bound_stratified(task: tasks_lib.Task, params: Any, examples: np.ndarray, ke
   (default: see _placement).
   """
   params, put = _placement(params, batch_size, par)
-  bits = _stratified_bits_fn(task, num_strata)(params, examples, key, batch_size, put)
+  bits = _stratified_bits_fn(task, num_strata)(params, examples, key, batch_size, put,
+                                               should_stop=should_stop)
   return _summary(task, params, bits, extra={"per_image": bits, "num_strata": num_strata})
 
 
-def null_bits(task: tasks_lib.Task, params: Any) -> float:
+def null_bits(task: experiment_lib.Task, params: Any) -> float:
   """L_null, the null model's log likelihood in bits per unit (-H_p(X_T))."""
   process = task.model.apply(params, jnp.float32, method="process")
   x = jnp.zeros((1,) + tuple(task.model.data_shape), jnp.float32)

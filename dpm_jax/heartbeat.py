@@ -29,7 +29,10 @@ import numpy as np
 
 from dpm_jax import binomial
 from dpm_jax import config as config_lib
+from dpm_jax import plotting
+from dpm_jax import sampling
 from dpm_jax import schedule
+from dpm_jax import table1
 from dpm_jax.kernels import readout
 
 OFFSETS = ("forward", "none")
@@ -37,7 +40,6 @@ OFFSETS = ("forward", "none")
 # range, and training leaves its initial plateau at once instead of after
 # thousands of steps.
 SIGMOID_INIT = nn.initializers.variance_scaling(9.0, "fan_in", "truncated_normal")
-UNIT = "sequence"
 
 
 def model_config() -> ml_collections.ConfigDict:
@@ -57,13 +59,13 @@ def model_config() -> ml_collections.ConfigDict:
 def validate_model_config(cfg) -> None:
   config_lib.validate_loss_fields(cfg)
   for name in ("sequence_length", "period", "n_hidden", "n_layers"):
-    if not isinstance(cfg[name], int) or cfg[name] < 1:
-      raise config_lib.ConfigError(f"model.{name} must be a positive integer, got {cfg[name]!r}.")
-  if not 0.0 < cfg.p < 1.0:
-    raise config_lib.ConfigError(f"model.p must lie in (0, 1), got {cfg.p!r}.")
-  if cfg.reverse_offset not in OFFSETS:
+    config_lib.check_value(f"model.{name}", cfg[name], config_lib.integer(1))
+  config_lib.check_value("model.p", cfg.p, config_lib.real(0, 1, lo_open=True, hi_open=True))
+  config_lib.check_value("model.reverse_offset", cfg.reverse_offset, config_lib.choice(*OFFSETS))
+  if cfg.period > cfg.sequence_length:
     raise config_lib.ConfigError(
-        f"model.reverse_offset must be one of {OFFSETS}, got {cfg.reverse_offset!r}.")
+        f"model.period={cfg.period} exceeds model.sequence_length={cfg.sequence_length}: a "
+        "sequence would hold no pulse.")
 
 
 def sample_data(n: int, seed: int, cfg=None) -> np.ndarray:
@@ -73,23 +75,9 @@ def sample_data(n: int, seed: int, cfg=None) -> np.ndarray:
   return (np.arange(cfg.sequence_length)[None, :] % cfg.period == phase).astype(np.float32)
 
 
-def save_samples(samples, path: str) -> None:
-  """Sequences as rows of black (1) and white (0) bins."""
-  from dpm_jax import plotting  # pylint: disable=g-import-not-at-top
-  plotting.save_binary_rows(np.asarray(samples), path)
-
-
 def true_log_likelihood_bits(cfg=None) -> float:
   """log2 of each sequence's probability, 1 / period."""
   return float(-np.log2((cfg or model_config()).period))
-
-
-def figures(task, params, data, workdir: str, key) -> None:
-  """Samples beside data (samples.png); the per-t KL is drawn by table1."""
-  from dpm_jax import plotting, table1  # pylint: disable=g-import-not-at-top
-  samples = np.asarray(table1.draw_samples(task, params, 20, key))
-  plotting.save_binary_panels([data[:20], samples], ["data", "samples"],
-                              os.path.join(workdir, "samples.png"))
 
 
 class PerStepDense(nn.Module):
@@ -104,13 +92,14 @@ class PerStepDense(nn.Module):
   init_scale: float = 0.01
 
   @nn.compact
-  def __call__(self, h, t):
+  def __call__(self, h, t, t_stratified: bool = False):
     kernel = self.param("kernel", nn.initializers.normal(self.init_scale),
                         (self.trajectory_length, h.shape[-1], self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros,
                       (self.trajectory_length, self.features), jnp.float32)
     t = jnp.broadcast_to(jnp.asarray(t).astype(jnp.int32), h.shape[:1])
-    return readout.per_step_readout(h, t, kernel.astype(h.dtype), bias.astype(h.dtype))
+    return readout.per_step_readout(h, t, kernel.astype(h.dtype), bias.astype(h.dtype),
+                                    stratified=t_stratified)
 
 
 class HeartbeatModel(nn.Module):
@@ -132,13 +121,13 @@ class HeartbeatModel(nn.Module):
     return binomial.BinomialDiffusion(jnp.asarray(beta, dtype), jnp.asarray(cfg.p, dtype))
 
   @nn.compact
-  def reverse(self, x_t, t, deterministic: bool = True):
+  def reverse(self, x_t, t, deterministic: bool = True, t_stratified: bool = False):
     del deterministic
     cfg = self.config
     h = x_t
     for i in range(cfg.n_layers):
       h = jax.nn.sigmoid(nn.Dense(cfg.n_hidden, kernel_init=SIGMOID_INIT, name=f"dense{i}")(h))
-    z = PerStepDense(cfg.sequence_length, cfg.trajectory_length, name="readout")(h, t)
+    z = PerStepDense(cfg.sequence_length, cfg.trajectory_length, name="readout")(h, t, t_stratified)
     if cfg.reverse_offset == "forward":
       rate = self.process(x_t.dtype).forward_rate(x_t, t)
       z = z + schedule.logit(jnp.clip(rate, binomial.EPS, 1.0 - binomial.EPS))
@@ -151,3 +140,42 @@ class HeartbeatModel(nn.Module):
 def make_model(cfg) -> HeartbeatModel:
   validate_model_config(cfg)
   return HeartbeatModel(ml_collections.FrozenConfigDict(cfg))
+
+
+class HeartbeatExperiment(table1.GeneratedDataExperiment):
+  """The binary heartbeat of Table 1: binomial diffusion, bits per sequence."""
+  name = "heartbeat"
+  description = "the binary heartbeat of Table 1 (binomial diffusion)"
+  unit = "sequence"
+  paper = {"K_bits": -2.414, "K_minus_L_null_bits": 12.024}  # arXiv 1503.03585 v8, Table 1
+
+  def model_config(self) -> ml_collections.ConfigDict:
+    return model_config()
+
+  def validate_model(self, cfg: ml_collections.ConfigDict) -> None:
+    validate_model_config(cfg)
+
+  def tiny_model(self, cfg: ml_collections.ConfigDict) -> None:
+    cfg.update(trajectory_length=20, n_hidden=8, t_sampling="stratified")
+
+  def make_model(self, config: ml_collections.ConfigDict) -> HeartbeatModel:
+    return make_model(config.model)
+
+  def sample_data(self, config: ml_collections.ConfigDict, n: int, seed: int) -> np.ndarray:
+    return sample_data(n, seed, config.model)
+
+  def reference_values(self, config: ml_collections.ConfigDict) -> dict:
+    return {"true_log_likelihood_bits": true_log_likelihood_bits(config.model)}
+
+  def write_samples(self, samples: np.ndarray, path: str, stats) -> str:
+    """Sequences as rows of black (1) and white (0) bins."""
+    return plotting.save_binary_rows(np.asarray(samples), path)
+
+  def figures(self, task, params, examples: np.ndarray, workdir: str, key) -> list:
+    """Samples beside data (samples.png)."""
+    samples = sampling.make_sampler(task.model, num_images=20)(params, key)
+    return [plotting.save_binary_panels([examples[:20], np.asarray(samples)],
+                                        ["data", "samples"], os.path.join(workdir, "samples.png"))]
+
+
+HEARTBEAT = HeartbeatExperiment()

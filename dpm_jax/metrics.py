@@ -73,8 +73,13 @@ class MetricWriter:
 
 
 def _to_float(v):
+  """A scalar as JSON: int, float, or None (null) where it is undefined (NaN, Inf, None)."""
+  if v is None:
+    return None
   v = np.asarray(v)
-  return float(v) if v.dtype.kind == "f" else int(v)
+  if v.dtype.kind != "f":
+    return int(v)
+  return float(v) if np.isfinite(v) else None
 
 
 def read_metrics(workdir: str) -> list:
@@ -110,12 +115,17 @@ class Throughput:
 def log_progress(step: int, num_steps: int, steps_per_epoch: int, record: dict,
                  elapsed: float, steps_done: int, unit: str = "pixel") -> None:
   eta = elapsed / steps_done * (num_steps - step) if steps_done else float("nan")
-  logging.info(
-      "step %d/%d (%.1f%%, epoch %.2f): train bound %.4f bits/%s, lr %.3g, "
-      "%.0f examples/s, elapsed %s, ETA %s", step, num_steps, 100.0 * step / num_steps,
-      step / steps_per_epoch, record["train/loss"], unit,
-      record["train/learning_rate"], record.get("perf/images_per_sec", float("nan")),
-      hms(elapsed), hms(eta))
+  loss = record["train/loss"]
+  line = (f"step {step}/{num_steps} ({100.0 * step / num_steps:.1f}%, epoch "
+          f"{step / steps_per_epoch:.2f}): train bound "
+          f"{'(no finite step)' if loss is None else f'{loss:.4f}'} bits/{unit}, lr "
+          f"{record['train/learning_rate']:.3g}, "
+          f"{record.get('perf/images_per_sec', float('nan')):.0f} examples/s, elapsed "
+          f"{hms(elapsed)}, ETA {hms(eta)}")
+  if logging.level_info():
+    logging.info("%s", line)
+  else:  # from Python, where absl shows only warnings: print the progress
+    print(line, flush=True)
 
 
 def hms(seconds: float) -> str:

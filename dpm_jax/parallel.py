@@ -31,8 +31,36 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from dpm_jax import config as config_lib
+from dpm_jax import kernels
 
 AXIS = "data"
+# The micro-batch that keeps the CPU convolution kernel's buffers in cache.
+CPU_MICRO_BATCH = 64
+
+
+def micro_batch_size(requested: int, batch_size: int, num_devices: int, model) -> int:
+  """compute.micro_batch_size, resolved: -1 (auto) picks 64 where it pays, else 0.
+
+  0 computes the gradient of each device's part of the batch at once; a
+  positive value accumulates it over micro-batches of that size (the same
+  draws, so the same gradient up to float rounding). Micro-batches keep the
+  CPU convolution kernel's buffers small, so 'auto' uses them only for a
+  model whose convolutions run that kernel (kernels.runs_cpu_conv) and a
+  per-device batch that 64 divides and exceeds; any other model (XLA's
+  convolution, the Table 1 models) takes its part of the batch whole.
+
+  Raises:
+    config_lib.ConfigError: a size that does not divide the per-device batch.
+  """
+  if requested == -1:
+    per_device = batch_size // num_devices
+    fits = per_device > CPU_MICRO_BATCH and per_device % CPU_MICRO_BATCH == 0
+    return CPU_MICRO_BATCH if kernels.runs_cpu_conv(model) and fits else 0
+  if requested < 0 or (requested and batch_size % (requested * num_devices)):
+    raise config_lib.ConfigError(
+        f"compute.micro_batch_size={requested} must be -1 (auto), 0 (off) or divide the "
+        f"per-device batch {batch_size // num_devices}.")
+  return requested
 
 
 def make_loss_and_grad(loss_fn, *, micro_batch_size: int = 0,
@@ -199,6 +227,8 @@ def use_cpu_devices(count: int) -> int:
   try:
     jax.config.update("jax_num_cpu_devices", count)
   except RuntimeError as err:  # JAX has already started its backends
-    logging.warning("Keeping JAX's CPU devices as they are (%s).", err)
+    if jax.default_backend() == "cpu" and jax.local_device_count() != count:
+      logging.warning("Keeping JAX's %d CPU devices (asked for %d): %s",
+                      jax.local_device_count(), count, err)
     return 0
   return count

@@ -12,6 +12,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from dpm_jax import outputs
+
 
 def _figure(**kwargs):
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
@@ -19,8 +21,17 @@ def _figure(**kwargs):
 
 
 def _imsave(path, image, **kwargs):
+  """Writes an image array as a PNG, atomically; NaN or Inf in it is an error."""
   from matplotlib import image as mpl_image  # pylint: disable=g-import-not-at-top
-  mpl_image.imsave(path, image, **kwargs)
+  outputs.require_finite(path, image=image)
+  with outputs.atomic_path(path) as tmp:
+    mpl_image.imsave(tmp, image, format="png", **kwargs)
+
+
+def _savefig(fig, path, **kwargs):
+  """Writes a figure as a PNG, atomically."""
+  with outputs.atomic_path(path) as tmp:
+    fig.savefig(tmp, format="png", **kwargs)
 
 
 def image_grid(images, ncols: Optional[int] = None, pad: int = 1) -> np.ndarray:
@@ -73,16 +84,16 @@ def save_trajectory_grid(states, labels: Sequence[str], path: str, scale: int = 
   for i, label in enumerate(labels):
     ax.text((i + 0.5) * cell, -2, label, ha="center", va="bottom", fontsize=7)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path)
+  _savefig(fig, path)
   return path
 
 
-def plot_learning_curves(records: Sequence[dict], path: str) -> Optional[str]:
-  """Train and eval bound (bits/pixel) against step from metrics.jsonl records."""
-  train = [(r["step"], r["train/loss"]) for r in records
-           if "train/loss" in r and np.isfinite(r["train/loss"])]
-  evals = [(r["step"], r["eval/loss"], r.get("eval/loss_stderr", 0.0)) for r in records
-           if "eval/loss" in r]
+def plot_learning_curves(records: Sequence[dict], path: str, unit: str = "pixel") -> Optional[str]:
+  """Train and eval bound (bits per unit) against step from metrics.jsonl records
+  (null, an undefined value, is left out)."""
+  train = [(r["step"], r["train/loss"]) for r in records if r.get("train/loss") is not None]
+  evals = [(r["step"], r["eval/loss"], r.get("eval/loss_stderr") or 0.0) for r in records
+           if r.get("eval/loss") is not None]
   if not train and not evals:
     return None
   fig = _figure(figsize=(6, 4), dpi=100)
@@ -94,13 +105,13 @@ def plot_learning_curves(records: Sequence[dict], path: str) -> Optional[str]:
     s, v, e = zip(*evals)
     ax.errorbar(s, v, yerr=e, label="test (+- standard error)", marker="o", ms=3, lw=1)
   ax.set_xlabel("step")
-  ax.set_ylabel("-(K - L_null), bits/pixel")
-  ax.set_title("Bound on the negative log likelihood relative to N(0, I)")
+  ax.set_ylabel(f"-(K - L_null), bits/{unit}")
+  ax.set_title("Bound on the negative log likelihood relative to the null model")
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path)
+  _savefig(fig, path)
   return path
 
 
@@ -113,7 +124,7 @@ def plot_kl_per_t(t, kl, path: str) -> str:
   ax.set_ylabel("E KL(q || p), nats per dimension")
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(path)
+  _savefig(fig, path)
   return path
 
 
@@ -135,7 +146,7 @@ def save_binary_panels(panels: Sequence, titles: Sequence[str], path: str) -> st
               aspect="auto")
     ax.set(title=title, xlabel="bin", ylabel="sample" if i == 0 else None)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  _savefig(fig, path, dpi=100)
   return path
 
 
@@ -147,7 +158,7 @@ def save_scatter(points, path: str, title: str = "") -> str:
   ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.5)
   ax.set(xlim=(-2.5, 2.5), ylim=(-2.5, 2.5), title=title, aspect="equal")
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  _savefig(fig, path, dpi=100)
   return path
 
 
@@ -176,5 +187,5 @@ def save_figure_1(forward, reverse, drift, labels: Sequence[str], path: str) -> 
     ax.set(xlim=(-2.5, 2.5), ylim=(-2.5, 2.5), aspect="equal",
            title=f"drift mu(x_t, t) - x_t, {labels[col]}")
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  _savefig(fig, path, dpi=100)
   return path

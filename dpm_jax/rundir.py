@@ -8,7 +8,9 @@ A run directory (workdir) holds:
                         by a resume with resume_verified (never deleted).
   .lock                 held by the training process writing the run.
   config.json           the full config of the run.
-  data_stats.json       scale, shift and dequantisation width of the data.
+  data_stats.json       how stored examples map to model units (for images: scale,
+                        shift and dequantisation width) and, under "data", where
+                        the examples came from, their sizes and fingerprint.
   metrics.jsonl         one JSON object per logged step (dpm_jax.metrics).
   tensorboard/          TensorBoard event files.
   learning_curves.png   train and eval bound against step.
@@ -30,7 +32,7 @@ import shutil
 import socket
 import sys
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 from absl import logging
 import jax
@@ -39,7 +41,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from dpm_jax import data as data_lib
 
 CHECKPOINT_DIR = "checkpoints"
 CORRUPT_DIR = "checkpoints_corrupt"
@@ -52,6 +53,14 @@ class CheckpointError(RuntimeError):
 
 class CorruptCheckpointError(CheckpointError):
   """A checkpoint whose files cannot be read or do not match the digest saved with them."""
+
+
+class IncompatibleCheckpointError(CheckpointError):
+  """A checkpoint that verifies but does not fit this program's train state."""
+
+
+class SettingsMismatchError(CheckpointError):
+  """A checkpoint made with settings that may not change when a run resumes."""
 
 
 class RunDirError(RuntimeError):
@@ -232,14 +241,23 @@ def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
     raise _restore_error(manager, step, err) from err
 
 
-def _restore_error(manager, step, err) -> CorruptCheckpointError:
+def _corrupt(manager, step, why: str) -> CorruptCheckpointError:
   path = os.path.join(str(manager.directory), str(step))
   return CorruptCheckpointError(
-      f"Cannot restore the checkpoint at {path}: {type(err).__name__}: "
-      f"{str(err)[:500]}\nThe checkpoint is corrupt or was written by an "
-      "incompatible model/config. Resume training from the newest checkpoint that "
-      f"verifies with --resume_verified (corrupt ones are moved to {CORRUPT_DIR}/), load "
-      "an earlier one with --step, or start a new run with another --workdir.")
+      f"The checkpoint at {path} is corrupt: {why}\nResume training from the newest checkpoint "
+      f"that verifies with --resume_verified (corrupt ones are moved to {CORRUPT_DIR}/, never "
+      "deleted), load an earlier one with --step, or start a new run with another --workdir.")
+
+
+def _restore_error(manager, step, err) -> CorruptCheckpointError:
+  return _corrupt(manager, step, f"its files cannot be read ({_first_line(err)[:200]}...).")
+
+
+def _verified(manager, step, restored) -> tuple[Any, dict]:
+  saved = restored["meta"].get("state_sha256")
+  if saved is not None and state_digest(restored["state"]) != saved:
+    raise _corrupt(manager, step, "its arrays do not match the SHA-256 saved with them.")
+  return restored["state"], restored["meta"]
 
 
 def restore(manager: ocp.CheckpointManager, step: int,
@@ -249,23 +267,39 @@ def restore(manager: ocp.CheckpointManager, step: int,
 
   The restored arrays are checked against the SHA-256 saved with them
   (checkpoints of earlier versions have none and are not checked).
+
+  Raises:
+    CorruptCheckpointError: the checkpoint's bytes cannot be read, or do not
+      match their SHA-256: only then.
+    IncompatibleCheckpointError: the checkpoint verifies but its arrays do not
+      fit abstract_state (another optimiser, another version of the model).
   """
+  def restore_into(target):
+    return manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_on_first_device(target)), meta=ocp.args.JsonRestore()))
+
   try:
+    return _verified(manager, step, restore_into(abstract_state if abstract_state is not None
+                                                 else _saved_tree(manager, step)))
+  except CorruptCheckpointError:
+    raise
+  except Exception as err:  # pylint: disable=broad-except
     if abstract_state is None:
-      abstract_state = _saved_tree(manager, step)
-    state_args = ocp.args.StandardRestore(_on_first_device(abstract_state))
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=state_args, meta=ocp.args.JsonRestore()))
+      raise _restore_error(manager, step, err) from err
+    failure = err
+  # It did not fit the target: corrupt only if it does not restore as saved and verify.
+  try:
+    _verified(manager, step, restore_into(_saved_tree(manager, step)))
+  except CorruptCheckpointError:
+    raise
   except Exception as err:  # pylint: disable=broad-except
     raise _restore_error(manager, step, err) from err
-  saved = restored["meta"].get("state_sha256")
-  if saved is not None and state_digest(restored["state"]) != saved:
-    raise CorruptCheckpointError(
-        f"The checkpoint at {os.path.join(str(manager.directory), str(step))} is corrupt: its "
-        "arrays do not match the SHA-256 saved with them.\nResume training from the newest "
-        "checkpoint that verifies with --resume_verified (corrupt ones are moved to "
-        f"{CORRUPT_DIR}/), or load an earlier one with --step.")
-  return restored["state"], restored["meta"]
+  path = os.path.join(str(manager.directory), str(step))
+  raise IncompatibleCheckpointError(
+      f"The checkpoint at {path} verifies, but its arrays do not fit this run's train state "
+      f"({_first_line(failure)[:300]}): it was made by another version of this code or with "
+      "another optimiser. Sample and evaluate it as it is, or start a new run with another "
+      "--workdir.") from failure
 
 
 def move_aside(manager: ocp.CheckpointManager, step: int) -> str:
@@ -307,31 +341,25 @@ def config_from_dict(d: dict) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(d)
 
 
-# Fields that may change between a run and its resumption: where the data
-# lives, and a field of earlier versions (model.conv_impl, now the compute
-# section, which is never compared).
-RESUMABLE_FIELDS = ("model.conv_impl", "data.dir", "data.tfds_data_dir", "data.download")
-
-
-def diff_sections(saved: dict, current: dict, sections: Sequence[str] = ("model", "data")) -> list:
-  """Fields of the given sections that differ between two configs (as dicts)."""
-  diffs = []
-  for section in sections:
-    a, b = saved.get(section, {}), current.get(section, {})
-    for key in sorted(set(a) | set(b)):
-      if f"{section}.{key}" not in RESUMABLE_FIELDS and a.get(key) != b.get(key):
-        diffs.append(f"{section}.{key}: checkpoint {a.get(key)!r} vs now {b.get(key)!r}")
-  return diffs
-
-
 @dataclasses.dataclass
 class Run:
-  """What sampling and evaluation need from a run directory."""
+  """What sampling and evaluation need from a run directory.
+
+  Attributes:
+    config: the run's config, as saved (registry.upgrade fills newer fields).
+    params: the parameters, numpy arrays.
+    stats: how stored examples map to model units (Task.stats).
+    step: the checkpoint's step.
+    workdir: the run directory.
+    data: what the run recorded of its data (data.Dataset.record), or None
+      for runs saved before it was recorded.
+  """
   config: ml_collections.ConfigDict
   params: Any
-  stats: dict  # how stored examples map to model units (Task.stats)
+  stats: dict
   step: int
   workdir: str
+  data: Optional[dict] = None
 
 
 def load_run(workdir: str, step: Optional[int] = None) -> Run:
@@ -355,15 +383,17 @@ def load_run(workdir: str, step: Optional[int] = None) -> Run:
     manager.close()
   params = jax.tree.map(np.asarray, state["params"])
   return Run(config=config_from_dict(meta["config"]), params=params,
-             stats=meta["data_stats"], step=int(step), workdir=workdir)
+             stats=meta["data_stats"], step=int(step), workdir=workdir, data=meta.get("data"))
 
 
-def write_json(path: str, obj: Any) -> None:
-  """Writes JSON atomically (temporary file, then rename)."""
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(obj if isinstance(obj, str) else json.dumps(obj, indent=2, sort_keys=True))
-  os.replace(tmp, path)
+def close_quietly(manager: ocp.CheckpointManager) -> None:
+  """Waits for pending saves and closes the manager; a save error here was either
+  reported already (check_save_errors) or is secondary to the error being raised."""
+  try:
+    manager.wait_until_finished()
+    manager.close()
+  except Exception as err:  # pylint: disable=broad-except
+    logging.debug("Closing the checkpoint manager: %s", err)
 
 
 # ----------------------------------------------------------------------------
@@ -469,8 +499,12 @@ class WorkdirLock:
       return self
     raise RunDirError(f"Could not take the lock {self.path}; another process keeps taking it.")
 
-  def __exit__(self, *exc):
+  def release(self) -> None:
+    """Removes the lock if this process holds it."""
     if self.held and (self._read() or {}).get("pid") == os.getpid():
       os.remove(self.path)
     self.held = False
+
+  def __exit__(self, *exc):
+    self.release()
     return False

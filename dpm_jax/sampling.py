@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dpm_jax import config as config_lib
 from dpm_jax import data as data_lib
 from dpm_jax import networks
 from dpm_jax import parallel
@@ -61,15 +62,26 @@ def condition_step(mu, sigma, *, mask=None, known=None, y=None, denoise_sigma=No
   return mu, sigma
 
 
+class Stopped(Exception):
+  """A stop was requested (SIGINT, SIGTERM) between two chunks of the reverse trajectory."""
+
+
+# Reverse steps per jitted call: a stop request is honoured between calls.
+STEPS_PER_CALL = 100
+
+
 def make_sampler(model: nn.Module, *, num_images: int,
                  skip_first_step: bool = False, record_t: Sequence[int] = (),
                  log_r: Optional[Callable] = None,
-                 par: Optional[parallel.DataParallel] = None) -> Callable:
-  """Builds a jitted sampler fn(params, key, **conditioning).
+                 par: Optional[parallel.DataParallel] = None,
+                 steps_per_call: int = STEPS_PER_CALL) -> Callable:
+  """Builds a sampler fn(params, key, *, should_stop=None, **conditioning).
 
   The reverse trajectory of any model (dpm_jax.diffusion's module
   docstring): x_{T-1} from the process's prior, then its reverse kernels.
-  Conditioning applies to Gaussian models only.
+  Conditioning applies to Gaussian models only. The trajectory runs as a
+  jitted lax.scan of `steps_per_call` steps at a time (the last call's
+  surplus steps leave x as it is), polling should_stop() between calls.
 
   Args:
     model: the model.
@@ -81,13 +93,15 @@ def make_sampler(model: nn.Module, *, num_images: int,
     par: the devices the images are split over (dpm_jax.parallel); default:
       the most local devices whose count divides num_images. The samples do
       not depend on it: the noise is drawn for the whole batch.
+    steps_per_call: reverse steps per jitted call; the samples do not
+      depend on it (each step's noise is drawn from fold_in(key, t)).
 
   Returns:
-    fn(params, key, *, x_init=None, mask=None, known=None, y=None,
-    denoise_sigma=None) -> samples (B, ...), or (samples, states)
-    with states (len(record_t), B, ...) when record_t is given.
-    Denoising starts from y (as the reference code), inpainting from N(0, I)
-    with the known pixels set.
+    fn(params, key, *, should_stop=None, x_init=None, mask=None, known=None,
+    y=None, denoise_sigma=None) -> samples (B, ...), or (samples, states)
+    with states (len(record_t), B, ...) when record_t is given. Denoising
+    starts from y (as the reference code), inpainting from N(0, I) with the
+    known pixels set. A stop request raises Stopped.
   """
   T = model.config.trajectory_length
   shape = (num_images,) + tuple(model.data_shape)
@@ -95,45 +109,65 @@ def make_sampler(model: nn.Module, *, num_images: int,
   par = par or parallel.DataParallel.for_batch(num_images)
   par.check_batch_size(num_images, "num_images")
   split = par.constrain_batch
+  length = max(1, min(steps_per_call, T - 1))
 
-  def run(params, key, x_init=None, mask=None, known=None, y=None, denoise_sigma=None):
-    if y is not None and denoise_sigma is None:
-      raise ValueError("denoising needs denoise_sigma with y")
-    if mask is not None:
-      mask = jnp.broadcast_to(mask, shape)
-    cond = dict(mask=mask, known=known, y=y, denoise_sigma=denoise_sigma, log_r=log_r)
-    conditioned = any(v is not None for v in (mask, y, log_r))
-    condition = (lambda p: condition_step(*p, **cond)) if conditioned else (lambda p: p)
+  def conditioner(cond):
+    if not any(cond.get(k) is not None for k in ("mask", "y")) and log_r is None:
+      return lambda p: p
+    return lambda p: condition_step(*p, log_r=log_r, **cond)
+
+  @jax.jit
+  def start(params, key, cond, x_init):
     process = model.apply(params, jnp.float32, method="process")
     if x_init is None:
-      x_init = (y if y is not None else
+      x_init = (cond["y"] if cond.get("y") is not None else
                 process.prior_sample(jax.random.fold_in(key, T), shape, jnp.float32))
-    if mask is not None:
-      x_init = jnp.where(mask, known, x_init)
-    x_init = split(x_init.astype(jnp.float32))
+    if cond.get("mask") is not None:
+      x_init = jnp.where(cond["mask"], cond["known"], x_init)
+    x = split(x_init.astype(jnp.float32))
     states = jnp.zeros((record.shape[0],) + shape, jnp.float32)
-    states = _record(states, record, T - 1, x_init)
+    return x, _record(states, record, T - 1, x)
+
+  @jax.jit
+  def chunk(params, key, cond, x, states, t_first):
+    process = model.apply(params, jnp.float32, method="process")
+    condition = conditioner(cond)
 
     def body(carry, t):
       x, states = carry
       p = condition(model.apply(params, x, t.astype(jnp.float32), method="reverse"))
-      x = split(process.reverse_sample(p, jax.random.fold_in(key, t)).astype(jnp.float32))
-      return (x, _record(states, record, t - 1, x)), None
+      new = split(process.reverse_sample(p, jax.random.fold_in(key, t)).astype(jnp.float32))
+      x = jnp.where(t >= 1, new, x)  # steps below t = 1 fill the last call: no-ops
+      return (x, jnp.where(t >= 1, _record(states, record, t - 1, x), states)), None
 
-    ts = jnp.arange(T - 1, 0, -1, dtype=jnp.int32)
-    (x, states), _ = jax.lax.scan(body, (x_init, states), ts)
+    (x, states), _ = jax.lax.scan(body, (x, states), t_first - jnp.arange(length))
+    return x, states
+
+  @jax.jit
+  def finish(params, key, cond, x, states):
     if not skip_first_step:
-      p = condition(process.first_step(x))
+      process = model.apply(params, jnp.float32, method="process")
+      p = conditioner(cond)(process.first_step(x))
       x = process.reverse_sample(p, jax.random.fold_in(key, 0)).astype(jnp.float32)
-    states = _record(states, record, -1, x)
-    return (x, states) if record_t else x
+    return x, _record(states, record, -1, x)
 
-  jitted = jax.jit(run)
-
-  def sampler(params, key, **conditioning):
+  def sampler(params, key, *, should_stop=None, x_init=None, mask=None, known=None, y=None,
+              denoise_sigma=None):
+    if y is not None and denoise_sigma is None:
+      raise ValueError("denoising needs denoise_sigma with y")
+    if mask is not None:
+      mask = jnp.broadcast_to(mask, shape)
+    cond = dict(mask=mask, known=known, y=y, denoise_sigma=denoise_sigma)
     # The parameters, replicated on the sampler's devices (a no-op when they
     # already are; a copy when training placed them on other devices).
-    return jitted(par.put_replicated(params), key, **conditioning)
+    params = par.put_replicated(params)
+    x, states = start(params, key, cond, x_init)
+    for t_first in range(T - 1, 0, -length):
+      if should_stop is not None and should_stop():
+        raise Stopped()
+      x, states = chunk(params, key, cond, x, states, jnp.asarray(t_first, jnp.int32))
+    x, states = finish(params, key, cond, x, states)
+    return (x, states) if record_t else x
 
   return sampler
 
@@ -146,7 +180,7 @@ def _record(states, record, t, x):
 # ----------------------------------------------------------------------------
 # Masks and perturbations.
 
-MASKS = ("right_half", "left_half", "centre_square", "random_pixels")
+MASKS = config_lib.MASKS
 
 
 def inpaint_mask(kind: str, spatial_width: int, n_colors: int = 1, *,
@@ -220,7 +254,8 @@ def generate(model: nn.Module, params: Any, stats: data_lib.DataStats, mode: str
              num_images: int,
              true_images=None, mask_kind: str = "right_half", denoise_sigma: float = 1.0,
              superres_factor: int = 4, superres_noise: float = 0.1,
-             record_t: Sequence[int] = (), skip_first_step: bool = False) -> dict:
+             record_t: Sequence[int] = (), skip_first_step: bool = False,
+             should_stop: Optional[Callable[[], bool]] = None) -> dict:
   """Runs one sampling mode and returns its arrays in [0, 1] pixel units.
 
   Args:
@@ -236,13 +271,22 @@ def generate(model: nn.Module, params: Any, stats: data_lib.DataStats, mode: str
     mask_kind, denoise_sigma, superres_factor, superres_noise: see above.
     record_t: time steps whose states to return (see make_sampler).
     skip_first_step: stop at x_0 as the reference sampler.
+    should_stop: polled between chunks of the trajectory (see make_sampler).
 
   Returns:
     dict with 'samples' (N, H, W, C), 'states' (K, N, H, W, C) if record_t,
     'record_t', and for conditional modes 'true' and 'observed' (and 'mask').
+
+  Raises:
+    ValueError: an unknown mode, too few true images, a noise level <= 0 (the
+      observation would be exact: its Gaussian has no width) or a factor
+      that does not divide the image width.
   """
   if mode not in MODES:
     raise ValueError(f"Unknown mode {mode!r}; choose one of {MODES}.")
+  for name, value in (("denoise_sigma", denoise_sigma), ("superres_noise", superres_noise)):
+    if not value > 0:
+      raise ValueError(f"{name} must be > 0 (the observation's noise), got {value}.")
   cfg = model.config
   out = {"record_t": np.asarray(list(record_t), np.int32)}
   cond, log_r = {}, None
@@ -271,7 +315,7 @@ def generate(model: nn.Module, params: Any, stats: data_lib.DataStats, mode: str
       out["observed"] = data_lib.to_pixels(networks.upsample_nearest(y_low, superres_factor), stats)
   sampler = make_sampler(model, num_images=num_images, skip_first_step=skip_first_step,
                          record_t=record_t, log_r=log_r)
-  result = sampler(params, key, **cond)
+  result = sampler(params, key, should_stop=should_stop, **cond)
   samples, states = result if record_t else (result, None)
   out["samples"] = data_lib.to_pixels(samples, stats)
   if states is not None:

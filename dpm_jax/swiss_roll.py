@@ -35,10 +35,12 @@ import numpy as np
 
 from dpm_jax import config as config_lib
 from dpm_jax import diffusion
+from dpm_jax import plotting
+from dpm_jax import sampling
 from dpm_jax import schedule
+from dpm_jax import table1
 from dpm_jax.heartbeat import PerStepDense
 
-UNIT = "point"
 THETA_RANGE = (1.5 * math.pi, 4.5 * math.pi)
 
 
@@ -59,15 +61,12 @@ def model_config() -> ml_collections.ConfigDict:
 
 def validate_model_config(cfg) -> None:
   config_lib.validate_loss_fields(cfg)
-  if not isinstance(cfg.n_hidden, int) or cfg.n_hidden < 1:
-    raise config_lib.ConfigError(f"model.n_hidden must be a positive integer, got {cfg.n_hidden!r}.")
-  if not 0.0 < cfg.step1_beta < 1.0:
-    raise config_lib.ConfigError(f"model.step1_beta must lie in (0, 1), got {cfg.step1_beta!r}.")
-  if cfg.noise_std < 0:
-    raise config_lib.ConfigError(f"model.noise_std must be >= 0, got {cfg.noise_std!r}.")
-  if cfg.beta_link not in config_lib.BETA_LINKS:
-    raise config_lib.ConfigError(
-        f"model.beta_link must be one of {config_lib.BETA_LINKS}, got {cfg.beta_link!r}.")
+  config_lib.check_value("model.n_hidden", cfg.n_hidden, config_lib.integer(1))
+  config_lib.check_value("model.step1_beta", cfg.step1_beta,
+                         config_lib.real(0, 1, lo_open=True, hi_open=True))
+  config_lib.check_value("model.noise_std", cfg.noise_std, config_lib.real(0))
+  config_lib.check_value("model.learn_beta", cfg.learn_beta, config_lib.BOOLEAN)
+  config_lib.check_value("model.beta_link", cfg.beta_link, config_lib.choice(*config_lib.BETA_LINKS))
 
 
 def _raw_roll(n: int, rng: np.random.Generator, noise_std: float) -> np.ndarray:
@@ -168,10 +167,10 @@ class SwissRollModel(nn.Module):
   def process(self, dtype=jnp.float32) -> diffusion.GaussianDiffusion:
     return diffusion.GaussianDiffusion(self.beta_arr(dtype), self.config.beta_link)
 
-  def reverse(self, x_t, t, deterministic: bool = True):
+  def reverse(self, x_t, t, deterministic: bool = True, t_stratified: bool = False):
     del deterministic
     cfg = self.config
-    z = self.readout(self.rbf(x_t), t)
+    z = self.readout(self.rbf(x_t), t, t_stratified)
     beta_t = schedule.at_t(self.beta_arr(x_t.dtype), t)
     return diffusion.reverse_kernel(x_t, z[:, :2], z[:, 2:], beta_t, cfg.trajectory_length,
                                     cfg.beta_link)
@@ -185,30 +184,59 @@ def make_model(cfg) -> SwissRollModel:
   return SwissRollModel(ml_collections.FrozenConfigDict(cfg))
 
 
-def save_samples(samples, path: str) -> None:
-  from dpm_jax import plotting  # pylint: disable=g-import-not-at-top
-  plotting.save_scatter(samples, path, "samples")
+class SwissRollExperiment(table1.GeneratedDataExperiment):
+  """The two-dimensional Swiss roll of Figure 1 and Table 1: bits per point."""
+  name = "swiss_roll"
+  description = "the Swiss roll of Figure 1 and Table 1 (2-D Gaussian diffusion)"
+  unit = "point"
+  paper = {"K_bits": 2.35, "K_minus_L_null_bits": 6.45}  # arXiv 1503.03585 v8, Table 1
+
+  def model_config(self) -> ml_collections.ConfigDict:
+    return model_config()
+
+  def validate_model(self, cfg: ml_collections.ConfigDict) -> None:
+    validate_model_config(cfg)
+
+  def tiny_model(self, cfg: ml_collections.ConfigDict) -> None:
+    cfg.update(trajectory_length=10, n_hidden=8)
+
+  def make_model(self, config: ml_collections.ConfigDict) -> SwissRollModel:
+    return make_model(config.model)
+
+  def sample_data(self, config: ml_collections.ConfigDict, n: int, seed: int) -> np.ndarray:
+    return sample_data(n, seed, config.model)
+
+  def reference_values(self, config: ml_collections.ConfigDict) -> dict:
+    """The data's true log likelihood per point; None (JSON null) for a noiseless roll,
+    a curve without a density."""
+    value = true_log_likelihood_bits(config.model)
+    return {"true_log_likelihood_bits": value if math.isfinite(value) else None}
+
+  def write_samples(self, samples: np.ndarray, path: str, stats) -> str:
+    return plotting.save_scatter(np.asarray(samples), path, "samples")
+
+  def figures(self, task, params, examples: np.ndarray, workdir: str, key) -> list:
+    """The paper's Figure 1 (figure1.png): forward and reverse trajectories at t = 0,
+    T/2 and T, and the learned drift mu(x_t, t) - x_t; and samples.png."""
+    model = task.model
+    T = model.config.trajectory_length
+    process = model.apply(params, method="process")
+    columns = [0, T // 2, T - 1]
+    x0 = jnp.asarray(examples[:2000])
+    noise = jax.random.normal(jax.random.fold_in(key, 1), x0.shape)
+    forward = [np.asarray(process.q_sample(x0, jnp.asarray(float(t)), noise)) for t in columns]
+    sampler = sampling.make_sampler(model, num_images=2000, record_t=(-1, T // 2, T - 1))
+    _, states = sampler(params, key)
+    reverse = [np.asarray(s) for s in states]
+    g = np.linspace(-2.2, 2.2, 15)
+    grid = jnp.asarray(np.stack(np.meshgrid(g, g), -1).reshape(-1, 2), jnp.float32)
+    drift = []
+    for t in [1] + columns[1:]:  # step 0's reverse kernel is fixed: the first learned one
+      mu, _ = model.apply(params, grid, jnp.full((grid.shape[0],), float(t)), method="reverse")
+      drift.append((np.asarray(grid), np.asarray(mu - grid)))
+    return [plotting.save_figure_1(forward, reverse, drift, ["t = 0", "t = T/2", "t = T"],
+                                   os.path.join(workdir, "figure1.png")),
+            plotting.save_scatter(reverse[0], os.path.join(workdir, "samples.png"), "samples")]
 
 
-def figures(task, params, data, workdir: str, key) -> None:
-  """The paper's Figure 1 (figure1.png): forward and reverse trajectories at t = 0,
-  T/2 and T, and the learned drift mu(x_t, t) - x_t."""
-  from dpm_jax import plotting, table1  # pylint: disable=g-import-not-at-top
-  model = task.model
-  T = model.config.trajectory_length
-  process = model.apply(params, method="process")
-  columns = [0, T // 2, T - 1]
-  x0 = jnp.asarray(data[:2000])
-  noise = jax.random.normal(jax.random.fold_in(key, 1), x0.shape)
-  forward = [np.asarray(process.q_sample(x0, jnp.asarray(float(t)), noise)) for t in columns]
-  _, states = table1.draw_samples(task, params, 2000, key, record_t=(-1, T // 2, T - 1))
-  reverse = [np.asarray(s) for s in states]
-  g = np.linspace(-2.2, 2.2, 15)
-  grid = jnp.asarray(np.stack(np.meshgrid(g, g), -1).reshape(-1, 2), jnp.float32)
-  drift = []
-  for t in [1] + columns[1:]:  # step 0's reverse kernel is fixed: the first learned one
-    mu, _ = model.apply(params, grid, jnp.full((grid.shape[0],), float(t)), method="reverse")
-    drift.append((np.asarray(grid), np.asarray(mu - grid)))
-  plotting.save_figure_1(forward, reverse, drift, ["t = 0", "t = T/2", "t = T"],
-                         os.path.join(workdir, "figure1.png"))
-  plotting.save_scatter(reverse[0], os.path.join(workdir, "samples.png"), "samples")
+SWISS_ROLL = SwissRollExperiment()

@@ -3,11 +3,13 @@
   python -m experiments.cifar10 --config=experiments/configs/cifar10.py --workdir=runs/cifar10
 """
 
-from experiments import launch
+from . import launch
+
+PROGRAM = launch.training_program("experiments.cifar10", __doc__, launch.config_path("cifar10"))
 
 
 def run() -> None:
-  launch.run(launch.config_path("cifar10"))
+  PROGRAM.cli()
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """dpm-jax: the project's programs, from any directory once the package is installed.
 
   dpm-jax train mnist --workdir=runs/mnist --config.train.num_steps=200
-  dpm-jax train heartbeat --workdir=runs/heartbeat     (also cifar10, swiss_roll)
+  dpm-jax train heartbeat --workdir=runs/heartbeat     (any registered experiment)
   dpm-jax train mnist --config=my_config.py --workdir=...    (a config file of your own)
+  dpm-jax experiments                                  (the registered experiments)
   dpm-jax sample --workdir=runs/mnist --mode=inpaint
   dpm-jax evaluate --workdir=runs/mnist
   dpm-jax benchmark --quick
@@ -12,11 +13,11 @@
 experiments.<name>` (and `python -m benchmarks.run`) from a checkout.
 """
 
-import importlib
 import sys
 
-EXPERIMENTS = ("mnist", "cifar10", "heartbeat", "swiss_roll")
-COMMANDS = ("train", "sample", "evaluate", "benchmark")
+from . import launch
+
+COMMANDS = ("train", "sample", "evaluate", "experiments", "benchmark")
 
 
 def _usage(error: str = "") -> int:
@@ -30,7 +31,30 @@ def _usage(error: str = "") -> int:
   return 0
 
 
+def program(command: str, rest: list):
+  """(the Program, its argv) of a dpm-jax command line, or an error message."""
+  from dpm_jax import registry  # pylint: disable=g-import-not-at-top
+  if command == "train":
+    if not rest or rest[0].startswith("-"):
+      return None, ("name the experiment to train, one of "
+                    f"{', '.join(registry.names())}: dpm-jax train mnist ...")
+    name, rest = rest[0], rest[1:]
+    try:
+      registry.get(name)
+    except ValueError as err:
+      return None, str(err)
+    doc = f"dpm-jax train {name}: trains the {name} experiment ({registry.get(name).description})."
+    return launch.training_program(f"dpm-jax train {name}", doc, launch.config_path(name)), (
+        [f"dpm-jax train {name}"] + rest)
+  if command == "sample":
+    from . import sample  # pylint: disable=g-import-not-at-top
+    return sample.PROGRAM, ["dpm-jax sample"] + rest
+  from . import evaluate  # pylint: disable=g-import-not-at-top
+  return evaluate.PROGRAM, ["dpm-jax evaluate"] + rest
+
+
 def main(argv=None) -> int:
+  """Runs a dpm-jax command line (without the program name); returns its exit code."""
   argv = sys.argv[1:] if argv is None else list(argv)
   if not argv or argv[0] in ("-h", "--help", "help"):
     return _usage()
@@ -38,22 +62,31 @@ def main(argv=None) -> int:
   if command not in COMMANDS:
     return _usage(f"unknown command {command!r}; use one of {', '.join(COMMANDS)}.")
   if command == "benchmark":
-    from benchmarks import run  # pylint: disable=g-import-not-at-top
+    if __package__.startswith("dpm_jax."):  # installed: dpm_jax.experiments, dpm_jax.benchmarks
+      from dpm_jax.benchmarks import run  # pylint: disable=g-import-not-at-top
+    else:  # a checkout's experiments/ and benchmarks/
+      from benchmarks import run  # pylint: disable=g-import-not-at-top
     run.main(rest)
     return 0
-  if command == "train":
-    if not rest or rest[0] not in EXPERIMENTS:
-      return _usage(f"name the experiment to train, one of {', '.join(EXPERIMENTS)}: "
-                    "dpm-jax train mnist ...")
-    module, rest = rest[0], rest[1:]
-  else:
-    module = command
-  program = importlib.import_module(f"experiments.{module}")
-  sys.modules["__main__"].__doc__ = program.__doc__  # for --help
-  sys.argv = [f"dpm-jax {command}" + (f" {module}" if command == "train" else "")] + rest
-  program.run()
-  return 0
+  if command == "experiments":
+    from dpm_jax import registry  # pylint: disable=g-import-not-at-top
+    for name, experiment in registry.EXPERIMENTS.items():
+      print(f"{name:12s} {experiment.description}; bound in bits per {experiment.unit}; "
+            f"sampling: {', '.join(experiment.sampling_modes)}")
+    return 0
+  prog, prog_argv = program(command, rest)
+  if prog is None:
+    return _usage(prog_argv)
+  return prog.run(prog_argv)
+
+
+def console() -> None:
+  """The `dpm-jax` command."""
+  launch.setup_logging()
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.FLAGS.mark_as_parsed()
+  launch.exit_now(main())
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  console()

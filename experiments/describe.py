@@ -1,9 +1,9 @@
 """--print_config: the resolved config, one field a line, with what each field means.
 
 The meanings are the comments next to (or just above) the lines that set the
-fields in the config sources: experiments/configs/default.py, the experiment's
-own config file, and the model configs in dpm_jax. A comment in the
-experiment's file wins over the default's.
+fields in the config sources: dpm_jax/config.py (the shared sections), the
+experiment's modules (its model and data sections; Experiment.config_sources)
+and the experiment's config file. A later source's comment wins.
 """
 
 from __future__ import annotations
@@ -16,18 +16,10 @@ import ml_collections
 
 _SECTION_ALIAS = re.compile(r"^\s*config\.(\w+)\s*=\s*(\w+)\s*=")    # config.data = data = ...
 _SECTION_VAR = re.compile(r"^\s*(\w+)\s*=\s*config\.(\w+)\s*$")        # t = config.train
+_SECTION_NEW = re.compile(r"^\s*(\w+)\s*=\s*ml_collections\.ConfigDict\(\)")  # data = ...
+SECTIONS = ("data", "train", "optimizer", "compute", "eval", "sample", "final_eval")
 _ASSIGN = re.compile(r"^\s*(\w+(?:\.\w+)+)\s*=\s*[^=].*?(?:#\s*(.*))?$")
 _COMMENT = re.compile(r"^\s*#\s?(.*)$")
-
-
-def _model_sources(dataset: str) -> list:
-  """The files that set the model fields of a dataset's config: the image model's
-  (config.py, also the loss fields of the others), then the dataset's own."""
-  import dpm_jax  # pylint: disable=g-import-not-at-top
-  from dpm_jax import tasks  # pylint: disable=g-import-not-at-top
-  root = os.path.dirname(dpm_jax.__file__)
-  own = os.path.join(root, f"{dataset}.py")
-  return [os.path.join(root, "config.py")] + ([own] if dataset in tasks.SYNTHETIC else [])
 
 
 def field_comments(path: str, model_file: bool = False) -> Dict[str, str]:
@@ -45,6 +37,8 @@ def field_comments(path: str, model_file: bool = False) -> Dict[str, str]:
         aliases[m.group(2)] = m.group(1) + "."
       elif m := _SECTION_VAR.match(line):
         aliases[m.group(1)] = m.group(2) + "."
+      elif (m := _SECTION_NEW.match(line)) and m.group(1) in SECTIONS:
+        aliases[m.group(1)] = m.group(1) + "."
       comment = _COMMENT.match(line)
       if comment:
         pending.append(comment.group(1).strip())
@@ -67,14 +61,14 @@ def field_comments(path: str, model_file: bool = False) -> Dict[str, str]:
   return comments
 
 
-def all_comments(config_file: str, dataset: str) -> Dict[str, str]:
-  here = os.path.dirname(os.path.abspath(__file__))
+def all_comments(config_file: str, config: ml_collections.ConfigDict) -> Dict[str, str]:
+  """{"section.field": meaning} for a config: its experiment's sources, then its file."""
+  from dpm_jax import registry  # pylint: disable=g-import-not-at-top
   comments = {}
-  for path in _model_sources(dataset):
+  for path in registry.of_config(config).config_sources():
     comments.update(field_comments(path, model_file=True))
-  comments.update(field_comments(os.path.join(here, "configs", "default.py")))
-  if config_file and os.path.exists(config_file):
-    comments.update(field_comments(config_file))
+  if config_file and os.path.exists(config_file.partition(":")[0]):
+    comments.update(field_comments(config_file.partition(":")[0]))
   return comments
 
 
@@ -89,7 +83,7 @@ def _leaves(config: ml_collections.ConfigDict, prefix: str = "") -> Iterable:
 
 def describe(config: ml_collections.ConfigDict, config_file: str) -> str:
   """The config as `name = value  # meaning` lines, sections in order."""
-  comments = all_comments(config_file, config.get("data", {}).get("dataset", ""))
+  comments = all_comments(config_file, config)
   lines = [f"# {config_file}, with the command line's overrides. Set any field with "
            "--config.<name>=<value>."]
   for name, value in _leaves(config):

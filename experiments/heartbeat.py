@@ -7,11 +7,13 @@ bits per sequence, on fresh sequences, exact over t), samples.png and
 kl_per_t.png.
 """
 
-from experiments import launch
+from . import launch
+
+PROGRAM = launch.training_program("experiments.heartbeat", __doc__, launch.config_path("heartbeat"))
 
 
 def run() -> None:
-  launch.run(launch.config_path("heartbeat"), final_report=True)
+  PROGRAM.cli()
 
 
 if __name__ == "__main__":

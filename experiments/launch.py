@@ -1,22 +1,39 @@
-"""Shared pieces of the entry points: running an absl program (help, flag errors),
-the training main (experiments/mnist.py, cifar10.py, heartbeat.py, swiss_roll.py)
-and the loading of a run directory (experiments/sample.py, evaluate.py)."""
+"""What the entry points share: their flags, the config, stop signals and exit codes.
 
-import functools
+Each program (train, sample, evaluate) is a `Program`: flags defined on a
+FlagValues of its own, and a main. `Program.run(argv) -> exit code` runs it
+in the calling process (the tests, `dpm-jax`), `Program.cli()` as a command.
+Every way a run can fail for a reason the user can fix (a flag or config
+value, a config that does not exist, data, a checkpoint, a NaN) is one line
+on stderr, `error: ...`, and exit code 2; a stop signal is one line and
+130 (SIGINT) or 143 (SIGTERM); --help is exit code 0.
+"""
+
+from __future__ import annotations
+
+import difflib
 import logging as std_logging
 import os
 import re
 import sys
 import textwrap
+from typing import Callable, List, Optional, Sequence
 
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-FLAGS = flags.FLAGS
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 HELP_ARGS = ("--help", "-h", "-?", "--helpshort", "--help=true")
+
+
+class UsageError(Exception):
+  """A flag, config or argument the user can fix: one line, exit code 2."""
+
+
+def shipped_configs() -> List[str]:
+  return sorted(n[:-3] for n in os.listdir(CONFIG_DIR)
+                if n.endswith(".py") and not n.startswith("_"))
 
 
 def config_path(name: str) -> str:
@@ -24,99 +41,175 @@ def config_path(name: str) -> str:
   return os.path.join(CONFIG_DIR, f"{name}.py")
 
 
-def _resolve_config_names(argv):
-  """--config=mnist (a bare name) means the shipped experiments/configs/mnist.py."""
-  out = []
-  for arg in argv:
-    name = arg[len("--config="):] if arg.startswith("--config=") else None
-    if name and "/" not in name and not name.endswith(".py") and os.path.exists(config_path(name)):
-      arg = "--config=" + config_path(name)
+def resolve_config(value: str) -> str:
+  """A --config value as a path[:variant]: a path as given, or a shipped config's
+  name ('mnist', 'mnist.py', 'configs/mnist.py' where no such file is here).
+
+  Raises:
+    UsageError: neither names a file, with the closest shipped config.
+  """
+  path, colon, variant = value.partition(":")
+  if os.path.isfile(path):
+    return value
+  name = os.path.basename(path)
+  name = name[:-3] if name.endswith(".py") else name
+  if name in shipped_configs() and (os.sep not in path or not os.path.exists(os.path.dirname(path))
+                                    or os.path.dirname(path).endswith("configs")):
+    return config_path(name) + colon + variant
+  close = difflib.get_close_matches(name, shipped_configs(), n=1, cutoff=0.5)
+  hint = f"; did you mean {close[0]!r} ({os.path.relpath(config_path(close[0]))})?" if close else "."
+  raise UsageError(f"no config file {path!r}{hint} Shipped configs: {', '.join(shipped_configs())}.")
+
+
+def normalize_argv(argv: Sequence[str]) -> List[str]:
+  """argv with --flagfile expanded, `--config X` joined to `--config=X`, and the
+  config named as a path (resolve_config)."""
+  try:
+    argv = flags.FlagValues().read_flags_from_files(list(argv), force_gnu=False)
+  except flags.Error as err:
+    raise UsageError(str(err).splitlines()[0]) from err
+  out, i = [argv[0]], 1
+  while i < len(argv):
+    arg = argv[i]
+    if arg in ("--config", "-config") and i + 1 < len(argv):
+      arg, i = f"--config={argv[i + 1]}", i + 1
+    if re.match(r"^--?config=", arg):
+      arg = "--config=" + resolve_config(arg.split("=", 1)[1])
     out.append(arg)
+    i += 1
   return out
 
 
-def print_help() -> None:
-  """The main module's description and the flags of this program, on stdout."""
-  main = sys.modules["__main__"]
-  print((main.__doc__ or "").strip() + "\n")
-  print("flags:")
-  for module, module_flags in sorted(FLAGS.flags_by_module_dict().items()):
-    if "experiments" in module:
-      for flag in sorted(module_flags, key=lambda f: f.name):
-        default = "" if flag.default is None else f" (default: {flag.default_as_str})"
-        print(f"  --{flag.name}")
-        print(textwrap.fill(flag.help + default, 80, initial_indent=" " * 6, break_on_hyphens=False,
-                            subsequent_indent=" " * 6))
-  if "config" in FLAGS:
-    print("\nThe config: --print_config lists every field, its value and meaning; "
-          "--config.<section>.<field>=<value> sets one (e.g. --config.train.num_steps=200).")
-  print("All flags, JAX's and absl's too: --helpfull.")
+def _field_error(err: Exception) -> str:
+  """One line for an override of a field the config does not have."""
+  text = str(err)
+  hint = re.search(r'Did you mean "([\w.]+)" instead of "([\w.]+)"\?', text)
+  field = re.search(r"'([\w.]+)'|\"([\w.]+)\"|([\w.]+)", text)
+  name = next((g for g in field.groups() if g), text) if field else text
+  return (f"the config has no field {name!r}"
+          + (f" (did you mean {hint.group(1)!r}?)" if hint else "")
+          + "; --print_config lists the fields.")
 
 
-def _parse_flags(argv):
-  """absl's flag parsing, with a short error for an unknown config field."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    sys.stderr.write(f"FATAL Flags parsing error: {e}\nPass --help to see the flags.\n")
-  except (AttributeError, KeyError) as e:  # --config.<unknown field>=...
-    hint = re.search(r'Did you mean "[\w.]+" instead of "[\w.]+"\?', str(e))
-    field = re.search(r"[\w.]+", str(e))
-    sys.stderr.write(f"error: the config has no field {field.group(0) if field else str(e)!r}"
-                     f"{'; ' + hint.group(0) if hint else ''}\n"
-                     "List the fields with --print_config.\n")
-  sys.exit(1)
+def _config_file_error(err: Exception) -> str:
+  """One line for a config file that fails to load: the error it raised, unqualified."""
+  last = str(err).strip().splitlines()[-1]
+  return "cannot load the config: " + re.sub(r"^[\w.]*\.(\w+(Error|Exception)): ", "", last)
 
 
-def app_run(main) -> None:
-  """absl's app.run, but --help exits 0 listing this program's flags, --config may
-  name a shipped config, and a mistyped config field is one line, not a traceback."""
-  argv = _resolve_config_names(sys.argv)
-  if any(arg in HELP_ARGS for arg in argv[1:]):
+class Program:
+  """An entry point: flags on a FlagValues of its own, and a main.
+
+  Attributes:
+    name: how it is called ('experiments.sample', 'dpm-jax sample').
+    doc: its description for --help.
+    define: define(flag_values, argv) defines its flags.
+    main: main(flag_values) runs it; raises to fail (see `run`).
+  """
+
+  def __init__(self, name: str, doc: str, define: Callable, main: Callable):
+    self.name, self.doc, self.define, self.main = name, doc, define, main
+
+  def parse(self, argv: Sequence[str]) -> flags.FlagValues:
+    """A FlagValues with this program's flags parsed from argv (argv[0] the program)."""
+    argv = normalize_argv(argv)
+    values = flags.FlagValues()
     try:
-      print_help()
-    except BrokenPipeError:  # | head
-      pass
-    sys.exit(0)
-  sys.argv = argv
-  app.run(main, flags_parser=_parse_flags)
+      self.define(values, argv)
+      rest = values(argv)
+    except flags.Error as err:
+      if "Error whilst parsing config file" in str(err):
+        raise UsageError(_config_file_error(err)) from err
+      raise UsageError(str(err).splitlines()[0].replace("flag --", "--")) from err
+    except (AttributeError, KeyError) as err:  # --config.<unknown field>=...
+      raise UsageError(_field_error(err)) from err
+    except (IOError, TypeError, ValueError) as err:  # the config file itself
+      raise UsageError(_config_file_error(err)) from err
+    if len(rest) > 1:
+      raise UsageError(f"unexpected arguments {rest[1:]}; flags are --name=value.")
+    return values
+
+  def run(self, argv: Sequence[str]) -> int:
+    """Runs the program in this process; returns its exit code."""
+    from dpm_jax import safety  # pylint: disable=g-import-not-at-top
+    if any(arg in HELP_ARGS for arg in argv[1:]):
+      try:
+        self.print_help(argv)
+      except BrokenPipeError:  # | head
+        pass
+      return 0
+    try:
+      values = self.parse(argv)
+      self.main(values)
+      return 0
+    except safety.Stop as stop:
+      print(str(stop), file=sys.stderr, flush=True)
+      return stop.code
+    except UsageError as err:
+      return fail(str(err))
+    except Exception as err:  # pylint: disable=broad-except
+      if not is_user_error(err):
+        raise
+      return fail(str(err))
+
+  def cli(self) -> None:
+    """Runs the program as a command and exits with its code."""
+    setup_logging()
+    flags.FLAGS.mark_as_parsed()  # libraries reading absl's global flags (grain's workers)
+    code = self.run(sys.argv)
+    exit_now(code)
+
+  def print_help(self, argv) -> None:
+    """The description and the flags of this program, on stdout."""
+    values = flags.FlagValues()
+    self.define(values, normalize_argv(argv[:1]))
+    print(self.doc.strip() + "\n")
+    print("flags:")
+    for name in sorted(set(values)):
+      flag = values[name]
+      if "." in name or name != flag.name:  # config overrides, short names
+        continue
+      default = "" if flag.default is None else f" (default: {flag.default_as_str})"
+      print(f"  --{flag.name}")
+      print(textwrap.fill(flag.help + default, 80, initial_indent=" " * 6, break_on_hyphens=False,
+                          subsequent_indent=" " * 6))
+    if "config" in values:
+      print("\nThe config: --print_config lists every field, its value and meaning; "
+            "--config.<section>.<field>=<value> sets one (e.g. --config.train.num_steps=200); "
+            "--config=<name>:tiny runs a seconds-long variant.")
 
 
-def define_cpu_devices_flag() -> None:
-  flags.DEFINE_integer(
-      "cpu_devices", None, "When JAX runs on the CPU: the CPU devices it shows, the batch split "
-      "over them. 0: one per core, as many as divide the batch; 1: a single device "
-      "(ops multi-threaded one at a time). No effect on GPUs and TPUs. Default: "
-      "config.compute.cpu_devices when training, else 0.")
+def is_user_error(err: Exception) -> bool:
+  """Errors that mean bad input the user can fix (one line, exit 2), not a bug."""
+  from dpm_jax import (config as config_lib, data, evaluate, experiment, outputs, rundir,  # pylint: disable=g-import-not-at-top
+                       train)
+  return isinstance(err, (config_lib.ConfigError, data.DataError, rundir.CheckpointError,
+                          rundir.RunDirError, train.NonFiniteLossError,
+                          evaluate.NonFiniteResultError, outputs.NonFiniteOutputError,
+                          experiment.UnsupportedError))
 
 
-def use_cpu_devices(*batch_sizes: int, configured: int = 0) -> None:
-  """Shows JAX --cpu_devices (else `configured`) CPU devices, before JAX runs anything."""
-  from dpm_jax import parallel  # pylint: disable=g-import-not-at-top
-  count = configured if FLAGS.cpu_devices is None else FLAGS.cpu_devices
-  if count < 0:
-    raise app.UsageError(f"cpu_devices={count}: use 0 (one per core) or a positive count.")
-  parallel.use_cpu_devices(count or parallel.cpu_devices_for(*batch_sizes))
+def fail(message: str) -> int:
+  """One line on stderr; returns exit code 2."""
+  print(f"error: {message}".replace("\n", " "), file=sys.stderr, flush=True)
+  return 2
 
 
-def define_flags(default_config: str) -> None:
-  define_cpu_devices_flag()
-  flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, samples). "
-                      "Rerunning with the same one resumes. Default: a new "
-                      "<config.output_dir>/dpm_<dataset><suffix>-<time>.")
-  config_flags.DEFINE_config_file(
-      "config", default_config, "Experiment config file, or the name of a shipped one (mnist, "
-      "cifar10, heartbeat, swiss_roll, test).", lock_config=True)
-  flags.DEFINE_bool("print_config", False, "Print the resolved config, each field with its "
-                    "meaning, and exit.")
-  flags.DEFINE_bool("resume_verified", False, "If the newest checkpoint is corrupt, resume from "
-                    "the newest one that verifies, moving the corrupt ones to "
-                    "<workdir>/checkpoints_corrupt/ (default: stop with an error).")
+def exit_now(code: int) -> None:
+  """Exits with `code` once everything is flushed; everything the run keeps is on
+  disk by now (checkpoint managers are closed), and nothing is left to clean up
+  that the interpreter's shutdown would do better."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  std_logging.shutdown()
+  os._exit(code)
 
 
-def _quiet_logs() -> None:
-  """INFO logging, without Orbax's per-save lines or JAX's probe for absent TPUs."""
+def setup_logging() -> None:
+  """INFO logging through absl's handler, without Orbax's per-save lines or JAX's
+  probe for absent TPUs, and without "Event loop is closed" reports."""
   from dpm_jax import rundir  # pylint: disable=g-import-not-at-top
+  logging.use_absl_handler()
   logging.set_verbosity(logging.INFO)
   rundir.quiet_orbax_logs()
   std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
@@ -135,64 +228,106 @@ def _drop_closed_event_loop(unraisable) -> None:
     _default_unraisablehook(unraisable)
 
 
-def main(argv, final_report: bool = False) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if FLAGS.print_config:
-    from experiments import describe  # pylint: disable=g-import-not-at-top
-    print(describe.describe(FLAGS.config, config_flags.get_config_filename(FLAGS["config"])))
+# ----------------------------------------------------------------------------
+# Flags several programs share.
+
+
+def define_cpu_devices(values: flags.FlagValues) -> None:
+  flags.DEFINE_integer(
+      "cpu_devices", None, "When JAX runs on the CPU: the CPU devices it shows, the batch split "
+      "over them. 0: one per core, as many as divide the batch; 1: a single device "
+      "(ops multi-threaded one at a time). No effect on GPUs and TPUs. Default: "
+      "config.compute.cpu_devices when training, else 0.", lower_bound=0, flag_values=values)
+
+
+def use_cpu_devices(values: flags.FlagValues, *batch_sizes: int, configured: int = 0) -> None:
+  """Shows JAX --cpu_devices (else `configured`) CPU devices, before JAX runs anything."""
+  from dpm_jax import parallel  # pylint: disable=g-import-not-at-top
+  count = configured if values.cpu_devices is None else values.cpu_devices
+  parallel.use_cpu_devices(count or parallel.cpu_devices_for(*batch_sizes))
+
+
+def define_run_flags(values: flags.FlagValues) -> None:
+  """--workdir, --step and --cpu_devices: the flags of programs that read a run."""
+  flags.DEFINE_string("workdir", None, "Run directory made by a training entry point.",
+                      required=True, flag_values=values)
+  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", lower_bound=0,
+                       flag_values=values)
+  flags.DEFINE_integer("seed", 0, "The draws' seed.", lower_bound=0, flag_values=values)
+  define_cpu_devices(values)
+
+
+def open_run(values: flags.FlagValues, with_data: bool = True):
+  """(run, task) of --workdir at --step: the task holds the model and, with_data,
+  the run's own data (registry.run_data), or says it cannot."""
+  from dpm_jax import experiment, registry  # pylint: disable=g-import-not-at-top
+  run, exp = registry.open_run(values.workdir, values.step)
+  dataset = registry.run_data(run, exp) if with_data else experiment.empty_dataset(exp, run.config)
+  return run, exp.build(run.config, dataset, run.stats)
+
+
+# ----------------------------------------------------------------------------
+# Training.
+
+
+def define_train_flags(default_config: str) -> Callable:
+  """define(values, argv) for a training program whose default config is `default_config`."""
+
+  def define(values: flags.FlagValues, argv: Sequence[str]) -> None:
+    define_cpu_devices(values)
+    flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, samples). "
+                        "Rerunning with the same one resumes. Default: a new "
+                        "<config.output_dir>/dpm_<experiment><suffix>-<time>.", flag_values=values)
+    config_flags.DEFINE_config_file(
+        "config", default_config, "Experiment config file, or the name of a shipped one "
+        f"({', '.join(shipped_configs())}); <file>:tiny is its seconds-long variant.",
+        flag_values=values, lock_config=True, sys_argv=list(argv))
+    flags.DEFINE_bool("print_config", False, "Print the resolved config, each field with its "
+                      "meaning, and exit.", flag_values=values)
+    flags.DEFINE_bool("resume_verified", False, "If the newest checkpoint is corrupt, resume "
+                      "from the newest one that verifies, moving the corrupt ones to "
+                      "<workdir>/checkpoints_corrupt/ (default: stop with an error).",
+                      flag_values=values)
+  return define
+
+
+def train_main(values: flags.FlagValues) -> None:
+  """Trains the config's experiment; for a Table 1 experiment, then its final report."""
+  config = values.config
+  if values.print_config:
+    from . import describe  # pylint: disable=g-import-not-at-top
+    print(describe.describe(config, config_flags.get_config_filename(values["config"])))
     return
-  # Imported here so that --help stays fast.
-  from dpm_jax import config as config_lib, data, rundir, train  # pylint: disable=g-import-not-at-top
-  _quiet_logs()
-  try:
-    use_cpu_devices(FLAGS.config.train.batch_size, configured=FLAGS.config.compute.cpu_devices)
-    workdir = FLAGS.workdir or train.create_workdir(FLAGS.config)
-    train.train_and_evaluate(FLAGS.config, workdir, resume_verified=FLAGS.resume_verified)
-    if final_report:
-      from dpm_jax import table1  # pylint: disable=g-import-not-at-top
-      report = table1.final_report(workdir)
-      print(table1.summary_line(report) + f"\nwrote {os.path.join(workdir, 'eval.json')}")
-  except train.TrainingInterrupted as e:
-    logging.warning("%s", e)
-    _exit_now(143)
-  except (config_lib.ConfigError, data.DataError, rundir.CheckpointError, rundir.RunDirError,
-          train.NonFiniteLossError) as e:
-    fail(str(e))
+  from dpm_jax import registry, table1, train  # pylint: disable=g-import-not-at-top
+  experiment = registry.validate(config)
+  use_cpu_devices(values, config.train.batch_size, configured=config.compute.cpu_devices)
+  workdir = values.workdir or train.create_workdir(config)
+  train.train_and_evaluate(config, workdir, resume_verified=values.resume_verified)
+  if experiment.final_report:
+    report = run_stoppable("the final report (rerun to make it)",
+                           lambda should_stop: train.final_report(workdir, should_stop))
+    print(table1.summary_line(report) + f"\nwrote {os.path.join(workdir, 'eval.json')}")
 
 
-def fail(message: str) -> None:
-  """One line on stderr, exit code 2."""
-  print(f"error: {message}", file=sys.stderr)
-  _exit_now(2)
+def _stopped(err: Exception, stop, what: str) -> None:
+  """Raises safety.Stop if `err` is a stop request's (evaluate.Stopped, sampling.Stopped)."""
+  from dpm_jax import evaluate, safety, sampling  # pylint: disable=g-import-not-at-top
+  if isinstance(err, (evaluate.Stopped, sampling.Stopped)):
+    name = "SIGINT" if stop.requested == 2 else "SIGTERM"
+    raise safety.Stop(stop.requested, f"{name}: stopped {what}; nothing was written.") from err
 
 
-def _exit_now(code: int) -> None:
-  """Exits at once: an abandoned evaluation's thread or a failed background save
-  must not delay the exit or print tracebacks while the interpreter shuts down.
-  Everything the run keeps is on disk by now."""
-  sys.stdout.flush()
-  sys.stderr.flush()
-  std_logging.shutdown()
-  os._exit(code)
+def training_program(name: str, doc: str, default_config: str) -> Program:
+  return Program(name, doc, define_train_flags(default_config), train_main)
 
 
-def run(default_config: str, final_report: bool = False) -> None:
-  define_flags(default_config)
-  app_run(functools.partial(main, final_report=final_report))
-
-
-def open_run(workdir: str, step=None, with_data: bool = True):
-  """(run, task) of a run directory; exits with one line saying what is wrong if it
-  cannot be loaded (exit code 2).
-
-  The task (dpm_jax.tasks) holds the model and, with_data, the run's data.
-  """
-  from dpm_jax import data, rundir, tasks  # pylint: disable=g-import-not-at-top
-  _quiet_logs()
-  try:
-    run = rundir.load_run(workdir, step)
-    dataset = tasks.load_data(run.config) if with_data else tasks.no_data(run.config)
-    return run, tasks.build(run.config, dataset, run.stats)
-  except (rundir.CheckpointError, data.DataError) as e:
-    fail(str(e))
+def run_stoppable(what: str, fn: Callable):
+  """fn(should_stop) with stop signals turned into safety.Stop (exit 130 / 143)."""
+  from dpm_jax import safety  # pylint: disable=g-import-not-at-top
+  with safety.StopSignals(what) as stop:
+    stop.arm()
+    try:
+      return fn(stop.should_stop)
+    except Exception as err:  # pylint: disable=broad-except
+      _stopped(err, stop, what)
+      raise

@@ -3,11 +3,13 @@
   python -m experiments.mnist --config=experiments/configs/mnist.py --workdir=runs/mnist
 """
 
-from experiments import launch
+from . import launch
+
+PROGRAM = launch.training_program("experiments.mnist", __doc__, launch.config_path("mnist"))
 
 
 def run() -> None:
-  launch.run(launch.config_path("mnist"))
+  PROGRAM.cli()
 
 
 if __name__ == "__main__":

@@ -1,98 +1,110 @@
-"""Samples, inpaints, denoises or super-resolves with a trained run.
+"""Samples from a trained run: plain samples, or, where the experiment supports them,
+inpainting, denoising and super-resolution (paper section 2.5).
 
-  python -m experiments.sample --workdir=runs/mnist --mode=sample --num_images=36 --output=samples.png
+  python -m experiments.sample --workdir=runs/mnist --mode=inpaint --num_images=36
 
-Writes the PNG grid and an .npz of the arrays (same name, .npz) in [0, 1]
-pixel units. With --intermediate, each row is one image and the columns are
-the states along the reverse trajectory.
+Writes a picture and an .npz of the arrays (same name) in the experiment's
+output units ([0, 1] pixels for images), by default
+<workdir>/samples/<mode>-step<step>-seed<seed>.png. With --intermediate,
+each row is one example and the columns are the states along the reverse
+trajectory. A mode the run's experiment does not support is an error naming
+the ones it does.
 """
 
 import os
 
-from absl import app
 from absl import flags
 
-from experiments import launch
-
-flags.DEFINE_string("workdir", None, "Run directory made by the training entry point.", required=True)
-flags.DEFINE_enum("mode", "sample", ["sample", "inpaint", "denoise", "superres"], "What to generate.")
-flags.DEFINE_integer("num_images", 36, "Images in the grid.", lower_bound=1)
-flags.DEFINE_string("output", None, "PNG path; a bare file name goes into the run directory "
-                    "(default: <workdir>/samples/<mode>.png).")
-flags.DEFINE_bool("intermediate", False, "Show states at several t as columns.")
-flags.DEFINE_integer("num_intermediate", None, "Intermediate columns (default: config.sample).",
-                     lower_bound=1)
-flags.DEFINE_integer("seed", 0, "Sampling seed.")
-flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).", lower_bound=0)
-flags.DEFINE_enum("mask", None, ["right_half", "left_half", "centre_square", "random_pixels"],
-                  "Known pixels for --mode=inpaint (default: config.sample.mask).")
-flags.DEFINE_float("denoise_sigma", None, "Observation noise for --mode=denoise, in model "
-                   "units (default: config.sample.denoise_sigma, 1 as the reference).",
-                   lower_bound=0.0)
-flags.DEFINE_integer("superres_factor", 4, "Downsampling factor for --mode=superres.",
-                     lower_bound=1)
-flags.DEFINE_float("superres_noise", 0.1, "Observation noise for --mode=superres (model units).",
-                   lower_bound=0.0)
-flags.DEFINE_bool("skip_first_step", None, "Stop at x_0 like the reference sampler "
-                  "(default: config.sample.skip_first_step).")
-launch.define_cpu_devices_flag()
-FLAGS = flags.FLAGS
+from dpm_jax import config as config_lib
+from . import launch
 
 
-def output_path(output, workdir: str, mode: str) -> str:
-  """--output as given if it has a folder, else in the run directory."""
-  if not output:
-    return os.path.join(workdir, "samples", f"{mode}.png")
-  return output if os.path.dirname(output) else os.path.join(workdir, output)
-
-
-def main(argv):
+def define(values: flags.FlagValues, argv) -> None:
   del argv
+  launch.define_run_flags(values)
+  flags.DEFINE_string("mode", "sample", "What to generate: sample, or one of the conditional "
+                      "modes the experiment supports (images: inpaint, denoise, superres).",
+                      flag_values=values)
+  flags.DEFINE_integer("num_images", 36, "Examples to draw.", lower_bound=1, flag_values=values)
+  flags.DEFINE_string("output", None, "PNG path; a bare file name goes into the run directory "
+                      "(default: <workdir>/samples/<mode>-step<step>-seed<seed>.png).",
+                      flag_values=values)
+  flags.DEFINE_bool("intermediate", False, "Show states at several t as columns.",
+                    flag_values=values)
+  flags.DEFINE_integer("num_intermediate", None, "Intermediate columns (default: config.sample).",
+                       lower_bound=1, flag_values=values)
+  flags.DEFINE_enum("mask", None, list(config_lib.MASKS),
+                    "Known pixels for --mode=inpaint (default: config.sample.mask).",
+                    flag_values=values)
+  flags.DEFINE_float("denoise_sigma", None, "Observation noise for --mode=denoise, in model "
+                     "units, > 0 (default: config.sample.denoise_sigma, 1 as the reference).",
+                     flag_values=values)
+  flags.DEFINE_integer("superres_factor", 4, "Downsampling factor for --mode=superres; it must "
+                       "divide the image width.", lower_bound=1, flag_values=values)
+  flags.DEFINE_float("superres_noise", 0.1, "Observation noise for --mode=superres (model "
+                     "units), > 0.", flag_values=values)
+  flags.DEFINE_bool("skip_first_step", None, "Stop at x_0 like the reference sampler "
+                    "(default: config.sample.skip_first_step).", flag_values=values)
+  for name in ("denoise_sigma", "superres_noise"):
+    flags.register_validator(name, lambda v: v is None or v > 0,
+                             message=f"--{name} must be > 0 (the observation's noise)",
+                             flag_values=values)
+
+
+def output_path(values, step: int) -> str:
+  """--output as given if it has a folder, else in the run directory."""
+  if not values.output:
+    suffix = "-trajectory" if values.intermediate else ""
+    return os.path.join(values.workdir, "samples",
+                        f"{values.mode}-step{step}-seed{values.seed}{suffix}.png")
+  return values.output if os.path.dirname(values.output) else os.path.join(values.workdir,
+                                                                            values.output)
+
+
+def main(values: flags.FlagValues) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from dpm_jax import data, plotting, sampling  # pylint: disable=g-import-not-at-top
-  launch.use_cpu_devices(FLAGS.num_images)
-  run, task = launch.open_run(FLAGS.workdir, FLAGS.step, with_data=FLAGS.mode != "sample")
-  cfg = run.config
-  n = FLAGS.num_images
-  true = None
-  if FLAGS.mode != "sample":
-    test = task.test
-    if len(test) < n:
-      raise app.UsageError(f"--num_images={n} exceeds the {len(test)} test images.")
-    true = test[np.random.default_rng(FLAGS.seed).permutation(len(test))[:n]]
+  from dpm_jax import experiment, outputs, registry, sampling  # pylint: disable=g-import-not-at-top
+  launch.use_cpu_devices(values, values.num_images)
+  run, exp = registry.open_run(values.workdir, values.step)
+  experiment.check_mode(exp, values.mode)
+  cfg, n = run.config, values.num_images
+  conditional = values.mode != "sample"
+  dataset = registry.run_data(run, exp) if conditional else experiment.empty_dataset(exp, cfg)
+  task = exp.build(cfg, dataset, run.stats)
+  options, true = {}, None
+  if conditional:
+    if len(task.test) < n:
+      raise launch.UsageError(f"--num_images={n} exceeds the run's {len(task.test)} test "
+                              "examples.")
+    true = task.test[np.random.default_rng(values.seed).permutation(len(task.test))[:n]]
+    options = dict(mask_kind=values.mask or cfg.sample.mask,
+                   denoise_sigma=values.denoise_sigma or cfg.sample.denoise_sigma,
+                   superres_factor=values.superres_factor, superres_noise=values.superres_noise)
+    width = cfg.model.get("spatial_width")
+    if values.mode == "superres" and width and width % values.superres_factor:
+      raise launch.UsageError(f"--superres_factor={values.superres_factor} does not divide the "
+                              f"image width {width}.")
   record_t = (sampling.default_record_t(cfg.model.trajectory_length,
-                                        FLAGS.num_intermediate or cfg.sample.num_intermediate)
-              if FLAGS.intermediate else ())
-  skip = cfg.sample.skip_first_step if FLAGS.skip_first_step is None else FLAGS.skip_first_step
-  out = sampling.generate(
-      task.model, run.params, data.DataStats.from_dict(run.stats), FLAGS.mode, jax.random.key(FLAGS.seed), num_images=n,
-      true_images=true, mask_kind=FLAGS.mask or cfg.sample.mask,
-      denoise_sigma=FLAGS.denoise_sigma if FLAGS.denoise_sigma is not None else cfg.sample.denoise_sigma,
-      superres_factor=FLAGS.superres_factor, superres_noise=FLAGS.superres_noise,
-      record_t=record_t, skip_first_step=skip)
-  path = output_path(FLAGS.output, FLAGS.workdir, FLAGS.mode)
-  columns, labels = [], []
-  if FLAGS.mode != "sample":
-    columns += [out["true"], out["observed"]]
-    labels += ["original", "observed"]
-  if record_t:
-    columns += list(out["states"])
-    labels += [sampling.label_of_t(t) for t in record_t]
-  elif FLAGS.mode != "sample":
-    columns.append(out["samples"])
-    labels.append(FLAGS.mode)
-  if columns:
-    plotting.save_trajectory_grid(np.stack(columns), labels, path)
-  else:
-    plotting.save_image_grid(out["samples"], path)
-  np.savez_compressed(os.path.splitext(path)[0] + ".npz",
-                      **{k: np.asarray(v) for k, v in out.items()})
-  print(f"{FLAGS.mode}: {n} images from step {run.step} -> {path} (+ .npz)")
+                                        values.num_intermediate or cfg.sample.num_intermediate)
+              if values.intermediate else ())
+  skip = cfg.sample.skip_first_step if values.skip_first_step is None else values.skip_first_step
+  out = launch.run_stoppable("sampling", lambda should_stop: exp.generate(
+      task, run.params, values.mode, jax.random.key(values.seed), num_images=n,
+      record_t=record_t, skip_first_step=skip, true_examples=true, should_stop=should_stop,
+      **options))
+  path = output_path(values, run.step)
+  outputs.require_finite(f"{values.mode} of step {run.step}", **out)
+  exp.write_picture(out, path, run.stats)
+  outputs.save_npz(os.path.splitext(path)[0] + ".npz", **out)
+  print(f"{values.mode}: {n} examples from step {run.step} -> {path} (+ .npz)")
+
+
+PROGRAM = launch.Program("experiments.sample", __doc__, define, main)
 
 
 def run() -> None:
-  launch.app_run(main)
+  PROGRAM.cli()
 
 
 if __name__ == "__main__":

@@ -7,11 +7,13 @@ bits per point, on fresh points, exact over t), figure1.png (the forward and
 reverse trajectories and the drift) and kl_per_t.png.
 """
 
-from experiments import launch
+from . import launch
+
+PROGRAM = launch.training_program("experiments.swiss_roll", __doc__, launch.config_path("swiss_roll"))
 
 
 def run() -> None:
-  launch.run(launch.config_path("swiss_roll"), final_report=True)
+  PROGRAM.cli()
 
 
 if __name__ == "__main__":

@@ -51,10 +51,10 @@ def tiny_config():
 
 def image_task(model_cfg, images, stats=None, conv="auto"):
   """The image Task of a model config on given uint8 images (train and test alike)."""
-  from dpm_jax import data as data_lib, tasks  # pylint: disable=g-import-not-at-top
-  from experiments.configs import default  # pylint: disable=g-import-not-at-top
-  config = default.get_config()
+  from dpm_jax import data as data_lib, registry  # pylint: disable=g-import-not-at-top
+  mnist = registry.get("mnist")
+  config = mnist.default_config()
   config.model = model_cfg
   config.compute.conv = conv
-  return tasks.image_task(config, data_lib.Dataset(images, images, "test"),
-                          None if stats is None else stats.to_dict())
+  return mnist.build(config, data_lib.Dataset(images, images, "test"),
+                     None if stats is None else stats.to_dict())

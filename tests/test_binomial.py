@@ -151,32 +151,26 @@ def test_check_grads_heartbeat_network_float64(offset):
     check_grads(jax.jit(g), (params,), order=1, modes=("rev",), atol=1e-5, rtol=1e-5, eps=1e-6)
 
 
-@pytest.mark.parametrize("B,offset", [(14, 0), (14, 5), (28, 6), (7, 3)])
+@pytest.mark.parametrize("B,offset", [(14, 0), (14, 5), (28, 6), (7, 3), (10, 2)])
 def test_per_step_readout_of_stratified_t_in_blocks_equals_the_gather(B, offset):
-  """T-1 dividing the batch: read out block by block; values and gradients as the gather."""
+  """A stratified t, T-1 dividing the batch (or a slice of it): read out block by block,
+  decided from the shape when traced; values and gradients as the gather."""
   T = 8
   kernel = jax.random.normal(jax.random.key(0), (T, 5, 3))
   bias = jax.random.normal(jax.random.key(1), (T, 3))
   h = jax.random.normal(jax.random.key(2), (B, 5))
   t = diffusion.stratified_t(offset, T, B)
-  shuffled = t[::-1]
-  assert readout._is_blocked(t, T) is not False and bool(readout._is_blocked(t, T))
-  assert not bool(readout._is_blocked(shuffled, T))
-  assert readout._is_blocked(t[:B - 1], T) is False  # T-1 does not divide B - 1
+  assert readout.reads_in_blocks(B, T, True) == (B % (T - 1) == 0)
+  assert not readout.reads_in_blocks(B, T, False)
   loss = lambda fn: jax.jit(jax.value_and_grad(
       lambda h, k, b, t: jnp.sum(jnp.sin(fn(h, t, k, b))), argnums=(0, 1, 2)))
-  for tt in (t, shuffled):
-    (v1, g1), (v2, g2) = (loss(fn)(h, kernel, bias, tt)
-                          for fn in (readout.per_step_readout, readout._gathered))
+  blocked = lambda h, t, k, b: readout.per_step_readout(h, t, k, b, stratified=True)
+  parts = [(h, t)] + ([(h[3:10], t[3:10])] if B >= 10 else [])  # a slice is stratified too
+  for hh, tt in parts:
+    (v1, g1), (v2, g2) = (loss(fn)(hh, kernel, bias, tt) for fn in (blocked, readout._gathered))
     np.testing.assert_allclose(v1, v2, rtol=1e-5)
     for a, b in zip(g1, g2):
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(readout._blocked(h, t, kernel, bias),
-                             readout._gathered(h, t, kernel, bias), rtol=1e-5, atol=1e-6)
-  g = jax.random.normal(jax.random.key(3), (B, 3))
-  _, vjp = jax.vjp(lambda h, k, b: readout._gathered(h, t, k, b), h, kernel, bias)
-  for a, b in zip(readout._blocked_vjp(h, t, kernel, g), vjp(g)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 def test_heartbeat_stratified_loss_whole_batch_equals_micro_batches():

@@ -192,9 +192,12 @@ def test_stratified_t_spreads_the_batch_evenly_and_each_t_is_uniform(T, B):
   for i in range(B):
     ts = [int(diffusion.stratified_t(s, T, B)[i]) for s in range(n)]
     assert sorted(ts) == list(range(1, T)), i
-  if B % n == 0:  # T-1 blocks of B/(T-1) equal t, in order from 1 + offset
-    t = np.asarray(diffusion.stratified_t(3 % n, T, B)).reshape(n, B // n)
-    np.testing.assert_array_equal(t, (1 + (np.arange(n) + 3) % n)[:, None].repeat(B // n, 1))
+  if B % n == 0:  # dealt round the T-1 steps from 1 + offset: each row holds every t once
+    t = np.asarray(diffusion.stratified_t(3 % n, T, B)).reshape(B // n, n)
+    np.testing.assert_array_equal(t, (1 + (np.arange(n) + 3) % n)[None, :].repeat(B // n, 0))
+  # Any run of consecutive examples is a stratified draw, offset by its first t - 1.
+  t = np.asarray(diffusion.stratified_t(2 % n, T, B))
+  np.testing.assert_array_equal(t[1:], diffusion.stratified_t(t[1] - 1, T, B - 1))
 
 
 def test_stratified_t_sampling_draws_a_rotation_per_batch():

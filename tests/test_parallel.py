@@ -116,6 +116,6 @@ def test_use_cpu_devices_before_jax_starts():
   assert res.returncode == 0, res.stderr[-3000:]
   # The second call comes after JAX started: it keeps the two devices, with a warning.
   assert res.stdout.split() == ["2", "2", "0", "2"]
-  assert "Keeping JAX's CPU devices as they are" in res.stderr
+  assert "Keeping JAX's 2 CPU devices (asked for 3)" in res.stderr
   with pytest.raises(parallel.config_lib.ConfigError, match="at least 1"):
     parallel.use_cpu_devices(0)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from dpm_jax import rundir, train
+from dpm_jax import rundir, step as step_lib, train
 from experiments.configs import test as test_config
 from runs import small_dataset
 
@@ -73,10 +73,10 @@ def test_divergence_saves_nothing_and_fails_naming_the_last_good_checkpoint(run)
 def test_only_finite_states_are_saved(run):
   state, _ = rundir.restore(rundir.make_manager(str(run), read_only=True), 8)
   leaves, treedef = jax.tree.flatten(jax.tree.map(np.array, state))
-  assert bool(train.all_finite(state))
+  assert bool(step_lib.all_finite(state))
   biggest = max(range(len(leaves)), key=lambda i: leaves[i].size)
   leaves[biggest].flat[3] = np.inf
-  assert not bool(train.all_finite(jax.tree.unflatten(treedef, leaves)))
+  assert not bool(step_lib.all_finite(jax.tree.unflatten(treedef, leaves)))
 
 
 # ----------------------------------------------------------------------------
@@ -187,31 +187,6 @@ def test_unwritable_workdir_fails_at_once(tmp_path):
 # SIGTERM in any phase.
 
 
-@pytest.mark.slow
-def test_sigterm_during_evaluation_saves_and_exits_within_seconds(tmp_path):
-  workdir = tmp_path / "run"
-  proc = subprocess.Popen(
-      [sys.executable, "-m", "experiments.mnist", "--config=experiments/configs/test.py",
-       f"--workdir={workdir}", "--config.train.num_steps=12",
-       "--config.train.eval_every_steps=12", "--config.train.checkpoint_every_steps=100",
-       "--config.eval.num_images=500", "--config.eval.num_strata=49"],
-      cwd=ROOT, stderr=subprocess.PIPE, text=True)
-  for line in proc.stderr:
-    if "step 12/12" in line:  # logged just before the final evaluation starts
-      break
-  time.sleep(1.0)
-  sent = time.time()
-  proc.send_signal(signal.SIGTERM)
-  err = proc.stderr.read()
-  proc.wait(timeout=60)
-  assert time.time() - sent < 5, err
-  assert proc.returncode == 143, err
-  assert "SIGTERM received: saved a checkpoint at step 12" in err
-  assert "step 12: eval bound" not in err  # abandoned, not finished
-  assert rundir.load_run(str(workdir)).step == 12
-  assert not (workdir / ".lock").exists()
-
-
 # ----------------------------------------------------------------------------
 # Arguments.
 
@@ -224,9 +199,8 @@ def test_sigterm_during_evaluation_saves_and_exits_within_seconds(tmp_path):
 ])
 def test_bad_counts_are_a_short_error(args, flag, tmp_path):
   res = cli(*args, f"--workdir={tmp_path}")
-  assert res.returncode != 0
-  assert f"flag {flag}:" in res.stderr and "Traceback" not in res.stderr
-  assert len(res.stderr.strip().splitlines()) <= 3
+  assert res.returncode == 2
+  assert res.stderr.startswith(f"error: {flag}:") and len(res.stderr.strip().splitlines()) == 1
 
 
 # ----------------------------------------------------------------------------

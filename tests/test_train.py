@@ -16,7 +16,8 @@ import optax
 import pytest
 
 from conftest import ROOT
-from dpm_jax import data as data_lib, metrics, rundir, train
+from dpm_jax import config as config_lib, data as data_lib, metrics, optim, parallel, registry
+from dpm_jax import rundir, train
 from experiments.configs import test as test_config
 from runs import small_dataset
 
@@ -71,7 +72,7 @@ def run_copy(trained_run, tmp_path):
 
 
 def test_nonfinite_rule_zeroes_only_the_bad_tensor_and_counts_it():
-  tx = optax.chain(train.zero_nonfinite_per_tensor(), optax.sgd(1.0))
+  tx = optax.chain(optim.zero_nonfinite_per_tensor(), optax.sgd(1.0))
   params = {"a": jnp.ones(3), "b": jnp.ones(2), "c": jnp.ones(1)}
   state = tx.init(params)
   grads = {"a": jnp.asarray([1.0, jnp.nan, 1.0]), "b": jnp.asarray([0.5, 0.5]),
@@ -89,7 +90,7 @@ def test_nonfinite_rule_zeroes_only_the_bad_tensor_and_counts_it():
 
 def test_rmsprop_matches_the_reference_rule():
   config = tiny_config()
-  tx = train.make_optimizer(config.optimizer, steps_per_epoch=1000)
+  tx = optim.make_optimizer(config.optimizer, steps_per_epoch=1000)
   p = {"w": jnp.asarray([1.0, -2.0, 3.0])}
   state = tx.init(p)
   ms = np.zeros(3)
@@ -106,7 +107,7 @@ def test_rmsprop_matches_the_reference_rule():
 
 def test_learning_rate_decays_10x_per_1000_epochs_with_a_floor():
   config = tiny_config()
-  schedule = train.learning_rate_schedule(config.optimizer, steps_per_epoch=10)
+  schedule = optim.learning_rate_schedule(config.optimizer, steps_per_epoch=10)
   assert float(schedule(0)) == pytest.approx(1e-3)
   assert float(schedule(9)) == pytest.approx(1e-3)          # decays once an epoch
   assert float(schedule(10)) == pytest.approx(1e-3 * 0.1 ** (1 / 1000), rel=1e-6)
@@ -195,7 +196,7 @@ def uninterrupted_cli_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
 def test_kill_and_rerun_reproduces_the_uninterrupted_run(tmp_path, sig, uninterrupted_cli_run):
   args, ref = KILL_ARGS, uninterrupted_cli_run
   killed = tmp_path / "killed"
@@ -204,9 +205,11 @@ def test_kill_and_rerun_reproduces_the_uninterrupted_run(tmp_path, sig, uninterr
   _wait_for_step(str(killed), 24, proc)
   proc.send_signal(sig)
   _, err = proc.communicate(timeout=120)
-  if sig == signal.SIGTERM:
-    assert proc.returncode == 143, err[-3000:]
-    saved = int(re.search(r"SIGTERM received: saved a checkpoint at step (\d+)", err).group(1))
+  if sig != signal.SIGKILL:  # SIGINT (Ctrl-C) and SIGTERM: the last step saved, one line
+    assert proc.returncode == 128 + sig, err[-3000:]
+    name = signal.Signals(sig).name
+    assert "Traceback" not in err and "Fatal" not in err
+    saved = int(re.search(rf"{name}: saved step (\d+) in ", err).group(1))
     # The step it stopped at, after the one waited for and before the end.
     assert 24 <= saved < 60 and rundir.load_run(str(killed)).step == saved
   else:
@@ -251,7 +254,8 @@ def test_corrupt_checkpoint_is_an_error_not_a_restart(run_copy):
       if "manifest" in name or name.endswith(".ocdbt") or "d" == os.path.basename(root):
         with open(os.path.join(root, name), "wb") as f:
           f.write(b"garbage")
-  with pytest.raises(rundir.CheckpointError, match="Cannot restore the checkpoint"):
+  with pytest.raises(rundir.CorruptCheckpointError,
+                     match=r"checkpoints/10 is corrupt: its files cannot be read"):
     train.train_and_evaluate(tiny_config(num_steps=20), str(run_copy), dataset=small_dataset(96, 40))
 
 
@@ -266,7 +270,9 @@ def test_unfinished_step_folder_is_an_error(run_copy):
 def test_changed_model_config_is_an_error(run_copy):
   config = tiny_config(num_steps=20)
   config.model.n_hidden_conv = 5
-  with pytest.raises(rundir.CheckpointError, match="model.n_hidden_conv: checkpoint 4 vs now 5"):
+  with pytest.raises(rundir.SettingsMismatchError,
+                     match=r"(?s)may not change.*model.n_hidden_conv: checkpoint 4, now 5.*"
+                           r"may change:.*train.num_steps: checkpoint 10, now 20"):
     train.train_and_evaluate(config, str(run_copy), dataset=small_dataset(96, 40))
 
 
@@ -281,7 +287,7 @@ def test_compute_section_may_change_on_resume(run_copy):
 
 @pytest.mark.parametrize("field,value,message", [
     ("batch_size", 0, "train.batch_size must be a positive integer"),
-    ("num_steps", -1, "Set train.num_steps > 0"),
+    ("num_steps", -1, "train.num_steps must be a non-negative integer"),
     ("learning_rate", 0.0, "optimizer.learning_rate must be a finite number > 0"),
     ("learning_rate", float("inf"), "config fields must be finite numbers: "
      "optimizer.learning_rate=inf"),
@@ -290,27 +296,27 @@ def test_compute_section_may_change_on_resume(run_copy):
 ])
 def test_bad_train_config(field, value, message):
   config = tiny_config(**{field: value})
-  with pytest.raises(train.config_lib.ConfigError, match=message):
-    train.validate_config(config)
+  with pytest.raises(config_lib.ConfigError, match=message):
+    registry.validate(config)
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("method", "all", "eval.method must be 'stratified' or 'one_t'"),
+    ("method", "all", r"eval.method must be one of \('stratified', 'one_t'\)"),
     ("num_strata", 50, r"eval.num_strata must be in 1..49"),
-    ("num_images", -1, "eval.num_images must be >= 0"),
+    ("num_images", -1, "eval.num_images must be a non-negative integer"),
 ])
 def test_bad_eval_config(field, value, message):
   config = tiny_config()
   config.eval[field] = value
-  with pytest.raises(train.config_lib.ConfigError, match=message):
-    train.validate_config(config)
+  with pytest.raises(config_lib.ConfigError, match=message):
+    registry.validate(config)
 
 
 @pytest.mark.slow
 def test_image_shape_mismatch(tmp_path):
   config = tiny_config()
   config.model.spatial_width = 32
-  with pytest.raises(train.config_lib.ConfigError, match=r"images are \(28, 28, 1\)"):
+  with pytest.raises(config_lib.ConfigError, match=r"images are \(28, 28, 1\)"):
     train.train_and_evaluate(config, str(tmp_path), dataset=small_dataset(96, 40))
 
 
@@ -374,14 +380,20 @@ def test_experiment_configs_on_tfds_mock_data(tmp_path, config_module, extra):
 
 
 def test_micro_batch_resolution():
-  assert train.resolve_micro_batch_size(-1, 512, 1, "cpu") == 64
-  assert train.resolve_micro_batch_size(-1, 512, 1, "xla") == 0
-  assert train.resolve_micro_batch_size(-1, 512, 2, "cpu") == 64  # per device: 256
-  assert train.resolve_micro_batch_size(-1, 128, 2, "cpu") == 0   # per device: 64
-  assert train.resolve_micro_batch_size(-1, 32, 1, "cpu") == 0
-  assert train.resolve_micro_batch_size(128, 512, 2) == 128
-  with pytest.raises(train.config_lib.ConfigError, match="must be -1 \\(auto\\), 0 \\(off\\) or divide"):
-    train.resolve_micro_batch_size(100, 512, 1)
+  from dpm_jax import diffusion, heartbeat, kernels  # pylint: disable=g-import-not-at-top
+  cpu = diffusion.make_model(test_config.get_config().model, "cpu")
+  xla = diffusion.make_model(test_config.get_config().model, "xla")
+  assert kernels.runs_cpu_conv(cpu) and not kernels.runs_cpu_conv(xla)
+  assert parallel.micro_batch_size(-1, 512, 1, cpu) == 64
+  assert parallel.micro_batch_size(-1, 512, 1, xla) == 0
+  assert parallel.micro_batch_size(-1, 512, 2, cpu) == 64  # per device: 256
+  assert parallel.micro_batch_size(-1, 128, 2, cpu) == 0   # per device: 64
+  assert parallel.micro_batch_size(-1, 32, 1, cpu) == 0
+  # A model without convolutions takes its batch whole (the heartbeat's blocked readout).
+  assert parallel.micro_batch_size(-1, 7996, 1, heartbeat.make_model(heartbeat.model_config())) == 0
+  assert parallel.micro_batch_size(128, 512, 2, cpu) == 128
+  with pytest.raises(config_lib.ConfigError, match="must be -1 \\(auto\\), 0 \\(off\\) or divide"):
+    parallel.micro_batch_size(100, 512, 1, cpu)
 
 
 @pytest.mark.slow
@@ -396,12 +408,24 @@ def test_training_with_micro_batches_matches_whole_batches(tmp_path):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
 
 
-def test_config_diff_ignores_where_the_data_lives():
+def test_config_changes_on_resume_name_every_field_and_which_may_change():
   # model.conv_impl: a field of earlier versions' saved configs.
-  saved = {"model": {"n_scales": 1, "conv_impl": "matmul"}, "data": {"dir": "/a", "dataset": "mnist"}}
-  now = {"model": {"n_scales": 1}, "data": {"dir": "/b", "dataset": "mnist"},
+  saved = {"seed": 0, "model": {"n_scales": 1, "conv_impl": "matmul"},
+           "data": {"dir": "/a", "dataset": "mnist"}, "optimizer": {"name": "rmsprop",
+                                                                   "learning_rate": 1e-3},
+           "train": {"num_steps": 10}}
+  now = {"seed": 0, "model": {"n_scales": 1}, "data": {"dir": "/b", "dataset": "mnist"},
+         "optimizer": {"name": "rmsprop", "learning_rate": 1e-4}, "train": {"num_steps": 20},
          "compute": {"conv": "xla"}}
-  assert rundir.diff_sections(saved, now) == []
-  now["data"]["dataset"] = "fashion_mnist"
-  assert rundir.diff_sections(saved, now) == [
-      "data.dataset: checkpoint 'mnist' vs now 'fashion_mnist'"]
+  changes = config_lib.changes(saved, now)
+  assert [str(c) for c in changes] == [
+      "data.dir: checkpoint '/a', now '/b'", "optimizer.learning_rate: checkpoint 0.001, now 0.0001",
+      "train.num_steps: checkpoint 10, now 20"]
+  assert all(c.may_change for c in changes) and config_lib.resume_error(changes, "w") is None
+  now["data"]["dataset"], now["optimizer"]["name"], now["seed"] = "fashion_mnist", "adam", 1
+  error = config_lib.resume_error(config_lib.changes(saved, now), "w")
+  fixed, free = error.split("These differ too and may change:")
+  for field in ("data.dataset", "optimizer.name", "seed"):
+    assert field in fixed
+  for field in ("data.dir", "optimizer.learning_rate", "train.num_steps"):
+    assert field in free

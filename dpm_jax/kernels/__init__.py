@@ -60,3 +60,9 @@ def conv_layer(name: str = "auto") -> ConvLayer:
   if resolve(name) == "xla":
     return conv_layer_xla
   return cpu_conv.conv_layer
+
+
+def runs_cpu_conv(model) -> bool:
+  """Whether a model's convolution layers run the CPU kernel (models without
+  convolutions, like the Table 1 models, do not)."""
+  return getattr(model, "conv_layer", None) is cpu_conv.conv_layer

@@ -3,17 +3,17 @@
   python -m experiments.heartbeat --config=experiments/configs/heartbeat.py --workdir=runs/heartbeat
 """
 
-from dpm_jax import heartbeat
-from experiments.configs import default
+from dpm_jax import registry
 
 
-def get_config():
-  config = default.get_synthetic_config(heartbeat.model_config(), "heartbeat", num_test=1000,
-                                        final_examples=2000, final_batch=500)
+def get_config(variant: str = ""):
+  experiment = registry.get("heartbeat")
+  if variant:
+    return experiment.variant(variant)
+  config = experiment.default_config()
   # Four examples of every t per step (diffusion.stratified_t), read out in blocks.
   config.model.t_sampling = "stratified"
   config.optimizer.min_learning_rate = 1e-3
-  config.compute.micro_batch_size = 0  # the blocked readout needs the whole batch at once
   t = config.train
   t.batch_size = 4 * 1999         # four examples per time step t = 1 .. T-1 and minibatch
   t.num_steps = 16000

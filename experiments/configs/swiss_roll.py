@@ -3,13 +3,15 @@
   python -m experiments.swiss_roll --config=experiments/configs/swiss_roll.py --workdir=runs/swiss_roll
 """
 
-from dpm_jax import swiss_roll
-from experiments.configs import default
+from dpm_jax import registry
 
 
-def get_config():
-  config = default.get_synthetic_config(swiss_roll.model_config(), "swiss_roll", num_test=2000,
-                                        final_examples=10000, final_batch=5000)
+def get_config(variant: str = ""):
+  experiment = registry.get("swiss_roll")
+  if variant:
+    return experiment.variant(variant)
+  config = experiment.default_config()
+  config.data.num_test = 2000
   config.optimizer.min_learning_rate = 5e-4
   t = config.train
   t.batch_size = 512
@@ -19,4 +21,5 @@ def get_config():
   t.eval_every_steps = 20000
   t.checkpoint_every_steps = 20000
   config.eval.update(method="stratified", num_strata=39, num_images=2000, batch_size=1000)
+  config.final_eval.update(num_examples=10000, batch_size=5000)
   return config

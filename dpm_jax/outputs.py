@@ -1,0 +1,88 @@
+"""Writing results: atomically, and never a NaN or an infinity.
+
+Every file a run or an entry point writes (JSON, .npz, pictures) goes
+through here or through dpm_jax.plotting, which uses `atomic_path`: a file is
+written beside its target and renamed over it, so a reader never sees half
+a file and a failure (or a stop signal) keeps the old one. JSON gets null
+where a value is undefined (a standard error of one example); arrays with
+NaN or Inf are an error, not a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from typing import Any, Optional
+
+import numpy as np
+
+
+class NonFiniteOutputError(ValueError):
+  """Results holding NaN or Inf, which nothing writes."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str):
+  """Yields a temporary path beside `path`, renamed to it if the block succeeds."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  root, ext = os.path.splitext(path)
+  tmp = f"{root}.tmp{os.getpid()}{ext}"
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def json_ready(obj: Any) -> Any:
+  """obj with NaN and infinities as None (JSON null: undefined) and numpy scalars as Python's."""
+  if isinstance(obj, dict):
+    return {k: json_ready(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [json_ready(v) for v in obj]
+  if isinstance(obj, np.generic):
+    obj = obj.item()
+  if isinstance(obj, float) and not math.isfinite(obj):
+    return None
+  return obj
+
+
+def write_json(path: str, obj: Any) -> str:
+  """Writes JSON atomically; NaN and Inf become null. A str is written as it is."""
+  text = obj if isinstance(obj, str) else json.dumps(json_ready(obj), indent=2, sort_keys=True,
+                                                     allow_nan=False)
+  with atomic_path(path) as tmp:
+    with open(tmp, "w") as f:
+      f.write(text)
+  return path
+
+
+def read_json(path: str) -> Optional[Any]:
+  """The JSON in `path`, or None if there is no such file."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return None
+
+
+def require_finite(what: str, **arrays) -> None:
+  """Raises NonFiniteOutputError naming the first array that holds NaN or Inf."""
+  for name, array in arrays.items():
+    array = np.asarray(array)
+    if array.dtype.kind in "fc" and not np.all(np.isfinite(array)):
+      bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+      raise NonFiniteOutputError(
+          f"{what}: {bad} of {np.size(array)} values of {name!r} are NaN or Inf (the model's "
+          "parameters or the conditioning are broken); nothing was written.")
+
+
+def save_npz(path: str, **arrays) -> str:
+  """Writes arrays to a compressed .npz atomically; raises NonFiniteOutputError for NaN/Inf."""
+  require_finite(path, **arrays)
+  with atomic_path(path) as tmp:
+    np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
+  return path

@@ -1,0 +1,136 @@
+"""The experiments, by name: the only way the code finds one.
+
+  registry.get("heartbeat")          the Experiment (dpm_jax.experiment)
+  registry.of_config(config)         the Experiment a config (or a saved run's config) names
+  registry.build(config, dataset)    its Task: model, data, map to model units
+
+Adding an experiment is one module (an Experiment subclass), one entry in
+EXPERIMENTS below and one config, experiments/configs/<name>.py (plus
+experiments/<name>.py for `python -m experiments.<name>`); registering it
+puts it in the tests' matrix (tests/test_matrix.py) and in `dpm-jax train`.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Mapping, Optional
+
+import ml_collections
+
+from dpm_jax import config as config_lib
+from dpm_jax import data as data_lib
+from dpm_jax import experiment as experiment_lib
+from dpm_jax import heartbeat
+from dpm_jax import images
+from dpm_jax import rundir
+from dpm_jax import swiss_roll
+
+EXPERIMENTS: Mapping[str, experiment_lib.Experiment] = {
+    e.name: e for e in (images.MNIST, images.CIFAR10, heartbeat.HEARTBEAT, swiss_roll.SWISS_ROLL)}
+
+
+def names() -> tuple:
+  return tuple(EXPERIMENTS)
+
+
+def get(name: str) -> experiment_lib.Experiment:
+  """The experiment registered as `name`.
+
+  Raises:
+    config_lib.ConfigError: no such experiment (naming the closest one).
+  """
+  if name not in EXPERIMENTS:
+    close = difflib.get_close_matches(str(name), list(EXPERIMENTS), n=1)
+    raise config_lib.ConfigError(
+        f"No experiment {name!r}" + (f"; did you mean {close[0]!r}?" if close else ".")
+        + f" The experiments: {', '.join(EXPERIMENTS)}.")
+  return EXPERIMENTS[name]
+
+
+# Configs saved before the `experiment` field named their experiment by data.dataset.
+_LEGACY_DATASETS = {"heartbeat": "heartbeat", "swiss_roll": "swiss_roll", "cifar10": "cifar10"}
+
+
+def name_of(config: ml_collections.ConfigDict) -> str:
+  """The experiment a config names (`config.experiment`; older runs: by data set)."""
+  if "experiment" in config:
+    return config.experiment
+  return _LEGACY_DATASETS.get(config.get("data", {}).get("dataset"), "mnist")
+
+
+def of_config(config: ml_collections.ConfigDict) -> experiment_lib.Experiment:
+  return get(name_of(config))
+
+
+def upgrade(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A saved run's config with the fields of this version that it lacks (the
+  `experiment` field, and fields added since, at their defaults, which keep the
+  earlier behaviour)."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  name = name_of(config)
+
+  def fill(into, defaults):
+    for key, value in defaults.items():
+      if key not in into:
+        into[key] = value
+      elif isinstance(value, ml_collections.ConfigDict) and isinstance(
+          into[key], ml_collections.ConfigDict):
+        fill(into[key], value)
+
+  fill(config, get(name).default_config())
+  config.experiment = name
+  return config
+
+
+def validate(config: ml_collections.ConfigDict) -> experiment_lib.Experiment:
+  """Checks a whole config (shared sections and the experiment's); returns its experiment."""
+  experiment = of_config(config)
+  config_lib.validate_base(config)
+  experiment.validate(config)
+  return experiment
+
+
+def build(config: ml_collections.ConfigDict, dataset: Optional[data_lib.Dataset] = None,
+          stats: Optional[Mapping] = None) -> experiment_lib.Task:
+  """The Task of a config: its experiment bound to the data (loaded if None) and stats."""
+  return of_config(config).build(config, dataset, stats)
+
+
+def open_run(workdir: str, step: Optional[int] = None):
+  """(run, experiment) of a run directory: its parameters and config (upgraded to
+  this version's fields) at `step` (default: the latest).
+
+  Raises:
+    rundir.CheckpointError: no run there, or a checkpoint that does not verify.
+  """
+  run = rundir.load_run(workdir, step)
+  run.config = upgrade(run.config)
+  return run, of_config(run.config)
+
+
+def run_data(run: rundir.Run, experiment: experiment_lib.Experiment) -> data_lib.Dataset:
+  """The examples a run was trained on, read again from where its config says.
+
+  Raises:
+    data_lib.DataError: the run was trained on arrays given from Python (no
+      file holds them), or the data its config names are not the examples it
+      was trained on (their fingerprints differ): it cannot be evaluated on
+      the same data here.
+  """
+  recorded = run.data or {}
+  if recorded.get("source") == "arrays":
+    raise data_lib.DataError(
+        f"The run in {run.workdir} was trained on arrays given from Python "
+        f"({recorded.get('name')!r}: {recorded.get('num_train')} train / "
+        f"{recorded.get('num_test')} test examples), which no file holds; sample or evaluate it "
+        "from Python with the same arrays: registry.build(run.config, dataset, run.stats) "
+        "(README, 'From Python').")
+  dataset = experiment.load_data(run.config)
+  if recorded.get("fingerprint") not in (None, data_lib.fingerprint(dataset)):
+    raise data_lib.DataError(
+        f"The data the run's config names ({dataset.name}: {len(dataset.train)} train / "
+        f"{len(dataset.test)} test examples) are not the examples the run in {run.workdir} was "
+        f"trained on ({recorded.get('source')}, {recorded.get('num_train')} train / "
+        f"{recorded.get('num_test')} test, another fingerprint); point data.dir at the same "
+        "files, or evaluate from Python with the same data.")
+  return dataset

@@ -1,0 +1,88 @@
+"""The train state and the jitted train step.
+
+train_step(state, batch, base_key) draws every random number of step s from
+fold_in(base_key, s), computes the gradient of the bound (dpm_jax.diffusion's
+loss_fn, split over micro-batches and devices by dpm_jax.parallel) and
+applies the optimiser (dpm_jax.optim). The running sums of the loss live in
+the state, so the averages logged after a resume equal the uninterrupted
+run's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax.training import train_state
+
+from dpm_jax import diffusion
+from dpm_jax import parallel
+
+
+class TrainState(train_state.TrainState):
+  """Flax TrainState plus device-side metric accumulators (checkpointed with it).
+
+  Keeping the running sums in the state makes the logged averages identical
+  after a resume from a checkpoint taken between two log steps.
+  """
+  loss_sum: jax.Array
+  loss_count: jax.Array
+  nonfinite_streak: jax.Array
+
+
+def create_train_state(model: nn.Module, params: Any,
+                       tx: optax.GradientTransformation) -> TrainState:
+  return TrainState.create(
+      apply_fn=model.apply, params=params, tx=tx,
+      loss_sum=jnp.zeros([], jnp.float32), loss_count=jnp.zeros([], jnp.int32),
+      nonfinite_streak=jnp.zeros([], jnp.int32))
+
+
+def make_train_step(loss_and_grad_fn: Callable, prepare: Callable) -> Callable:
+  """train_step(state, batch, base_key) -> (state, step_metrics).
+
+  Args:
+    loss_and_grad_fn: parallel.make_loss_and_grad(loss_fn, ...).
+    prepare: a batch of stored examples -> x_0 in model units (Task.prepare).
+  """
+
+  def train_step(state: TrainState, batch, base_key):
+    rng = jax.random.fold_in(base_key, state.step)
+    (loss, aux), grads = loss_and_grad_fn(state.params, prepare(batch), rng)
+    new_state = state.apply_gradients(grads=grads)
+    finite = jnp.isfinite(loss)
+    new_state = new_state.replace(
+        loss_sum=state.loss_sum + jnp.where(finite, loss, 0.0),
+        loss_count=state.loss_count + finite.astype(jnp.int32),
+        nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1))
+    metrics = dict(aux)
+    metrics.update(diffusion.get_norms(state.params["params"], grads["params"]))
+    return new_state, metrics
+
+  return train_step
+
+
+def jit_train_step(task, config: ml_collections.ConfigDict,
+                   par: parallel.DataParallel) -> Callable:
+  """The jitted, data-parallel train step of a task (dpm_jax.experiment.Task):
+  what the loop and the benchmark run. How it runs (micro-batches, devices) is
+  config.compute's, decided here once."""
+  micro_batch = parallel.micro_batch_size(config.compute.micro_batch_size,
+                                          config.train.batch_size, par.num_devices, task.model)
+  loss_fn = diffusion.make_loss_fn(task.model, uniform_noise=task.uniform_noise, train=True)
+  loss_and_grad = parallel.make_loss_and_grad(loss_fn, micro_batch_size=micro_batch,
+                                              mesh=par.mesh)
+  return jax.jit(make_train_step(loss_and_grad, task.prepare), donate_argnums=(0,),
+                 in_shardings=(par.replicated, par.batch_sharding, par.replicated),
+                 out_shardings=(par.replicated, par.replicated))
+
+
+@jax.jit
+def all_finite(state: Any) -> jax.Array:
+  """Whether every floating-point array of the state is finite."""
+  leaves = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))

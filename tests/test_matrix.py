@@ -1,0 +1,172 @@
+"""Every registered experiment through every entry point: registering one puts it here.
+
+For each experiment of dpm_jax.registry, with its config's tiny variant, in
+this process: train two steps through `dpm-jax train`, resume to a third
+through `python -m experiments.<name>`'s program (bit for bit the
+uninterrupted run), sample in every mode it declares (any other: one line
+naming them, exit 2), evaluate with every method, print its config; the
+Table 1 experiments' final report is not overwritten by an evaluation.
+Every JSON and .npz written holds finite numbers or null.
+"""
+
+import contextlib
+import importlib
+import io
+import json
+import math
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from dpm_jax import registry, rundir, sampling, train
+from experiments import cli, evaluate as evaluate_program, launch, sample as sample_program
+
+pytestmark = pytest.mark.slow
+
+NAMES = registry.names()
+ALL_MODES = sorted({m for e in registry.EXPERIMENTS.values() for m in e.sampling_modes}
+                   | set(sampling.MODES) | {"bogus"})
+
+
+def data_context(name):
+  """Offline data for an experiment whose config reads tfds: its mock data."""
+  if registry.get(name).tiny_config().data.source == "tfds":
+    tfds = pytest.importorskip("tensorflow_datasets")
+    return tfds.testing.mock_data(num_examples=64)
+  return contextlib.nullcontext()
+
+
+def call(fn, argv):
+  """(exit code, stdout, stderr) of an entry point run in this process."""
+  out, err = io.StringIO(), io.StringIO()
+  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    code = fn(argv)
+  return code, out.getvalue(), err.getvalue()
+
+
+def strict_json(path):
+  """JSON that holds no NaN or Infinity (a strict parser refuses them)."""
+  def refuse(token):
+    raise AssertionError(f"{path} holds {token}")
+  with open(path) as f:
+    return json.load(f, parse_constant=refuse)
+
+
+def train_args(name, workdir, steps):
+  return [f"--config={name}:tiny", f"--config.train.num_steps={steps}",
+          "--config.train.log_every_steps=1", f"--workdir={workdir}"]
+
+
+@pytest.fixture(scope="module", params=NAMES)
+def trained(request, tmp_path_factory):
+  """(name, workdir): two steps through dpm-jax, resumed to a third by its own program."""
+  name = request.param
+  workdir = tmp_path_factory.mktemp(name)
+  with data_context(name):
+    code, _, err = call(cli.main, ["train", name] + train_args(name, workdir, 2))
+    assert code == 0, err
+    assert rundir.load_run(str(workdir)).step == 2
+    program = importlib.import_module(f"experiments.{name}").PROGRAM  # python -m experiments.<name>
+    code, _, err = call(program.run, [f"experiments.{name}"] + train_args(name, workdir, 3))
+    assert code == 0, err
+    yield name, workdir
+
+
+def test_every_experiment_has_a_config_and_an_entry_point():
+  for name in NAMES:
+    assert os.path.isfile(launch.config_path(name)), name
+    assert os.path.isfile(os.path.join(os.path.dirname(launch.CONFIG_DIR), f"{name}.py")), name
+
+
+def test_resume_equals_the_uninterrupted_run(trained, tmp_path):
+  name, workdir = trained
+  config = registry.get(name).tiny_config()
+  config.train.update(num_steps=3, log_every_steps=1)
+  with data_context(name):
+    state = train.train_and_evaluate(config, str(tmp_path))
+  resumed = rundir.load_run(str(workdir))
+  assert resumed.step == 3
+  for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(state.params)):
+    np.testing.assert_array_equal(a, b)
+  # The training metrics too (the 2-step run also evaluated at its last step, 2).
+  strip = lambda records: [{k: v for k, v in r.items() if k.startswith("train/")}
+                           for r in records]
+  from dpm_jax import metrics  # pylint: disable=g-import-not-at-top
+  assert strip(metrics.read_metrics(str(workdir))) == strip(metrics.read_metrics(str(tmp_path)))
+  for path in ("metrics.jsonl",):
+    with open(workdir / path) as f:
+      for line in f:
+        json.loads(line, parse_constant=lambda token: pytest.fail(f"{path} holds {token}"))
+  for path in ("config.json", "data_stats.json"):
+    strict_json(workdir / path)
+
+
+@pytest.mark.parametrize("mode", ALL_MODES)
+def test_sampling_in_every_mode(trained, mode):
+  name, workdir = trained
+  experiment = registry.get(name)
+  argv = ["sample", f"--workdir={workdir}", f"--mode={mode}", "--num_images=4", "--seed=1"]
+  with data_context(name):
+    code, out, err = call(cli.main, argv)
+  if mode not in experiment.sampling_modes:
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert all(m in err for m in experiment.sampling_modes) and repr(mode) in err
+    return
+  assert code == 0, err
+  png = workdir / "samples" / f"{mode}-step3-seed1.png"
+  assert png.stat().st_size > 200 and f"-> {png}" in out
+  with np.load(png.with_suffix(".npz")) as arrays:
+    shape = (4,) + tuple(experiment.make_model(registry.get(name).tiny_config()).data_shape)
+    assert arrays["samples"].shape == shape
+    for key in arrays.files:
+      assert np.all(np.isfinite(arrays[key])), key
+
+
+@pytest.mark.parametrize("method", ["stratified", "all_t", "one_t"])
+def test_evaluation_with_every_method(trained, method):
+  name, workdir = trained
+  final = workdir / "eval.json"
+  before = final.read_bytes() if final.exists() else None
+  argv = [f"--workdir={workdir}", f"--method={method}", "--num_images=16", "--batch_size=8",
+          "--num_batches=2", "--num_strata=3"]
+  if method == "all_t":
+    argv += ["--parzen_samples=8", "--parzen_validation=16"]
+  with data_context(name):
+    code, out, err = call(evaluate_program.PROGRAM.run, ["experiments.evaluate"] + argv)
+  assert code == 0, err
+  report = strict_json(workdir / f"eval_{method}_test.json")
+  assert report["method"] == method and report["step"] == 3 and report["experiment"] == name
+  assert math.isfinite(report["K_bits"]) and report["source"] == "test"
+  assert report["K_bits"] == pytest.approx(report["L_null_bits"] + report["K_minus_L_null_bits"])
+  assert f"bits/{registry.get(name).unit}" in out
+  if method == "all_t":
+    assert (workdir / "kl_per_t_test.png").exists()
+    strict_json(workdir / "eval_parzen_test.json")
+  # The final report of a Table 1 experiment (fresh data) stays as training wrote it.
+  assert registry.get(name).final_report == (before is not None)
+  if before is not None:
+    assert final.read_bytes() == before
+    assert strict_json(final)["source"] == "fresh"
+
+
+def test_print_config_gives_every_field_its_meaning(trained):
+  name, _ = trained
+  program = importlib.import_module(f"experiments.{name}").PROGRAM
+  code, out, err = call(program.run, [f"experiments.{name}", f"--config={name}",
+                                      "--print_config"])
+  assert code == 0, err
+  lines = [l for l in out.splitlines() if not l.startswith("#")]
+  assert any(l.startswith(f"experiment = '{name}'") for l in lines)
+  described = [l for l in lines if "  # " in l]
+  assert len(described) >= 0.9 * len(lines), [l for l in lines if "  # " not in l]
+
+
+def test_evaluate_through_dpm_jax(trained):
+  name, workdir = trained
+  with data_context(name):
+    code, out, err = call(cli.main, ["evaluate", f"--workdir={workdir}", "--num_images=8",
+                                     "--batch_size=8", "--num_strata=2"])
+  assert code == 0, err
+  assert "wrote" in out and (workdir / "eval_stratified_test.json").exists()
