@@ -447,9 +447,12 @@ def make_model(model_config: ml_collections.ConfigDict, conv: str = "auto") -> D
 
 
 def init_params(model: nn.Module, rng: jax.Array) -> PyTree:
-  """Initialises the parameters for the model's data shape, batch of 1."""
+  """Initialises the parameters for the model's data shape, batch of 1.
+
+  Jitted: one compiled program instead of one per initialiser op (seconds faster).
+  """
   x = jnp.zeros((1,) + tuple(model.data_shape), jnp.float32)
-  return model.init(rng, x, jnp.ones((), jnp.float32))
+  return jax.jit(model.init)(rng, x, jnp.ones((), jnp.float32))
 
 
 def get_norms(params: PyTree, grads: Optional[PyTree] = None) -> dict:

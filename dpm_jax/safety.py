@@ -79,6 +79,8 @@ class StopSignals:
 
   def _handler(self, signum, frame):
     del frame
+    if not self.armed:
+      return  # the watcher thread ends the process
     if self.requested is None:
       logging.warning("%s: stopping %s at the next step.", signal.Signals(signum).name, self.what)
     self.requested = signum
@@ -100,8 +102,12 @@ class StopSignals:
       if stop_fd in ready:
         return
       for byte in os.read(read_fd, 64):
-        if byte in SIGNALS and not self.armed:
+        if byte not in SIGNALS:
+          continue
+        if not self.armed:
           self._exit_now(byte)
+        if self.requested is None:  # armed since: the handler may have run before
+          self.requested = byte
 
   def __enter__(self) -> "StopSignals":
     if threading.current_thread() is not threading.main_thread():

@@ -7,8 +7,10 @@ forward step is reversed by a fixed kernel, the isotropic one at t = 0:
 x_data ~ N(x_0 sqrt(1 - beta_0), beta_0). The reference sampler stopped at
 x_0 (config switch `skip_first_step`).
 
-The whole trajectory is one jitted `lax.scan`; each step draws its noise
-from fold_in(key, t), so a sample is a function of the key alone.
+The trajectory runs as one jitted program called on chunks of steps (a stop
+request is honoured between them); each step draws its noise from
+fold_in(key, t), so a sample is a function of the key alone, whatever the
+chunks.
 
 Conditioning, applied to every reverse step including the fixed one
 (paper section 2.5, "distribution multiplication"):
@@ -117,21 +119,19 @@ def make_sampler(model: nn.Module, *, num_images: int,
     return lambda p: condition_step(*p, log_r=log_r, **cond)
 
   @jax.jit
-  def start(params, key, cond, x_init):
-    process = model.apply(params, jnp.float32, method="process")
-    if x_init is None:
-      x_init = (cond["y"] if cond.get("y") is not None else
-                process.prior_sample(jax.random.fold_in(key, T), shape, jnp.float32))
-    if cond.get("mask") is not None:
-      x_init = jnp.where(cond["mask"], cond["known"], x_init)
-    x = split(x_init.astype(jnp.float32))
-    states = jnp.zeros((record.shape[0],) + shape, jnp.float32)
-    return x, _record(states, record, T - 1, x)
-
-  @jax.jit
-  def chunk(params, key, cond, x, states, t_first):
+  def chunk(params, key, cond, x, states, t_first, fresh):
+    """Reverse steps t_first .. t_first - length + 1 (those >= 1) from x; the first call
+    starts x at the prior (or y) if fresh, else at x_init, and the call that reaches
+    t = 1 ends with the fixed first step. One program for every call."""
     process = model.apply(params, jnp.float32, method="process")
     condition = conditioner(cond)
+    prior = (cond["y"] if cond.get("y") is not None else
+             process.prior_sample(jax.random.fold_in(key, T), shape, jnp.float32))
+    x = jnp.where(fresh, prior, x)
+    if cond.get("mask") is not None:
+      x = jnp.where(cond["mask"], cond["known"], x)
+    x = split(x.astype(jnp.float32))
+    states = jnp.where(t_first == T - 1, _record(states, record, T - 1, x), states)
 
     def body(carry, t):
       x, states = carry
@@ -141,15 +141,12 @@ def make_sampler(model: nn.Module, *, num_images: int,
       return (x, jnp.where(t >= 1, _record(states, record, t - 1, x), states)), None
 
     (x, states), _ = jax.lax.scan(body, (x, states), t_first - jnp.arange(length))
-    return x, states
-
-  @jax.jit
-  def finish(params, key, cond, x, states):
+    last = t_first - length + 1 <= 1
     if not skip_first_step:
-      process = model.apply(params, jnp.float32, method="process")
-      p = conditioner(cond)(process.first_step(x))
-      x = process.reverse_sample(p, jax.random.fold_in(key, 0)).astype(jnp.float32)
-    return x, _record(states, record, -1, x)
+      p = condition(process.first_step(x))
+      x = jnp.where(last, process.reverse_sample(p, jax.random.fold_in(key, 0)).astype(
+          jnp.float32), x)
+    return x, jnp.where(last, _record(states, record, -1, x), states)
 
   def sampler(params, key, *, should_stop=None, x_init=None, mask=None, known=None, y=None,
               denoise_sigma=None):
@@ -161,12 +158,14 @@ def make_sampler(model: nn.Module, *, num_images: int,
     # The parameters, replicated on the sampler's devices (a no-op when they
     # already are; a copy when training placed them on other devices).
     params = par.put_replicated(params)
-    x, states = start(params, key, cond, x_init)
+    fresh = x_init is None
+    x = jnp.zeros(shape, jnp.float32) if fresh else jnp.asarray(x_init, jnp.float32)
+    states = jnp.zeros((record.shape[0],) + shape, jnp.float32)
     for t_first in range(T - 1, 0, -length):
       if should_stop is not None and should_stop():
         raise Stopped()
-      x, states = chunk(params, key, cond, x, states, jnp.asarray(t_first, jnp.int32))
-    x, states = finish(params, key, cond, x, states)
+      x, states = chunk(params, key, cond, x, states, jnp.asarray(t_first, jnp.int32),
+                        jnp.asarray(fresh and t_first == T - 1))
     return (x, states) if record_t else x
 
   return sampler

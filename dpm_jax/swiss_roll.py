@@ -220,20 +220,26 @@ class SwissRollExperiment(table1.GeneratedDataExperiment):
     T/2 and T, and the learned drift mu(x_t, t) - x_t; and samples.png."""
     model = task.model
     T = model.config.trajectory_length
-    process = model.apply(params, method="process")
     columns = [0, T // 2, T - 1]
     x0 = jnp.asarray(examples[:2000])
     noise = jax.random.normal(jax.random.fold_in(key, 1), x0.shape)
-    forward = [np.asarray(process.q_sample(x0, jnp.asarray(float(t)), noise)) for t in columns]
+    g = np.linspace(-2.2, 2.2, 15)
+    grid = jnp.asarray(np.stack(np.meshgrid(g, g), -1).reshape(-1, 2), jnp.float32)
+    learned = [1] + columns[1:]  # step 0's reverse kernel is fixed: the first learned one
+
+    @jax.jit
+    def forward_and_drift(params):
+      process = model.apply(params, method="process")
+      forward = [process.q_sample(x0, jnp.asarray(float(t)), noise) for t in columns]
+      drift = [model.apply(params, grid, jnp.full((grid.shape[0],), float(t)),
+                           method="reverse")[0] - grid for t in learned]
+      return forward, drift
+
+    forward, drift = jax.tree.map(np.asarray, forward_and_drift(params))
+    drift = [(np.asarray(grid), d) for d in drift]
     sampler = sampling.make_sampler(model, num_images=2000, record_t=(-1, T // 2, T - 1))
     _, states = sampler(params, key)
     reverse = [np.asarray(s) for s in states]
-    g = np.linspace(-2.2, 2.2, 15)
-    grid = jnp.asarray(np.stack(np.meshgrid(g, g), -1).reshape(-1, 2), jnp.float32)
-    drift = []
-    for t in [1] + columns[1:]:  # step 0's reverse kernel is fixed: the first learned one
-      mu, _ = model.apply(params, grid, jnp.full((grid.shape[0],), float(t)), method="reverse")
-      drift.append((np.asarray(grid), np.asarray(mu - grid)))
     return [plotting.save_figure_1(forward, reverse, drift, ["t = 0", "t = T/2", "t = T"],
                                    os.path.join(workdir, "figure1.png")),
             plotting.save_scatter(reverse[0], os.path.join(workdir, "samples.png"), "samples")]

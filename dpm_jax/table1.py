@@ -137,9 +137,10 @@ def final_report(task: experiment.Experiment, run: rundir.Run, *, should_stop=No
   evaluate.check_finite(report, "the final bound")
   outputs.save_npz(os.path.join(workdir, "kl_per_t_fresh.npz"), t=result["t"],
                    kl=result["kl_per_t"])
-  plotting.plot_kl_per_t(result["t"], result["kl_per_t"],
-                         os.path.join(workdir, "kl_per_t_fresh.png"))
-  exp.figures(task, run.params, fresh, workdir, jax.random.key(fe.seed + 1))
+  figures = [plotting.plot_kl_per_t(result["t"], result["kl_per_t"],
+                                    os.path.join(workdir, "kl_per_t_fresh.png"))]
+  figures += exp.figures(task, run.params, fresh, workdir, jax.random.key(fe.seed + 1))
+  report["figures"] = [os.path.relpath(path, workdir) for path in figures]
   outputs.write_json(os.path.join(workdir, "eval.json"), report)
   return report
 

@@ -131,7 +131,6 @@ class Program:
 
   def run(self, argv: Sequence[str]) -> int:
     """Runs the program in this process; returns its exit code."""
-    from dpm_jax import safety  # pylint: disable=g-import-not-at-top
     if any(arg in HELP_ARGS for arg in argv[1:]):
       try:
         self.print_help(argv)
@@ -142,12 +141,13 @@ class Program:
       values = self.parse(argv)
       self.main(values)
       return 0
-    except safety.Stop as stop:
-      print(str(stop), file=sys.stderr, flush=True)
-      return stop.code
     except UsageError as err:
       return fail(str(err))
     except Exception as err:  # pylint: disable=broad-except
+      from dpm_jax import safety  # pylint: disable=g-import-not-at-top
+      if isinstance(err, safety.Stop):  # a stop signal: its one line, 130 or 143
+        print(str(err), file=sys.stderr, flush=True)
+        return err.code
       if not is_user_error(err):
         raise
       return fail(str(err))

@@ -58,3 +58,15 @@ def image_task(model_cfg, images, stats=None, conv="auto"):
   config.compute.conv = conv
   return mnist.build(config, data_lib.Dataset(images, images, "test"),
                      None if stats is None else stats.to_dict())
+
+
+# The modules that take longest, first: with one worker per core (pytest-xdist,
+# --dist loadfile) the last module to start then ends with the others.
+_LONGEST_FIRST = ("test_matrix", "test_train", "test_faults", "test_parallel", "test_diffusion",
+                  "test_multiprocess", "test_sampling", "test_entry_points", "test_kernels")
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.module.__name__, len(rank)))

@@ -110,9 +110,10 @@ def test_stationary_chain_model_has_zero_bound_on_stationary_data():
   model, params = untrained_heartbeat()
   params = jax.tree.map(jnp.zeros_like, params)
   x_t = jnp.asarray(heartbeat.sample_data(4, 0))
-  rate = model.apply(params, x_t, jnp.full((4,), 7.0), method="reverse")
-  np.testing.assert_allclose(rate, model.apply(params, method="process").forward_rate(
-      x_t, jnp.full((4,), 7.0)), rtol=1e-5)
+  rates = jax.jit(lambda p, x, t: (model.apply(p, x, t, method="reverse"),
+                                    model.apply(p, method="process").forward_rate(x, t)))
+  rate, forward = rates(params, x_t, jnp.full((4,), 7.0))
+  np.testing.assert_allclose(rate, forward, rtol=1e-5)
   loss_fn = jax.jit(diffusion.make_loss_fn(model, train=False))
   losses = []
   for i in range(30):
@@ -173,6 +174,7 @@ def test_per_step_readout_of_stratified_t_in_blocks_equals_the_gather(B, offset)
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # how the gradient runs (dpm_jax.parallel), not the math
 def test_heartbeat_stratified_loss_whole_batch_equals_micro_batches():
   """The whole batch's readout in blocks, micro-batches' by the gather: the same gradient."""
   from dpm_jax import parallel  # pylint: disable=g-import-not-at-top

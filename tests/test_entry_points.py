@@ -40,7 +40,6 @@ def run_dir(tmp_path_factory):
   """Four steps of the tiny MNIST config on the embedded digits, which a command reads again."""
   workdir = tmp_path_factory.mktemp("run")
   config = registry.get("mnist").tiny_config()
-  config.model.trajectory_length = 20
   config.train.num_steps = 4
   train.train_and_evaluate(config, str(workdir))
   return workdir
@@ -111,9 +110,8 @@ def test_help_as_a_process_is_quick_and_clean():
 
 def test_rerunning_a_finished_run_says_it_is_complete(run_dir):
   program = launch.training_program("experiments.mnist", "", launch.config_path("mnist"))
-  code, out, err = call(program.run, ["m", "--config=mnist:tiny",
-                                      "--config.model.trajectory_length=20",
-                                      "--config.train.num_steps=4", f"--workdir={run_dir}"])
+  code, out, err = call(program.run, ["m", "--config=mnist:tiny", "--config.train.num_steps=4",
+                                      f"--workdir={run_dir}"])
   assert code == 0, err
   assert "This run is complete: step 4 of 4" in out + err
 

@@ -48,9 +48,8 @@ def one_line_error(code, err, *fragments):
 
 
 def tiny(**train_fields):
+  """The mnist experiment's tiny config (the programs the other tests compile, too)."""
   config = registry.get("mnist").tiny_config()
-  config.model.trajectory_length = 20
-  config.eval.num_strata = 5
   config.train.update(train_fields)
   return config
 
@@ -80,7 +79,8 @@ def steps_on_disk(workdir):
 
 
 def test_a_run_on_python_arrays_is_never_evaluated_on_other_data(tmp_path):
-  dataset = data.from_arrays(data.load_embedded().train[:300], name="blobs")
+  digits = data.load_embedded()  # as arrays from Python: the programs of the other tests
+  dataset = data.from_arrays(digits.train, digits.test, name="blobs")
   train.train_and_evaluate(tiny(num_steps=2), str(tmp_path), dataset=dataset)
   for program, extra in ((evaluate_program.PROGRAM, []),
                          (sample_program.PROGRAM, ["--mode=inpaint"])):
@@ -92,8 +92,8 @@ def test_a_run_on_python_arrays_is_never_evaluated_on_other_data(tmp_path):
   assert code == 0, err  # plain samples need no data
   run, experiment = registry.open_run(str(tmp_path))  # from Python, with the same arrays
   task = experiment.build(run.config, dataset, run.stats)
-  bound = evaluate_lib.bound_stratified(task, run.params, task.test[:8], jax.random.key(0),
-                                        num_strata=3, batch_size=8)
+  bound = evaluate_lib.bound_stratified(task, run.params, task.test[:32], jax.random.key(0),
+                                        num_strata=5, batch_size=32)
   assert np.isfinite(bound["K_bits"])
 
 
@@ -103,18 +103,19 @@ def write_idx(path, images):
 
 
 def test_changed_data_files_are_not_taken_for_the_run_s_own(tmp_path):
-  rng = np.random.default_rng(0)
+  digits = data.load_embedded()  # the other tests' data (and programs), as IDX files
   folder = tmp_path / "idx"
   folder.mkdir()
-  write_idx(folder / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (96, 28, 28), np.uint8))
-  write_idx(folder / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (40, 28, 28), np.uint8))
+  write_idx(folder / "train-images-idx3-ubyte.gz", digits.train[..., 0])
+  write_idx(folder / "t10k-images-idx3-ubyte.gz", digits.test[..., 0])
   config = tiny(num_steps=2)
   config.data.update(source="idx", dir=str(folder))
   workdir = tmp_path / "run"
   train.train_and_evaluate(config, str(workdir))
-  code, _, err = call(evaluate_program.PROGRAM.run, ["e", f"--workdir={workdir}"])
+  code, _, err = call(evaluate_program.PROGRAM.run, ["e", f"--workdir={workdir}",
+                                                     "--num_images=32", "--batch_size=32"])
   assert code == 0, err
-  write_idx(folder / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (40, 28, 28), np.uint8))
+  write_idx(folder / "t10k-images-idx3-ubyte.gz", digits.test[::-1, :, :, 0])  # reordered
   code, _, err = call(evaluate_program.PROGRAM.run, ["e", f"--workdir={workdir}"])
   one_line_error(code, err, "are not the examples the run", "another fingerprint")
   config.train.num_steps = 3
@@ -129,8 +130,7 @@ def test_changed_data_files_are_not_taken_for_the_run_s_own(tmp_path):
 @pytest.mark.parametrize("resume_verified", [False, True])
 def test_resuming_with_another_optimizer_names_every_field_and_moves_nothing(run_copy,
                                                                               resume_verified):
-  argv = ["m", "--config=test", "--config.model.trajectory_length=20",
-          "--config.eval.num_strata=5", "--config.optimizer.name=adam",
+  argv = ["m", "--config=test", "--config.optimizer.name=adam",
           "--config.train.num_steps=6", f"--workdir={run_copy}"]
   code, _, err = call(mnist_program.PROGRAM.run, argv + (["--resume_verified"] * resume_verified))
   one_line_error(code, err, "optimizer.name: checkpoint 'rmsprop', now 'adam'", "may not change",
@@ -162,7 +162,7 @@ def test_a_checkpoint_that_verifies_but_does_not_fit_is_not_called_corrupt(run_c
     ("train.batch_size=0", "train.batch_size must be a positive integer"),
     ("train.log_every_steps=0", "train.log_every_steps must be a positive integer"),
     ("train.eval_every_steps=-1", "train.eval_every_steps must be a non-negative integer"),
-    ("eval.num_strata=20", "eval.num_strata must be in 1..19"),
+    ("eval.num_strata=50", "eval.num_strata must be in 1..49"),
     ("eval.num_batches=1", "eval.num_batches must be an integer >= 2"),
     ("sample.denoise_sigma=0.0", "sample.denoise_sigma must be a finite number > 0"),
     ("optimizer.rmsprop_decay=1.0", "optimizer.rmsprop_decay must be a number in [0, 1)"),
@@ -175,7 +175,7 @@ def test_a_checkpoint_that_verifies_but_does_not_fit_is_not_called_corrupt(run_c
 def test_config_values_outside_their_domain_are_one_line_before_anything_runs(
     override, message, tmp_path):
   code, _, err = call(mnist_program.PROGRAM.run, [
-      "m", "--config=test", "--config.model.trajectory_length=20", f"--config.{override}",
+      "m", "--config=test", f"--config.{override}",
       f"--workdir={tmp_path / 'run'}"])
   one_line_error(code, err, message)
   assert not (tmp_path / "run").exists()
@@ -207,7 +207,7 @@ def test_boundary_values_work_as_their_limit(tmp_path):
     ("sample", ["--step=3"], "No checkpoint at step 3"),
     ("sample", ["--seed=-1"], "--seed=-1"),
     ("evaluate", ["--batch_size=0"], "--batch_size=0"),
-    ("evaluate", ["--num_strata=20"], "exceeds the run's 19 time steps"),
+    ("evaluate", ["--num_strata=50"], "exceeds the run's 49 time steps"),
     ("evaluate", ["--num_batches=1", "--method=one_t"], "--num_batches=1"),
     ("evaluate", ["--method=every_t"], "--method"),
     ("evaluate", ["--parzen_samples=4", "--parzen_validation=4501"], "exceeds the run's 4500"),

@@ -129,10 +129,11 @@ def test_evaluation_with_every_method(trained, method):
   name, workdir = trained
   final = workdir / "eval.json"
   before = final.read_bytes() if final.exists() else None
-  argv = [f"--workdir={workdir}", f"--method={method}", "--num_images=16", "--batch_size=8",
-          "--num_batches=2", "--num_strata=3"]
+  # The training evaluator's batch and strata: its programs, shared.
+  argv = [f"--workdir={workdir}", f"--method={method}", "--num_images=32", "--batch_size=32",
+          "--num_batches=2"]
   if method == "all_t":
-    argv += ["--parzen_samples=8", "--parzen_validation=16"]
+    argv += ["--parzen_samples=4", "--parzen_validation=16"]  # the sample mode's program
   with data_context(name):
     code, out, err = call(evaluate_program.PROGRAM.run, ["experiments.evaluate"] + argv)
   assert code == 0, err
@@ -151,6 +152,27 @@ def test_evaluation_with_every_method(trained, method):
     assert strict_json(final)["source"] == "fresh"
 
 
+def test_the_final_report_of_a_table_1_experiment(trained):
+  name, workdir = trained
+  experiment = registry.get(name)
+  if not experiment.final_report:
+    assert not (workdir / "eval.json").exists()
+    return
+  report = strict_json(workdir / "eval.json")
+  config = experiment.tiny_config()
+  assert report["step"] == 3 and report["method"] == "all_t" and report["unit"] == experiment.unit
+  assert report["num_images"] == config.final_eval.num_examples
+  assert report["paper"] == dict(experiment.paper)
+  for key in ("K_bits", "K_bits_stderr", "L_null_bits", "K_minus_L_null_bits"):
+    assert math.isfinite(report[key]), key
+  assert report["K_bits"] == pytest.approx(report["L_null_bits"] + report["K_minus_L_null_bits"])
+  true_ll = report.get("true_log_likelihood_bits")  # null where the data have no density
+  assert true_ll is None or report["K_bits"] <= true_ll + 5 * report["K_bits_stderr"]
+  assert "kl_per_t_fresh.png" in report["figures"] and len(report["figures"]) >= 2
+  for path in report["figures"]:
+    assert (workdir / path).stat().st_size > 1000, path
+
+
 def test_print_config_gives_every_field_its_meaning(trained):
   name, _ = trained
   program = importlib.import_module(f"experiments.{name}").PROGRAM
@@ -166,7 +188,7 @@ def test_print_config_gives_every_field_its_meaning(trained):
 def test_evaluate_through_dpm_jax(trained):
   name, workdir = trained
   with data_context(name):
-    code, out, err = call(cli.main, ["evaluate", f"--workdir={workdir}", "--num_images=8",
-                                     "--batch_size=8", "--num_strata=2"])
+    code, out, err = call(cli.main, ["evaluate", f"--workdir={workdir}", "--num_images=32",
+                                     "--batch_size=32"])
   assert code == 0, err
   assert "wrote" in out and (workdir / "eval_stratified_test.json").exists()

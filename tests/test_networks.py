@@ -106,24 +106,24 @@ def test_multiscale_convolution_against_direct_loops(conv, n_scales):
 
 def test_reference_dense_lower_switch():
   cfg = tiny_model_config(n_layers_conv=3, n_layers_dense_lower=2)
-  params = diffusion.init_params(diffusion.make_model(cfg), jax.random.key(0))
-  assert len(params["params"]["network"]["mlp_dense_lower"]) == 2
+  shapes = lambda cfg: jax.eval_shape(lambda: diffusion.init_params(diffusion.make_model(cfg),
+                                                                    jax.random.key(0)))
+  assert len(shapes(cfg)["params"]["network"]["mlp_dense_lower"]) == 2
   cfg.reference_dense_lower = True
-  model = diffusion.make_model(cfg)
-  params = diffusion.init_params(model, jax.random.key(0))
-  assert len(params["params"]["network"]["mlp_dense_lower"]) == 3
+  assert len(shapes(cfg)["params"]["network"]["mlp_dense_lower"]) == 3
   # The reference pathway ends with a LeakyReLU: its output is bounded below by 0.05 x.
   mlp = networks.MLP([4, 3], activate_final=True)
   x = jnp.asarray(np.random.default_rng(1).normal(size=(50, 6)), jnp.float32)
-  p = mlp.init(jax.random.key(0), x)
-  linear = networks.MLP([4, 3], activate_final=False).apply(p, x)
-  np.testing.assert_allclose(mlp.apply(p, x), np.where(linear > 0, linear, 0.05 * linear), rtol=1e-6)
+  p = jax.jit(mlp.init)(jax.random.key(0), x)
+  linear = jax.jit(networks.MLP([4, 3], activate_final=False).apply)(p, x)
+  np.testing.assert_allclose(jax.jit(mlp.apply)(p, x),
+                             np.where(linear > 0, linear, 0.05 * linear), rtol=1e-6)
 
 
 def test_network_without_dense_lower_pathway():
   cfg = tiny_model_config(n_hidden_dense_lower=0)
   model = diffusion.make_model(cfg)
-  params = diffusion.init_params(model, jax.random.key(0))
+  params = jax.eval_shape(lambda: diffusion.init_params(model, jax.random.key(0)))
   assert "mlp_dense_lower" not in params["params"]["network"]
   assert params["params"]["network"]["mlp_dense_upper"]["dense0"]["kernel"].shape[0] == cfg.n_hidden_conv
   assert diffusion.count_params(params) == expected_param_count(cfg) - _dense_count(cfg)

@@ -13,6 +13,9 @@ from dpm_jax import data, diffusion, evaluate, parallel, rundir, sampling
 from experiments.configs import test as test_config
 from runs import train_small
 
+# Devices and run safety: the execution layer, tested in the whole suite (not the fast tier).
+pytestmark = pytest.mark.slow
+
 STATS = data.DataStats(4.0, -2.0, 0.02)
 
 
