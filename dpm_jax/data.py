@@ -16,6 +16,7 @@ units.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import functools
 import gzip
@@ -41,6 +42,8 @@ IMAGE_SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (
 SOURCES = ("embedded", "idx", "tfds")
 # One 8-bit quantisation bin of data in [0, 1].
 BIN_WIDTH = 1.0 / 255.0
+# Examples not held in memory: their scale and shift come from this many of them.
+STATS_EXAMPLES = 1000
 
 
 class DataError(RuntimeError):
@@ -87,13 +90,108 @@ class Dataset:
 
 
 def fingerprint(dataset: Dataset) -> str:
-  """SHA-256 of the stored examples (shapes, dtypes and bytes), train then test."""
+  """SHA-256 of the stored examples, train then test: of the arrays' shapes, dtypes and
+  bytes, or of what an Examples object is made from (Examples.fingerprint)."""
   h = hashlib.sha256()
   for part in (dataset.train, dataset.test):
+    if isinstance(part, Examples):
+      h.update(part.fingerprint().encode())
+      continue
     part = np.ascontiguousarray(part)
     h.update(f"{part.shape}{part.dtype}".encode())
     h.update(memoryview(part).cast("B"))
   return h.hexdigest()
+
+
+class Examples(abc.ABC):
+  """Stored examples that are not held in memory: each is made on demand (decoded from
+  a file, drawn from a generator).
+
+  Numpy-like where the code reads examples (len, shape, dtype; indexing with an
+  int, a slice or an index array gives uint8 arrays), and a stream of training
+  batches through Grain (`batches`): the batch of step s is a function of (seed,
+  s) alone, whatever the worker count, so a resumed run repeats the
+  uninterrupted one.
+  """
+  dtype = np.dtype(np.uint8)
+
+  @abc.abstractmethod
+  def __len__(self) -> int:
+    """Examples per epoch (the learning-rate decay counts epochs)."""
+
+  @property
+  @abc.abstractmethod
+  def example_shape(self) -> tuple:
+    """The shape of one example, (H, W, C) for images."""
+
+  @abc.abstractmethod
+  def example(self, index: int) -> np.ndarray:
+    """Example `index` (any int: streams may run past one epoch)."""
+
+  @abc.abstractmethod
+  def fingerprint(self) -> str:
+    """A digest of what the examples are made from (files, sizes, settings)."""
+
+  @property
+  def shape(self) -> tuple:
+    return (len(self),) + tuple(self.example_shape)
+
+  @property
+  def ndim(self) -> int:
+    return len(self.shape)
+
+  def __getitem__(self, index) -> np.ndarray:
+    if isinstance(index, (int, np.integer)):
+      return self.example(int(index) % len(self))
+    indices = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index)
+    out = np.empty((len(indices),) + tuple(self.example_shape), self.dtype)
+    for j, i in enumerate(indices.ravel()):
+      out[j] = self.example(int(i))
+    return out
+
+  def stream(self, seed: int):
+    """The training examples as a grain.MapDataset, one epoch after another, each in
+    a fresh order (shuffled with `seed`). Subclasses may draw anew instead."""
+    import grain  # pylint: disable=g-import-not-at-top
+    return grain.MapDataset.source(self).seed(seed).shuffle().repeat(None)
+
+  def batches(self, batch_size: int, seed: int, start_step: int, *, process_index: int = 0,
+              process_count: int = 1, workers: int = 0):
+    """This process's part of the training batch of each step from start_step (0-based):
+    rows [p n, (p + 1) n) of the global batch, n = batch_size / process_count.
+
+    workers > 0 decodes in that many worker processes (grain's mp_prefetch); the
+    batches do not depend on it.
+    """
+    import grain  # pylint: disable=g-import-not-at-top
+    local = batch_size // process_count
+    ds = self.stream(seed).batch(local, drop_remainder=True)
+    ds = ds[process_index::process_count][start_step:]
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
+    if workers:
+      it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
+                                                       per_worker_buffer_size=2))
+    return iter(it)
+
+
+def train_batches(train, batch_size: int, seed: int, start_step: int, *, process_index: int = 0,
+                  process_count: int = 1, workers: int = 0):
+  """This process's part of the training batch of each step from start_step (0-based).
+
+  Arrays in memory: batch s takes the examples at batch_indices(s) (a permutation
+  per epoch, a function of seed and epoch); this process takes its rows of it.
+  Examples: their Grain stream (Examples.batches).
+  """
+  if isinstance(train, Examples):
+    yield from train.batches(batch_size, seed, start_step, process_index=process_index,
+                             process_count=process_count, workers=workers)
+    return
+  local = batch_size // process_count
+  step = start_step
+  while True:
+    indices = batch_indices(step, len(train), batch_size, seed)
+    yield train[indices[process_index * local:(process_index + 1) * local]]
+    step += 1
 
 
 def from_arrays(train: np.ndarray, test: Optional[np.ndarray] = None, *, name: str = "arrays",
@@ -326,7 +424,8 @@ def compute_stats(train: np.ndarray, *, scale_from: str = "train_set",
   """Scale and shift to zero mean, unit variance; dequantisation width.
 
   Args:
-    train: uint8 training images.
+    train: uint8 training images; of Examples (not held in memory), a fixed
+      sample of STATS_EXAMPLES of them.
     scale_from: 'train_set' (default) or 'first_batch' (the reference code:
       one shuffled training minibatch).
     dequantization: 'bin' (one 8-bit bin, scale / 255, default) or
@@ -337,6 +436,8 @@ def compute_stats(train: np.ndarray, *, scale_from: str = "train_set",
   Returns:
     DataStats.
   """
+  if isinstance(train, Examples):  # a fixed sample, not every example
+    train = train[epoch_permutation(len(train), seed, 0)[:STATS_EXAMPLES]]
   if scale_from == "train_set":
     x = train
   elif scale_from == "first_batch":

@@ -350,7 +350,7 @@ def _summary(task, params, bits_per_example, extra):
   out = {f"neg_K_minus_L_null_bits_per_{unit}": mean, "neg_K_minus_L_null_stderr": stderr,
          f"K_minus_L_null_bits_per_{unit}": -mean,
          "K_bits": l_null - mean, "K_bits_stderr": stderr, "L_null_bits": l_null,
-         "K_minus_L_null_bits": -mean, "unit": unit,
+         "K_minus_L_null_bits": -mean, "K_minus_L_null_bits_stderr": stderr, "unit": unit,
          "num_images": int(np.size(bits_per_example))}
   out.update(task.eval_extras(mean, stderr))
   out.update(extra)  # may override num_images

@@ -50,6 +50,7 @@ class Experiment(abc.ABC):
       None where the paper has none.
     final_report: whether training ends with the bound exact over t on
       `report_data` and `figures` (dpm_jax.table1), written to eval.json.
+    report_source: what report_data are: 'fresh' draws, or 'held_out' examples.
   """
   name: str
   description: str
@@ -57,6 +58,7 @@ class Experiment(abc.ABC):
   sampling_modes: Sequence[str] = ("sample",)
   paper: Optional[Mapping[str, float]] = None
   final_report: bool = False
+  report_source: str = "fresh"  # the final report's examples: 'fresh' draws or 'held_out' ones
 
   # --- config --------------------------------------------------------------
 
@@ -214,6 +216,17 @@ class Experiment(abc.ABC):
     if states is not None:
       out["states"] = self.to_output_units(states, task.stats)
     return out
+
+  def check_size(self, config: ml_collections.ConfigDict, size: Sequence[int]) -> None:
+    """Raises UnsupportedError unless the model samples examples of this size."""
+    del config
+    raise UnsupportedError(f"The {self.name} experiment samples at its data's size only, "
+                           f"not {tuple(size)}.")
+
+  def load_image(self, config: ml_collections.ConfigDict, path: str) -> np.ndarray:
+    """An image file as an example to condition on (image experiments)."""
+    del config
+    raise UnsupportedError(f"The {self.name} experiment has no images to read {path} into.")
 
   def figures(self, task: "Task", params: Any, examples: np.ndarray, workdir: str,
               key: jax.Array) -> list:

@@ -173,6 +173,14 @@ class DataParallel:
     return jax.make_array_from_process_local_data(self.batch_sharding, local,
                                                   global_batch.shape)
 
+  def put_local_batch(self, local_batch: np.ndarray, global_size: int) -> jax.Array:
+    """Places this process's rows of a global batch of `global_size` examples (all of
+    them with one process) sharded over the devices."""
+    if jax.process_count() == 1:
+      return jax.device_put(local_batch, self.batch_sharding)
+    return jax.make_array_from_process_local_data(self.batch_sharding, local_batch,
+                                                  (global_size,) + local_batch.shape[1:])
+
   def put_replicated(self, tree):
     return jax.device_put(tree, self.replicated)
 

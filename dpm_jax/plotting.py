@@ -137,6 +137,22 @@ def save_binary_rows(rows, path: str, scale: int = 8) -> str:
   return path
 
 
+def save_image_panels(panels: Sequence, titles: Sequence[str], path: str,
+                      ncols: Optional[int] = None) -> str:
+  """Side-by-side panels, each a grid of (N, H, W, C) images in [0, 1], titled."""
+  fig = _figure(figsize=(3.2 * len(panels), 3.6))
+  for i, (images, title) in enumerate(zip(panels, titles)):
+    grid = image_grid(images, ncols=ncols)
+    ax = fig.add_subplot(1, len(panels), i + 1)
+    ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1,
+              interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+  fig.tight_layout()
+  _savefig(fig, path, dpi=100)
+  return path
+
+
 def save_binary_panels(panels: Sequence, titles: Sequence[str], path: str) -> str:
   """Side-by-side panels of binary sequences (each (N, L)), titled; 1 is black."""
   fig = _figure(figsize=(2.6 * len(panels), 4.5))

@@ -19,14 +19,17 @@ import ml_collections
 
 from dpm_jax import config as config_lib
 from dpm_jax import data as data_lib
+from dpm_jax import dead_leaves
 from dpm_jax import experiment as experiment_lib
 from dpm_jax import heartbeat
 from dpm_jax import images
 from dpm_jax import rundir
 from dpm_jax import swiss_roll
+from dpm_jax import texture
 
 EXPERIMENTS: Mapping[str, experiment_lib.Experiment] = {
-    e.name: e for e in (images.MNIST, images.CIFAR10, heartbeat.HEARTBEAT, swiss_roll.SWISS_ROLL)}
+    e.name: e for e in (images.MNIST, images.CIFAR10, heartbeat.HEARTBEAT, swiss_roll.SWISS_ROLL,
+                        dead_leaves.DEAD_LEAVES, texture.TEXTURE)}
 
 
 def names() -> tuple:

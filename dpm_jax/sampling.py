@@ -76,7 +76,8 @@ def make_sampler(model: nn.Module, *, num_images: int,
                  skip_first_step: bool = False, record_t: Sequence[int] = (),
                  log_r: Optional[Callable] = None,
                  par: Optional[parallel.DataParallel] = None,
-                 steps_per_call: int = STEPS_PER_CALL) -> Callable:
+                 steps_per_call: int = STEPS_PER_CALL,
+                 shape: Optional[Sequence[int]] = None) -> Callable:
   """Builds a sampler fn(params, key, *, should_stop=None, **conditioning).
 
   The reverse trajectory of any model (dpm_jax.diffusion's module
@@ -97,6 +98,8 @@ def make_sampler(model: nn.Module, *, num_images: int,
       not depend on it: the noise is drawn for the whole batch.
     steps_per_call: reverse steps per jitted call; the samples do not
       depend on it (each step's noise is drawn from fold_in(key, t)).
+    shape: the shape of one sample, default model.data_shape; another only for
+      a model that applies at any size (convolutions only).
 
   Returns:
     fn(params, key, *, should_stop=None, x_init=None, mask=None, known=None,
@@ -106,7 +109,7 @@ def make_sampler(model: nn.Module, *, num_images: int,
     known pixels set. A stop request raises Stopped.
   """
   T = model.config.trajectory_length
-  shape = (num_images,) + tuple(model.data_shape)
+  shape = (num_images,) + tuple(shape or model.data_shape)
   record = jnp.asarray(list(record_t) or [-2], jnp.int32)
   par = par or parallel.DataParallel.for_batch(num_images)
   par.check_batch_size(num_images, "num_images")
@@ -182,28 +185,49 @@ def _record(states, record, t, x):
 MASKS = config_lib.MASKS
 
 
-def inpaint_mask(kind: str, spatial_width: int, n_colors: int = 1, *,
-                 fraction: float = 0.5, seed: int = 0) -> np.ndarray:
+def inpaint_mask(kind: str, spatial_width: int, n_colors: int = 1, *, height: Optional[int] = None,
+                 box: Optional[Sequence[int]] = None, fraction: float = 0.5,
+                 seed: int = 0) -> np.ndarray:
   """A boolean (H, W, C) mask, True where the pixel is known.
 
-  'right_half' is the reference code's mask (the left half is generated).
+  Args:
+    kind: 'right_half' (the reference code's mask: the left half is generated),
+      'left_half', 'centre_square' (the central half of each side unknown),
+      'random_pixels' (a `fraction` of them known) or 'box' (`box` unknown).
+    spatial_width: W; height: H (default W).
+    n_colors: C.
+    box: (x, y, width, height) of the unknown region, for kind='box'.
+
+  Raises:
+    ValueError: an unknown kind, or a box that is empty or leaves the image.
   """
-  w = spatial_width
-  mask = np.zeros((w, w, n_colors), bool)
+  w, h = spatial_width, height or spatial_width
+  mask = np.zeros((h, w, n_colors), bool)
   if kind == "right_half":
     mask[:, w // 2:] = True
   elif kind == "left_half":
     mask[:, :w // 2] = True
   elif kind == "centre_square":
     mask[:] = True
-    a, b = w // 4, w - w // 4
-    mask[a:b, a:b] = False
+    mask[h // 4:h - h // 4, w // 4:w - w // 4] = False
   elif kind == "random_pixels":
-    known = np.random.default_rng(seed).random((w, w)) < fraction
+    known = np.random.default_rng(seed).random((h, w)) < fraction
     mask[:] = known[:, :, None]
+  elif kind == "box":
+    x, y, bw, bh = (int(v) for v in box)
+    if bw < 1 or bh < 1 or x < 0 or y < 0 or x + bw > w or y + bh > h:
+      raise ValueError(f"The box (x={x}, y={y}, width={bw}, height={bh}) must lie within the "
+                       f"{w} x {h} image and not be empty.")
+    mask[:] = True
+    mask[y:y + bh, x:x + bw] = False
   else:
-    raise ValueError(f"Unknown mask {kind!r}; choose one of {MASKS}.")
+    raise ValueError(f"Unknown mask {kind!r}; choose one of {MASKS + ('box',)}.")
   return mask
+
+
+def central_box(width: int, height: int) -> tuple:
+  """(x, y, w, h) of the central third of an image (the paper's Figure 5)."""
+  return (width // 3, height // 3, width - 2 * (width // 3), height - 2 * (height // 3))
 
 
 def downsampling_log_r(y_low, factor: int, noise_std: float) -> Callable:
@@ -250,24 +274,27 @@ OBSERVATION_STREAM = 2**31 - 1
 
 
 def generate(model: nn.Module, params: Any, stats: data_lib.DataStats, mode: str, key: jax.Array, *,
-             num_images: int,
-             true_images=None, mask_kind: str = "right_half", denoise_sigma: float = 1.0,
+             num_images: int, true_images=None, mask_kind: str = "right_half",
+             box: Optional[Sequence[int]] = None, denoise_sigma: float = 1.0,
              superres_factor: int = 4, superres_noise: float = 0.1,
-             record_t: Sequence[int] = (), skip_first_step: bool = False,
+             image_size: Optional[Sequence[int]] = None, record_t: Sequence[int] = (),
+             skip_first_step: bool = False,
              should_stop: Optional[Callable[[], bool]] = None) -> dict:
   """Runs one sampling mode and returns its arrays in [0, 1] pixel units.
 
   Args:
     model, params: the model.
     stats: the run's DataStats (pixels <-> model units).
-    mode: 'sample', 'inpaint' (mask_kind known), 'denoise' (observation
-      x + denoise_sigma * N(0, I) in model units; the reference used 1) or
-      'superres' (a mean-pooled observation, by superres_factor, with
+    mode: 'sample', 'inpaint' (mask_kind known; 'box': all but `box`), 'denoise'
+      (observation x + denoise_sigma * N(0, I) in model units; the reference used
+      1) or 'superres' (a mean-pooled observation, by superres_factor, with
       superres_noise, sampled through the perturbed posterior of section 2.5).
     key: PRNG key.
     num_images: batch size.
     true_images: uint8 images (num_images, H, W, C), needed except for 'sample'.
-    mask_kind, denoise_sigma, superres_factor, superres_noise: see above.
+    mask_kind, box, denoise_sigma, superres_factor, superres_noise: see above.
+    image_size: (H, W) of the samples, for models that apply at any size
+      (convolutions only); default the model's, or true_images'.
     record_t: time steps whose states to return (see make_sampler).
     skip_first_step: stop at x_0 as the reference sampler.
     should_stop: polled between chunks of the trajectory (see make_sampler).
@@ -275,6 +302,8 @@ def generate(model: nn.Module, params: Any, stats: data_lib.DataStats, mode: str
   Returns:
     dict with 'samples' (N, H, W, C), 'states' (K, N, H, W, C) if record_t,
     'record_t', and for conditional modes 'true' and 'observed' (and 'mask').
+    An inpainting's 'observed' shows the unknown pixels as the noise the
+    reverse trajectory starts from (the paper's Figure 5).
 
   Raises:
     ValueError: an unknown mode, too few true images, a noise level <= 0 (the
@@ -287,6 +316,10 @@ def generate(model: nn.Module, params: Any, stats: data_lib.DataStats, mode: str
     if not value > 0:
       raise ValueError(f"{name} must be > 0 (the observation's noise), got {value}.")
   cfg = model.config
+  if true_images is not None:
+    image_size = true_images.shape[1:3]
+  h, w = image_size or model.data_shape[:2]
+  shape = (num_images, h, w, cfg.n_colors)
   out = {"record_t": np.asarray(list(record_t), np.int32)}
   cond, log_r = {}, None
   if mode != "sample":
@@ -296,24 +329,25 @@ def generate(model: nn.Module, params: Any, stats: data_lib.DataStats, mode: str
     out["true"] = data_lib.to_pixels(x_true, stats)
     k_obs = jax.random.fold_in(key, OBSERVATION_STREAM)
     if mode == "inpaint":
-      mask = inpaint_mask(mask_kind, cfg.spatial_width, cfg.n_colors)
+      mask = inpaint_mask(mask_kind, w, cfg.n_colors, height=h, box=box)
       cond = {"mask": jnp.asarray(mask), "known": x_true}
+      start = jax.random.normal(jax.random.fold_in(key, cfg.trajectory_length), shape)
       out["mask"] = mask
-      out["observed"] = np.where(mask, out["true"], 0.5)
+      out["observed"] = np.where(mask, out["true"], data_lib.to_pixels(start, stats))
     elif mode == "denoise":
       y = x_true + denoise_sigma * jax.random.normal(k_obs, x_true.shape)
       cond = {"y": y, "denoise_sigma": jnp.asarray(denoise_sigma, jnp.float32)}
       out["observed"] = data_lib.to_pixels(y, stats)
     else:
-      if cfg.spatial_width % superres_factor:
-        raise ValueError(f"superres_factor {superres_factor} does not divide the image width.")
+      if h % superres_factor or w % superres_factor:
+        raise ValueError(f"superres_factor {superres_factor} does not divide the image size.")
       y_low = (networks.mean_pool(x_true, superres_factor)
-               + superres_noise * jax.random.normal(k_obs, (num_images, cfg.spatial_width // superres_factor,
-                                                            cfg.spatial_width // superres_factor, cfg.n_colors)))
+               + superres_noise * jax.random.normal(k_obs, (num_images, h // superres_factor,
+                                                            w // superres_factor, cfg.n_colors)))
       log_r = downsampling_log_r(y_low, superres_factor, superres_noise)
       out["observed"] = data_lib.to_pixels(networks.upsample_nearest(y_low, superres_factor), stats)
   sampler = make_sampler(model, num_images=num_images, skip_first_step=skip_first_step,
-                         record_t=record_t, log_r=log_r)
+                         record_t=record_t, log_r=log_r, shape=(h, w, cfg.n_colors))
   result = sampler(params, key, should_stop=should_stop, **cond)
   samples, states = result if record_t else (result, None)
   out["samples"] = data_lib.to_pixels(samples, stats)

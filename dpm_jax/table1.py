@@ -131,7 +131,7 @@ def final_report(task: experiment.Experiment, run: rundir.Run, *, should_stop=No
   result = evaluate.bound_all_t(task, run.params, fresh, jax.random.key(fe.seed),
                                 batch_size=fe.batch_size, should_stop=should_stop)
   report = evaluate.report(result)
-  report.update(experiment=exp.name, step=run.step, method="all_t", source="fresh",
+  report.update(experiment=exp.name, step=run.step, method="all_t", source=exp.report_source,
                 seconds=time.time() - start, paper=dict(exp.paper or {}),
                 **exp.reference_values(config))
   evaluate.check_finite(report, "the final bound")
@@ -154,4 +154,4 @@ def summary_line(report: dict) -> str:
   true_ll = report.get("true_log_likelihood_bits")
   if true_ll is not None:
     line += f"; the data's true log likelihood {true_ll:.3f}"
-  return line + f"; {report['num_images']} fresh examples"
+  return line + f"; {report['num_images']} {report['source'].replace('_', '-')} examples"

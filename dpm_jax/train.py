@@ -140,11 +140,14 @@ def _train(config, experiment, workdir, manager, dataset, devices, resume_verifi
           task, sampler, state, step, workdir, keys.sample, stop))}
   log_start(task, config, par, start, num_steps, state, workdir, free)
   t_start = time.time()
+  batches = data_lib.train_batches(task.train, cfg.batch_size, config.seed, start,
+                                   process_index=jax.process_index(),
+                                   process_count=jax.process_count(),
+                                   workers=config.data.get("workers", 0))
   with metrics_lib.MetricWriter(workdir, start) as writer:
     finish_pending(workdir, start, state, actions, writer, num_steps, task.unit)
     for step in range(start + 1, num_steps + 1):
-      batch = par.put_batch(task.train[data_lib.batch_indices(step - 1, len(task.train),
-                                                              cfg.batch_size, config.seed)])
+      batch = par.put_local_batch(next(batches), cfg.batch_size)
       state, step_metrics = train_step(state, batch, keys.train)
       throughput.tick()
       if step == start + 1:

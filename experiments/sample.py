@@ -45,6 +45,15 @@ def define(values: flags.FlagValues, argv) -> None:
                      "units), > 0.", flag_values=values)
   flags.DEFINE_bool("skip_first_step", None, "Stop at x_0 like the reference sampler "
                     "(default: config.sample.skip_first_step).", flag_values=values)
+  flags.DEFINE_string("image_size", None, "--mode=sample: the samples' size, N or HxW pixels, "
+                      "for a convolution-only model (any size; default: the training size).",
+                      flag_values=values)
+  flags.DEFINE_string("image", None, "An image file to condition on instead of test examples "
+                      "(--num_images copies of it): as it is for a convolution-only model, "
+                      "else padded and resized as the folder source does.", flag_values=values)
+  flags.DEFINE_string("box", None, "--mode=inpaint: the region to fill, x,y,width,height in "
+                      "pixels (default with --image: its central third, the paper's Figure 5; "
+                      "else --mask).", flag_values=values)
   for name in ("denoise_sigma", "superres_noise"):
     flags.register_validator(name, lambda v: v is None or v > 0,
                              message=f"--{name} must be > 0 (the observation's noise)",
@@ -70,21 +79,39 @@ def main(values: flags.FlagValues) -> None:
   experiment.check_mode(exp, values.mode)
   cfg, n = run.config, values.num_images
   conditional = values.mode != "sample"
-  dataset = registry.run_data(run, exp) if conditional else experiment.empty_dataset(exp, cfg)
+  if values.image_size and conditional:
+    raise launch.UsageError("--image_size is for --mode=sample; a conditional mode samples at "
+                            "the size of what it conditions on (--image).")
+  if values.box and values.mode != "inpaint":
+    raise launch.UsageError("--box is for --mode=inpaint.")
+  if values.image and not conditional:
+    raise launch.UsageError("--image is for the conditional modes (inpaint, denoise, superres).")
+  from_test = conditional and not values.image
+  dataset = registry.run_data(run, exp) if from_test else experiment.empty_dataset(exp, cfg)
   task = exp.build(cfg, dataset, run.stats)
   options, true = {}, None
+  if values.image_size:
+    options["image_size"] = parse_size(values.image_size)
+    exp.check_size(cfg, options["image_size"])
   if conditional:
-    if len(task.test) < n:
+    if values.image:
+      true = np.repeat(exp.load_image(cfg, values.image)[None], n, axis=0)
+    elif len(task.test) < n:
       raise launch.UsageError(f"--num_images={n} exceeds the run's {len(task.test)} test "
                               "examples.")
-    true = task.test[np.random.default_rng(values.seed).permutation(len(task.test))[:n]]
-    options = dict(mask_kind=values.mask or cfg.sample.mask,
+    else:
+      true = task.test[np.random.default_rng(values.seed).permutation(len(task.test))[:n]]
+    h, w = true.shape[1:3]
+    box = parse_box(values.box) if values.box else (
+        sampling.central_box(w, h) if values.image else None)
+    options.update(mask_kind="box" if box else values.mask or cfg.sample.mask, box=box,
                    denoise_sigma=values.denoise_sigma or cfg.sample.denoise_sigma,
                    superres_factor=values.superres_factor, superres_noise=values.superres_noise)
-    width = cfg.model.get("spatial_width")
-    if values.mode == "superres" and width and width % values.superres_factor:
+    if values.mode == "superres" and (h % values.superres_factor or w % values.superres_factor):
       raise launch.UsageError(f"--superres_factor={values.superres_factor} does not divide the "
-                              f"image width {width}.")
+                              f"image width {w}" + (f" and height {h}" if h != w else "") + ".")
+    if box and (box[0] + box[2] > w or box[1] + box[3] > h):
+      raise launch.UsageError(f"--box={values.box} leaves the {w} x {h} image.")
   record_t = (sampling.default_record_t(cfg.model.trajectory_length,
                                         values.num_intermediate or cfg.sample.num_intermediate)
               if values.intermediate else ())
@@ -98,6 +125,28 @@ def main(values: flags.FlagValues) -> None:
   exp.write_picture(out, path, run.stats)
   outputs.save_npz(os.path.splitext(path)[0] + ".npz", **out)
   print(f"{values.mode}: {n} examples from step {run.step} -> {path} (+ .npz)")
+
+
+def parse_size(text: str) -> tuple:
+  """'64' or '48x64' (height x width) -> (H, W)."""
+  try:
+    parts = [int(p) for p in text.lower().split("x")]
+  except ValueError:
+    parts = []
+  if len(parts) not in (1, 2) or min(parts) < 1:
+    raise launch.UsageError(f"--image_size={text}: give N or HxW, positive pixel counts.")
+  return (parts[0], parts[-1])
+
+
+def parse_box(text: str) -> tuple:
+  """'x,y,width,height' -> a tuple of four non-negative ints, width and height > 0."""
+  try:
+    box = tuple(int(p) for p in text.split(","))
+  except ValueError:
+    box = ()
+  if len(box) != 4 or min(box) < 0 or min(box[2:]) < 1:
+    raise launch.UsageError(f"--box={text}: give x,y,width,height in pixels (width, height > 0).")
+  return box
 
 
 PROGRAM = launch.Program("experiments.sample", __doc__, define, main)

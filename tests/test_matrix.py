@@ -26,6 +26,11 @@ from experiments import cli, evaluate as evaluate_program, launch, sample as sam
 pytestmark = pytest.mark.slow
 
 NAMES = registry.names()
+# Each registered experiment's tiny config, and the image model on a folder of PNGs
+# that a test makes (data.source='folder'): (case, experiment, its config's overrides).
+DAMAGED = 3
+CASES = [(name, name, {}) for name in NAMES] + [("mnist-folder", "mnist", {
+    "data.source": "folder", "data.folder_mode": "resize"})]
 ALL_MODES = sorted({m for e in registry.EXPERIMENTS.values() for m in e.sampling_modes}
                    | set(sampling.MODES) | {"bogus"})
 
@@ -54,24 +59,60 @@ def strict_json(path):
     return json.load(f, parse_constant=refuse)
 
 
-def train_args(name, workdir, steps):
-  return [f"--config={name}:tiny", f"--config.train.num_steps={steps}",
-          "--config.train.log_every_steps=1", f"--workdir={workdir}"]
+def image_folder(folder):
+  """200 PNGs of every size and colour (digits padded and tinted) and DAMAGED damaged ones."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from dpm_jax import data  # pylint: disable=g-import-not-at-top
+  digits = data.load_embedded().train[:200, :, :, 0]
+  rng = np.random.default_rng(0)
+  for i, digit in enumerate(digits):
+    h, w = rng.integers(20, 60, 2)
+    image = np.asarray(Image.fromarray(digit).resize((int(w), int(h))))
+    if i % 2:  # colour
+      image = np.stack([image, image // 2, 255 - image], axis=-1)
+    sub = folder / f"part{i % 4}"
+    sub.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(sub / f"{i:03d}.png")
+  for i in range(DAMAGED):
+    raw = (folder / "part0" / f"{4 * i:03d}.png").read_bytes()
+    (folder / "part0" / f"damaged{i}.png").write_bytes(raw[:40] + bytes(20) + raw[60:])
+  return folder
 
 
-@pytest.fixture(scope="module", params=NAMES)
+def train_args(case, workdir, steps):
+  return ([f"--config={case.experiment}:tiny", f"--config.train.num_steps={steps}",
+           "--config.train.log_every_steps=1", f"--workdir={workdir}"]
+          + [f"--config.{k}={v}" for k, v in case.overrides.items()])
+
+
+class Case:
+  def __init__(self, case_id, experiment, overrides):
+    self.id, self.experiment, self.overrides = case_id, experiment, dict(overrides)
+
+  def config(self):
+    config = registry.get(self.experiment).tiny_config()
+    for path, value in self.overrides.items():
+      section, field = path.split(".")
+      config[section][field] = value
+    return config
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[c[0] for c in CASES])
 def trained(request, tmp_path_factory):
-  """(name, workdir): two steps through dpm-jax, resumed to a third by its own program."""
-  name = request.param
-  workdir = tmp_path_factory.mktemp(name)
+  """(case, workdir): two steps through dpm-jax, resumed to a third by its own program."""
+  case = Case(*request.param)
+  if case.overrides.get("data.source") == "folder":
+    case.overrides["data.dir"] = str(image_folder(tmp_path_factory.mktemp("images")))
+  name = case.experiment
+  workdir = tmp_path_factory.mktemp(case.id)
   with data_context(name):
-    code, _, err = call(cli.main, ["train", name] + train_args(name, workdir, 2))
+    code, _, err = call(cli.main, ["train", name] + train_args(case, workdir, 2))
     assert code == 0, err
     assert rundir.load_run(str(workdir)).step == 2
     program = importlib.import_module(f"experiments.{name}").PROGRAM  # python -m experiments.<name>
-    code, _, err = call(program.run, [f"experiments.{name}"] + train_args(name, workdir, 3))
+    code, _, err = call(program.run, [f"experiments.{name}"] + train_args(case, workdir, 3))
     assert code == 0, err
-    yield name, workdir
+    yield case, workdir
 
 
 def test_every_experiment_has_a_config_and_an_entry_point():
@@ -81,8 +122,9 @@ def test_every_experiment_has_a_config_and_an_entry_point():
 
 
 def test_resume_equals_the_uninterrupted_run(trained, tmp_path):
-  name, workdir = trained
-  config = registry.get(name).tiny_config()
+  case, workdir = trained
+  name = case.experiment
+  config = case.config()
   config.train.update(num_steps=3, log_every_steps=1)
   with data_context(name):
     state = train.train_and_evaluate(config, str(tmp_path))
@@ -105,7 +147,8 @@ def test_resume_equals_the_uninterrupted_run(trained, tmp_path):
 
 @pytest.mark.parametrize("mode", ALL_MODES)
 def test_sampling_in_every_mode(trained, mode):
-  name, workdir = trained
+  case, workdir = trained
+  name = case.experiment
   experiment = registry.get(name)
   argv = ["sample", f"--workdir={workdir}", f"--mode={mode}", "--num_images=4", "--seed=1"]
   with data_context(name):
@@ -118,7 +161,7 @@ def test_sampling_in_every_mode(trained, mode):
   png = workdir / "samples" / f"{mode}-step3-seed1.png"
   assert png.stat().st_size > 200 and f"-> {png}" in out
   with np.load(png.with_suffix(".npz")) as arrays:
-    shape = (4,) + tuple(experiment.make_model(registry.get(name).tiny_config()).data_shape)
+    shape = (4,) + tuple(experiment.make_model(case.config()).data_shape)
     assert arrays["samples"].shape == shape
     for key in arrays.files:
       assert np.all(np.isfinite(arrays[key])), key
@@ -126,7 +169,8 @@ def test_sampling_in_every_mode(trained, mode):
 
 @pytest.mark.parametrize("method", ["stratified", "all_t", "one_t"])
 def test_evaluation_with_every_method(trained, method):
-  name, workdir = trained
+  case, workdir = trained
+  name = case.experiment
   final = workdir / "eval.json"
   before = final.read_bytes() if final.exists() else None
   # The training evaluator's batch and strata: its programs, shared.
@@ -149,17 +193,17 @@ def test_evaluation_with_every_method(trained, method):
   assert registry.get(name).final_report == (before is not None)
   if before is not None:
     assert final.read_bytes() == before
-    assert strict_json(final)["source"] == "fresh"
+    assert strict_json(final)["source"] == registry.get(name).report_source
 
 
 def test_the_final_report_of_a_table_1_experiment(trained):
-  name, workdir = trained
-  experiment = registry.get(name)
+  case, workdir = trained
+  experiment = registry.get(case.experiment)
   if not experiment.final_report:
     assert not (workdir / "eval.json").exists()
     return
   report = strict_json(workdir / "eval.json")
-  config = experiment.tiny_config()
+  config = case.config()
   assert report["step"] == 3 and report["method"] == "all_t" and report["unit"] == experiment.unit
   assert report["num_images"] == config.final_eval.num_examples
   assert report["paper"] == dict(experiment.paper)
@@ -174,7 +218,7 @@ def test_the_final_report_of_a_table_1_experiment(trained):
 
 
 def test_print_config_gives_every_field_its_meaning(trained):
-  name, _ = trained
+  name = trained[0].experiment
   program = importlib.import_module(f"experiments.{name}").PROGRAM
   code, out, err = call(program.run, [f"experiments.{name}", f"--config={name}",
                                       "--print_config"])
@@ -186,9 +230,21 @@ def test_print_config_gives_every_field_its_meaning(trained):
 
 
 def test_evaluate_through_dpm_jax(trained):
-  name, workdir = trained
+  case, workdir = trained
+  name = case.experiment
   with data_context(name):
     code, out, err = call(cli.main, ["evaluate", f"--workdir={workdir}", "--num_images=32",
                                      "--batch_size=32"])
   assert code == 0, err
   assert "wrote" in out and (workdir / "eval_stratified_test.json").exists()
+
+
+def test_damaged_files_are_counted_not_fatal(trained):
+  case, workdir = trained
+  recorded = strict_json(workdir / "data_stats.json")["data"]
+  if case.overrides.get("data.source") != "folder":
+    assert recorded.get("damaged_files", 0) == 0
+    return
+  assert recorded["source"] == "folder" and recorded["damaged_files"] == DAMAGED
+  assert recorded["num_files"] == 200 and len(recorded["damaged"]) == DAMAGED
+  assert recorded["num_train"] + recorded["num_test"] == 200  # 90/10, resized

@@ -1,0 +1,222 @@
+"""Dead leaves, a row of the paper's Table 1 (section 3.2.1, Figure 4): occluding discs.
+
+The paper trains on "layered occluding circles, drawn from a power law
+distribution over scales" (Jeulin 1997; Lee, Mumford and Huang 2001) and
+gives no parameters; its data were those of Theis et al. (2012). Here an
+image is drawn as in Lee, Mumford and Huang's scale-invariant model: discs
+fall one after another, each in front of the earlier ones (drawn front to
+back: a pixel keeps the first disc that covers it, until every pixel is
+covered), with radii of density proportional to r^-3 between r_min and r_max
+(the density that makes the model scale invariant), centres uniform over the
+image and a margin of r_max, and intensities uniform on [0, 1], stored as
+8-bit grey levels. Every parameter is a field of config.data; every image is
+drawn afresh from (seed, index), so there is no fixed training set: the
+training examples are crops of fresh draws and the final bound is on larger,
+fresh images (final_eval.image_size).
+
+The model is the multi-scale convolutional network alone (paper Fig. D.1,
+images.ConvolutionalImageExperiment), T = 1000 (paper Appendix D.2.1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any, Mapping
+
+import ml_collections
+import numpy as np
+
+from dpm_jax import config as config_lib
+from dpm_jax import data as data_lib
+from dpm_jax import images
+from dpm_jax import plotting
+from dpm_jax import sampling
+
+DATA_DOMAINS = {
+    "source": config_lib.choice("dead_leaves"), "dataset": config_lib.choice("dead_leaves"),
+    "draw_size": config_lib.integer(1), "r_min": config_lib.real(0, lo_open=True),
+    "r_max": config_lib.real(0, lo_open=True), "exponent": config_lib.real(1, lo_open=True),
+    "examples_per_epoch": config_lib.integer(1), "num_test": config_lib.integer(2),
+    "scale_from": config_lib.choice(*images.SCALE_FROM),
+    "dequantization": config_lib.choice(*images.DEQUANTIZATIONS)}
+# The test examples' and the final report's draws, apart from the training draws.
+TEST_SEED_OFFSET, REPORT_SEED_OFFSET = 1_000_003, 2_000_003
+
+
+def radii(rng: np.random.Generator, n: int, r_min: float, r_max: float,
+          exponent: float) -> np.ndarray:
+  """n radii of density proportional to r^-exponent on [r_min, r_max] (inverse CDF)."""
+  a = 1.0 - exponent
+  u = rng.random(n)
+  return (r_min**a + u * (r_max**a - r_min**a)) ** (1.0 / a)
+
+
+def _stencils(r_max: float) -> list:
+  """(R, dy, dx): the offsets of a (2R + 1)^2 square, for R = 1, 2, 4, ... >= r_max."""
+  out, R = [], 1
+  while True:
+    dy, dx = np.mgrid[-R:R + 1, -R:R + 1]
+    out.append((R, dy.ravel(), dx.ravel()))
+    if R >= r_max:
+      return out
+    R *= 2
+
+
+def draw(rng: np.random.Generator, size: int, *, r_min: float, r_max: float,
+         exponent: float) -> np.ndarray:
+  """One dead-leaves image, uint8 (size, size): discs front to back until covered.
+
+  Discs come in rounds; every pixel takes the grey level of the first disc (in the
+  order drawn) that covers it; a later round fills only what the earlier left
+  uncovered, behind them. Vectorised: each disc is rasterised on a square of
+  offsets no smaller than itself.
+  """
+  value = np.full(size * size, -1.0)
+  r = np.geomspace(r_min, r_max, 512)  # E[r^2] under the density, numerically
+  w = r**-exponent * np.gradient(r)
+  mean_area = np.pi * np.sum(w * r**2) / np.sum(w)
+  n = int(4 * size * size / mean_area) + 64  # discs a round: about four coats
+  stencils = _stencils(r_max)
+  while (value < 0).any():
+    r = radii(rng, n, r_min, r_max, exponent)
+    cy, cx = rng.uniform(-r_max, size + r_max, (2, n))
+    grey = rng.random(n)
+    pixels, discs, low = [], [], 0.0
+    for R, dy, dx in stencils:
+      idx = np.flatnonzero((r > low) & (r <= R))
+      low = R
+      if not idx.size:
+        continue
+      py = np.floor(cy[idx])[:, None].astype(np.int64) + dy[None, :]
+      px = np.floor(cx[idx])[:, None].astype(np.int64) + dx[None, :]
+      inside = (((py - cy[idx, None])**2 + (px - cx[idx, None])**2 <= r[idx, None]**2)
+                & (py >= 0) & (py < size) & (px >= 0) & (px < size))
+      pixels.append((py * size + px)[inside])
+      discs.append(np.broadcast_to(idx[:, None], inside.shape)[inside])
+    pixels, discs = np.concatenate(pixels), np.concatenate(discs)
+    open_ = value[pixels] < 0
+    pixels, discs = pixels[open_], discs[open_]
+    order = np.lexsort((discs, pixels))  # by pixel, then by disc: the first disc first
+    first = np.unique(pixels[order], return_index=True)[1]
+    value[pixels[order][first]] = grey[discs[order][first]]
+  return np.round(value.reshape(size, size) * 255).astype(np.uint8)
+
+
+class DeadLeavesImages(data_lib.Examples):
+  """Crops of freshly drawn dead-leaves images: example i is crop i mod k of draw i // k,
+  the k = (draw_size / width)^2 tiles of a draw_size image; drawn from (seed, i // k)."""
+
+  def __init__(self, data_config: ml_collections.ConfigDict, width: int, seed: int,
+               length: int):
+    d = data_config
+    self.params = dict(r_min=float(d.r_min), r_max=float(d.r_max), exponent=float(d.exponent))
+    self.draw_size, self.width, self.seed, self.length = d.draw_size, width, seed, length
+    self.tiles = (d.draw_size // width) ** 2
+    self._last = (None, None)
+
+  def __len__(self) -> int:
+    return self.length
+
+  @property
+  def example_shape(self) -> tuple:
+    return (self.width, self.width, 1)
+
+  def fingerprint(self) -> str:
+    return hashlib.sha256(repr((sorted(self.params.items()), self.draw_size, self.width,
+                                self.seed, self.length)).encode()).hexdigest()
+
+  def image(self, j: int) -> np.ndarray:
+    """Draw j, (draw_size, draw_size), the last one kept for its other tiles."""
+    if self._last[0] != j:
+      self._last = (j, draw(np.random.default_rng([self.seed, j]), self.draw_size,
+                            **self.params))
+    return self._last[1]
+
+  def example(self, index: int) -> np.ndarray:
+    j, tile = divmod(index, self.tiles)
+    per_row = self.draw_size // self.width
+    y, x = (tile // per_row) * self.width, (tile % per_row) * self.width
+    return self.image(j)[y:y + self.width, x:x + self.width, None]
+
+  def stream(self, seed: int):
+    """Fresh draws, one after another: step s takes examples s B .. (s + 1) B - 1."""
+    import grain  # pylint: disable=g-import-not-at-top
+    del seed  # the draws' seed is the examples' own
+    return grain.MapDataset.range(2**62).map(self.example)
+
+
+class DeadLeavesExperiment(images.ConvolutionalImageExperiment):
+  """Dead leaves (Table 1): the convolution-only model on fresh crops."""
+
+  def __init__(self):
+    # arXiv 1503.03585 v8, Table 1: bits per pixel.
+    super().__init__("dead_leaves", "dead leaves of Table 1 and Figure 4 (occluding discs)",
+                     {"K_bits": 1.489, "K_minus_L_null_bits": 3.536})
+
+  def default_config(self) -> ml_collections.ConfigDict:
+    config = super().default_config()
+    config.data = data = ml_collections.ConfigDict()
+    data.source = "dead_leaves"     # drawn afresh from (seed, index): no fixed training set
+    data.dataset = "dead_leaves"
+    data.draw_size = 128            # drawn images' width: training and testing take its tiles
+    data.r_min = 1.0                # smallest radius, pixels (a choice: the paper gives none)
+    data.r_max = 32.0               # largest radius, pixels (a choice: the paper gives none)
+    data.exponent = 3.0             # radius density r^-3: scale invariant (Lee et al. 2001)
+    data.examples_per_epoch = 100000  # training examples an "epoch" counts (the lr decay)
+    data.num_test = 512             # held-out examples (fixed draws) of the periodic bound
+    data.scale_from = "train_set"   # 'train_set': a fixed sample of 1000 training examples
+    data.dequantization = "bin"     # 'bin' (one 8-bit bin) | 'reference' ((1/255)/scale)
+    config.model.trajectory_length = 1000  # T (paper Appendix D.2.1)
+    return config
+
+  def tiny_config(self) -> ml_collections.ConfigDict:
+    config = super().tiny_config()
+    config.data.update(draw_size=32, r_max=8.0, num_test=32, examples_per_epoch=640)
+    return config
+
+  def validate(self, config: ml_collections.ConfigDict) -> None:
+    config_lib.validate_model_config(config.model)
+    d = config.data
+    config_lib.check_fields("data", d, DATA_DOMAINS)
+    width = config.model.spatial_width
+    for what, w in (("model.spatial_width", width),
+                    ("final_eval.image_size", config.final_eval.image_size)):
+      if d.draw_size % w:
+        raise config_lib.ConfigError(
+            f"data.draw_size={d.draw_size} must be a multiple of {what}={w}: the examples are "
+            "its tiles.")
+    if d.r_min >= d.r_max:
+      raise config_lib.ConfigError(f"data.r_min={d.r_min} must be below data.r_max={d.r_max}.")
+    super().validate_final(config)
+
+  def load_data(self, config: ml_collections.ConfigDict) -> data_lib.Dataset:
+    d, width = config.data, config.model.spatial_width
+    train = DeadLeavesImages(d, width, config.seed, d.examples_per_epoch)
+    test = DeadLeavesImages(d, width, config.seed + TEST_SEED_OFFSET, d.num_test)
+    return data_lib.Dataset(train, test, "dead_leaves", {
+        "source": "dead_leaves", "drawn": "afresh from (seed, index)",
+        **{k: d[k] for k in ("draw_size", "r_min", "r_max", "exponent")}})
+
+  def report_data(self, config: ml_collections.ConfigDict, num: int, seed: int) -> np.ndarray:
+    """Tiles of final_eval.image_size of fresh draw_size draws (as training's, larger)."""
+    d = config.data
+    fresh = DeadLeavesImages(d, config.final_eval.image_size,
+                             config.seed + REPORT_SEED_OFFSET + seed, num)
+    return fresh[:num]
+
+  def figures(self, task, params: Any, examples: np.ndarray, workdir: str, key) -> list:
+    """Figure 4: fresh training-size draws beside samples drawn at the report's larger size."""
+    stats = data_lib.DataStats.from_dict(task.stats)
+    n = 4
+    samples = sampling.generate(task.model, params, stats, "sample", key, num_images=n,
+                                image_size=examples.shape[1:3])["samples"]
+    size = examples.shape[1]
+    return [plotting.save_image_panels(
+        [examples[:n] / 255.0, samples],
+        [f"data: fresh draws, {size} px", f"samples, {size} px (trained on "
+         f"{task.model.config.spatial_width} px crops)"], os.path.join(workdir, "figure4.png"),
+        ncols=2)]
+
+
+DEAD_LEAVES = DeadLeavesExperiment()

@@ -1,0 +1,288 @@
+"""Your own images: a folder of PNG and JPEG files, decoded on demand.
+
+`data.source='folder'` with `data.dir` (searched recursively) and one of two modes:
+
+  resize  the reference code's IMAGENET stream (imagenet_data.py): each image is
+          padded to a square with black borders, (long - short) // 2 on both short
+          sides, and resized bicubically to model.spatial_width; the files are
+          split 90/10 into training and test images with a fixed seed.
+  crops   random spatial_width x spatial_width crops, for texture-like data: the
+          training crops come from the training images, the test crops, at fixed
+          places, from the held-out images; a single image is split instead into
+          a training region and a held-out region (its right-hand columns).
+
+Images of any size, greyscale or colour, are converted to model.n_colors
+channels. A file that cannot be decoded is skipped and counted (the count is
+logged and recorded in data_stats.json); an empty folder, one of damaged files
+only, or images smaller than the crop, are a DataError naming the folder and
+the fix. The examples are data.Examples: never loaded whole, streamed through
+Grain (worker processes with data.workers > 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from typing import Optional, Sequence
+
+from absl import logging
+import ml_collections
+import numpy as np
+
+from dpm_jax import data as data_lib
+
+EXTENSIONS = (".png", ".jpg", ".jpeg")
+MODES = ("resize", "crops")
+# Seeds of the file split (the reference code's) and of the test crops' places.
+SPLIT_SEED = 12345
+TEST_CROP_SEED = 54321
+
+
+class _Unreadable(Exception):
+  """A file that is not an image Pillow can decode."""
+
+
+def find_images(folder: str) -> list:
+  """Paths (relative to folder) of the PNG and JPEG files below it, sorted.
+
+  Raises:
+    data_lib.DataError: no such folder, or no image in it.
+  """
+  if not folder:
+    raise data_lib.DataError("data.source='folder' needs data.dir, the folder of your images "
+                             "(PNG or JPEG, any size, searched recursively).")
+  if not os.path.isdir(folder):
+    raise data_lib.DataError(f"data.dir={folder!r} is not a folder; point it at the folder of "
+                             "your images (PNG or JPEG, searched recursively).")
+  found = []
+  for root, dirs, files in os.walk(folder):
+    dirs.sort()
+    found += [os.path.relpath(os.path.join(root, f), folder) for f in sorted(files)
+              if f.lower().endswith(EXTENSIONS)]
+  if not found:
+    raise data_lib.DataError(f"No PNG or JPEG images in {folder} (searched recursively); put "
+                             "your images there, or point data.dir at their folder.")
+  return found
+
+
+def _open(path: str):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    return Image.open(path)
+  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+    raise _Unreadable(f"{type(err).__name__}: {err}") from err
+
+
+def image_size(path: str) -> tuple:
+  """(width, height) of an image, from its header; checks the file's structure.
+
+  Raises:
+    _Unreadable: not a readable PNG or JPEG.
+  """
+  try:
+    with _open(path) as im:
+      size = im.size
+      im.verify()  # the structure (PNG: every chunk's CRC), without decoding the pixels
+    return size
+  except _Unreadable:
+    raise
+  except Exception as err:  # pylint: disable=broad-except
+    raise _Unreadable(f"{type(err).__name__}: {err}") from err
+
+
+def decode(path: str, n_colors: int) -> np.ndarray:
+  """The image as uint8 (H, W, n_colors): greyscale or RGB, whatever it was stored as.
+
+  Raises:
+    _Unreadable: the pixels cannot be decoded (a damaged file).
+  """
+  try:
+    with _open(path) as im:
+      im = im.convert("L" if n_colors == 1 else "RGB")
+      array = np.asarray(im, np.uint8)
+  except _Unreadable:
+    raise
+  except Exception as err:  # pylint: disable=broad-except
+    raise _Unreadable(f"{type(err).__name__}: {err}") from err
+  return array[..., None] if array.ndim == 2 else array
+
+
+def pad_and_resize(image: np.ndarray, width: int) -> np.ndarray:
+  """The reference code's IMAGENET preprocessing: pad to a square with black borders of
+  (long - short) // 2 on both short sides, then a bicubic resize to width x width."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  h, w, c = image.shape
+  pad = abs(h - w) // 2
+  padding = ((pad, pad), (0, 0), (0, 0)) if w > h else ((0, 0), (pad, pad), (0, 0))
+  square = np.pad(image, padding)
+  pil = Image.fromarray(square[..., 0] if c == 1 else square)
+  out = np.asarray(pil.resize((width, width), Image.BICUBIC), np.uint8)
+  return out[..., None] if out.ndim == 2 else out
+
+
+@dataclasses.dataclass(frozen=True)
+class Region:
+  """The columns [start, stop) of an image that a split may crop from (None: all)."""
+  start: float = 0.0
+  stop: float = 1.0
+
+
+class FolderImages(data_lib.Examples):
+  """Examples from image files, made on demand: resized images, or crops.
+
+  resize: example i is file i, padded and resized. crops: example i is a crop of
+  file i mod n_files, at a place drawn from (seed, i) within the file's region;
+  `crops_per_image` crops of each file make an epoch. A file that fails to decode
+  while streaming is replaced by the next one, and counted in `failures`.
+  """
+
+  def __init__(self, root: str, files: Sequence[str], *, mode: str, width: int, n_colors: int,
+               seed: int, crops_per_image: int = 1, region: Region = Region(),
+               sizes: Optional[Sequence[tuple]] = None):
+    self.root, self.files = root, list(files)
+    self.mode, self.width, self.n_colors, self.seed = mode, width, n_colors, seed
+    self.crops_per_image = crops_per_image if mode == "crops" else 1
+    self.region, self.sizes = region, sizes
+    self.failures = 0
+
+  def __len__(self) -> int:
+    return len(self.files) * self.crops_per_image
+
+  @property
+  def example_shape(self) -> tuple:
+    return (self.width, self.width, self.n_colors)
+
+  def __repr__(self) -> str:
+    return (f"FolderImages({self.root!r}, {len(self.files)} files, {self.mode}, "
+            f"{self.width}px, region {self.region})")
+
+  def fingerprint(self) -> str:
+    h = hashlib.sha256(repr((self.mode, self.width, self.n_colors, self.seed,
+                             self.crops_per_image, self.region)).encode())
+    for name in self.files:
+      h.update(f"{name}:{os.path.getsize(os.path.join(self.root, name))};".encode())
+    return h.hexdigest()
+
+  def _file(self, i: int) -> np.ndarray:
+    return decode(os.path.join(self.root, self.files[i]), self.n_colors)
+
+  def _crop(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    h, w, _ = image.shape
+    lo, hi = int(round(self.region.start * w)), int(round(self.region.stop * w))
+    y = int(rng.integers(0, h - self.width + 1))
+    x = int(rng.integers(lo, hi - self.width + 1))
+    return image[y:y + self.width, x:x + self.width]
+
+  def example(self, index: int) -> np.ndarray:
+    for attempt in range(len(self.files)):
+      i = (index + attempt * self.crops_per_image) % len(self)
+      try:
+        image = self._file(i % len(self.files))
+      except _Unreadable as err:
+        self.failures += 1
+        logging.warning("Skipping %s: %s", self.files[i % len(self.files)], err)
+        continue
+      if self.mode == "resize":
+        return pad_and_resize(image, self.width)
+      return self._crop(image, np.random.default_rng([self.seed, index]))
+    raise data_lib.DataError(f"No image in {self.root} can be decoded any more; check the files.")
+
+
+def _split(files: Sequence[str], test_fraction: float) -> tuple:
+  """The reference code's split: shuffle the files with a fixed seed, the first
+  round((1 - test_fraction) n) for training, the rest for testing (at least one each)."""
+  order = np.random.default_rng(SPLIT_SEED).permutation(len(files))
+  n_train = min(max(int(round((1 - test_fraction) * len(files))), 1), len(files) - 1)
+  return [files[i] for i in sorted(order[:n_train])], [files[i] for i in sorted(order[n_train:])]
+
+
+def check_files(folder: str, files: Sequence[str]) -> tuple:
+  """(readable files, their (width, height), the damaged ones) of a folder."""
+  readable, sizes, damaged = [], [], []
+  for name in files:
+    try:
+      sizes.append(image_size(os.path.join(folder, name)))
+      readable.append(name)
+    except _Unreadable as err:
+      damaged.append(name)
+      logging.warning("Skipping the damaged image %s: %s", os.path.join(folder, name), err)
+  return readable, sizes, damaged
+
+
+def _files(data_config: ml_collections.ConfigDict, width: int) -> tuple:
+  """(folder, readable files, their sizes, damaged files), checked for `width`."""
+  d = data_config
+  folder = os.path.abspath(os.path.expanduser(d.dir))
+  files, sizes, damaged = check_files(folder, find_images(d.dir))
+  if not files:
+    raise data_lib.DataError(f"Every image in {folder} is damaged ({len(damaged)} files, e.g. "
+                             f"{damaged[0]}): none can be decoded. Replace the files.")
+  if d.folder_mode == "crops":
+    small = [f for f, (w, h) in zip(files, sizes) if min(w, h) < width]
+    if small:
+      raise data_lib.DataError(
+          f"{len(small)} image(s) in {folder} (e.g. {small[0]}, {sizes[files.index(small[0])]}) "
+          f"are smaller than the {width} x {width} crop; lower model.spatial_width, or use "
+          "data.folder_mode='resize'.")
+  if len(files) == 1:
+    if d.folder_mode != "crops":
+      raise data_lib.DataError(f"{folder} holds one image: resize mode needs several to hold "
+                               "some out; use data.folder_mode='crops', which holds out a "
+                               "region of it.")
+    w = sizes[0][0]
+    if round(d.holdout_fraction * w) < width or round((1 - d.holdout_fraction) * w) < width:
+      raise data_lib.DataError(
+          f"The image in {folder} is {w} pixels wide: its training region and its held-out "
+          f"{d.holdout_fraction:g} must each hold a {width}-pixel crop; change "
+          "data.holdout_fraction or model.spatial_width.")
+  return folder, files, sizes, damaged
+
+
+def held_out(data_config: ml_collections.ConfigDict, *, width: int, n_colors: int, count: int,
+             seed: int = TEST_CROP_SEED) -> FolderImages:
+  """`count` held-out examples of a given width: crops at fixed places (crops mode) from
+  the held-out images or region, or the held-out images resized (resize mode)."""
+  folder, files, sizes, _ = _files(data_config, width)
+  return _held_out(data_config, folder, files, sizes, width, n_colors, count, seed)
+
+
+def _held_out(d, folder, files, sizes, width, n_colors, count, seed) -> FolderImages:
+  common = dict(mode=d.folder_mode, width=width, n_colors=n_colors, seed=seed)
+  if len(files) == 1:
+    return FolderImages(folder, files, crops_per_image=count,
+                        region=Region(1.0 - d.holdout_fraction, 1.0), sizes=sizes, **common)
+  _, test_files = _split(files, d.test_fraction)
+  return FolderImages(folder, test_files, crops_per_image=max(1, count // len(test_files)),
+                      **common)
+
+
+def load(data_config: ml_collections.ConfigDict, *, width: int, n_colors: int,
+         seed: int) -> data_lib.Dataset:
+  """The training and test examples of an image folder (see the module docstring).
+
+  Raises:
+    data_lib.DataError: no folder, no images, only damaged ones, or images smaller
+      than the crop; the message names the folder and the fix.
+  """
+  d = data_config
+  folder, files, sizes, damaged = _files(d, width)
+  common = dict(mode=d.folder_mode, width=width, n_colors=n_colors)
+  if len(files) == 1:
+    train = FolderImages(folder, files, seed=seed, crops_per_image=d.crops_per_image,
+                         region=Region(0.0, 1.0 - d.holdout_fraction), sizes=sizes, **common)
+  else:
+    train_files, _ = _split(files, d.test_fraction)
+    train = FolderImages(folder, train_files, seed=seed, crops_per_image=d.crops_per_image,
+                         **common)
+  test = _held_out(d, folder, files, sizes, width, n_colors, d.test_crops, TEST_CROP_SEED)
+  if damaged:
+    logging.warning("%d of %d files in %s are damaged and skipped (data_stats.json lists them).",
+                    len(damaged), len(damaged) + len(files), folder)
+  provenance = {"source": "folder", "dir": folder, "folder_mode": d.folder_mode,
+                "num_files": len(files), "damaged_files": len(damaged),
+                "damaged": damaged[:20],
+                "stats_from": f"{min(data_lib.STATS_EXAMPLES, len(train))} training examples "
+                              "(a fixed sample)"}
+  return data_lib.Dataset(train, test, os.path.basename(folder.rstrip(os.sep)) or "folder",
+                          provenance)

@@ -1,0 +1,22 @@
+"""Trains the dead leaves model of the paper's Table 1 and Figure 4, then reports its bound.
+
+  python -m experiments.dead_leaves --config=experiments/configs/dead_leaves.py --workdir=runs/dead_leaves
+
+Writes <workdir>/eval.json (K, K - L_null and their standard errors in bits per
+pixel, exact over t, on fresh images larger than the training crops, beside
+the paper's), kl_per_t_fresh.png and figure4.png (fresh images beside samples
+of their size).
+"""
+
+from . import launch
+
+PROGRAM = launch.training_program("experiments.dead_leaves", __doc__,
+                                  launch.config_path("dead_leaves"))
+
+
+def run() -> None:
+  PROGRAM.cli()
+
+
+if __name__ == "__main__":
+  run()
