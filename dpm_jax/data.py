@@ -163,15 +163,24 @@ class Examples(abc.ABC):
     workers > 0 decodes in that many worker processes (grain's mp_prefetch); the
     batches do not depend on it.
     """
-    import grain  # pylint: disable=g-import-not-at-top
     local = batch_size // process_count
     ds = self.stream(seed).batch(local, drop_remainder=True)
     ds = ds[process_index::process_count][start_step:]
-    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
-    if workers:
-      it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
-                                                       per_worker_buffer_size=2))
-    return iter(it)
+    return prefetch(ds, workers)
+
+
+def prefetch(ds, workers: int):
+  """An iterator over a grain.MapDataset: read ahead by two threads, or decoded by
+  `workers` processes (the order is the dataset's either way)."""
+  import grain  # pylint: disable=g-import-not-at-top
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
+  if workers:
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (grain issue #1355)
+      flags.FLAGS.mark_as_parsed()
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
+                                                     per_worker_buffer_size=2))
+  return iter(it)
 
 
 def train_batches(train, batch_size: int, seed: int, start_step: int, *, process_index: int = 0,

@@ -139,11 +139,26 @@ class DeadLeavesImages(data_lib.Examples):
     y, x = (tile // per_row) * self.width, (tile % per_row) * self.width
     return self.image(j)[y:y + self.width, x:x + self.width, None]
 
-  def stream(self, seed: int):
-    """Fresh draws, one after another: step s takes examples s B .. (s + 1) B - 1."""
+  def tiles_of(self, j: int) -> np.ndarray:
+    """The examples of draw j, (tiles, width, width, 1): examples j k .. (j + 1) k - 1."""
+    return np.stack([self.example(j * self.tiles + t) for t in range(self.tiles)])
+
+  def batches(self, batch_size: int, seed: int, start_step: int, *, process_index: int = 0,
+              process_count: int = 1, workers: int = 0):
+    """Fresh draws, one after another: step s takes examples s B .. (s + 1) B - 1, a whole
+    number of draws a batch (so that each draw is made once)."""
     import grain  # pylint: disable=g-import-not-at-top
     del seed  # the draws' seed is the examples' own
-    return grain.MapDataset.range(2**62).map(self.example)
+    local = batch_size // process_count
+    if local % self.tiles:
+      raise data_lib.DataError(
+          f"The per-process batch {local} is not a whole number of draws of {self.tiles} "
+          "examples; choose train.batch_size a multiple of (data.draw_size / "
+          "model.spatial_width)^2 per process.")
+    shape = (local,) + self.example_shape
+    ds = grain.MapDataset.range(2**62).map(self.tiles_of).batch(local // self.tiles)
+    ds = ds.map(lambda draws: draws.reshape(shape))[process_index::process_count][start_step:]
+    return data_lib.prefetch(ds, workers)
 
 
 class DeadLeavesExperiment(images.ConvolutionalImageExperiment):

@@ -34,6 +34,8 @@ from dpm_jax import data as data_lib
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 MODES = ("resize", "crops")
+# Decoded files kept per process (a crop takes a small part of one).
+DECODED_CACHE = 8
 # Seeds of the file split (the reference code's) and of the test crops' places.
 SPLIT_SEED = 12345
 TEST_CROP_SEED = 54321
@@ -145,6 +147,7 @@ class FolderImages(data_lib.Examples):
     self.crops_per_image = crops_per_image if mode == "crops" else 1
     self.region, self.sizes = region, sizes
     self.failures = 0
+    self._decoded = {}  # the last few decoded files (crops take many of each)
 
   def __len__(self) -> int:
     return len(self.files) * self.crops_per_image
@@ -165,7 +168,14 @@ class FolderImages(data_lib.Examples):
     return h.hexdigest()
 
   def _file(self, i: int) -> np.ndarray:
-    return decode(os.path.join(self.root, self.files[i]), self.n_colors)
+    if i not in self._decoded:
+      if len(self._decoded) >= DECODED_CACHE:
+        self._decoded.pop(next(iter(self._decoded)))
+      self._decoded[i] = decode(os.path.join(self.root, self.files[i]), self.n_colors)
+    return self._decoded[i]
+
+  def __getstate__(self):  # to worker processes: without the decoded files
+    return {**self.__dict__, "_decoded": {}}
 
   def _crop(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     h, w, _ = image.shape
@@ -213,8 +223,8 @@ def check_files(folder: str, files: Sequence[str]) -> tuple:
 def _files(data_config: ml_collections.ConfigDict, width: int) -> tuple:
   """(folder, readable files, their sizes, damaged files), checked for `width`."""
   d = data_config
-  folder = os.path.abspath(os.path.expanduser(d.dir))
-  files, sizes, damaged = check_files(folder, find_images(d.dir))
+  folder = os.path.abspath(os.path.expanduser(d.dir)) if d.dir else ""
+  files, sizes, damaged = check_files(folder, find_images(folder))
   if not files:
     raise data_lib.DataError(f"Every image in {folder} is damaged ({len(damaged)} files, e.g. "
                              f"{damaged[0]}): none can be decoded. Replace the files.")
