@@ -12,6 +12,7 @@ def get_config(variant: str = ""):
   if variant:
     return experiment.variant(variant)
   config = experiment.default_config()
+  config.model.t_sampling = "per_example"  # one t per example: a steadier gradient
   t = config.train
   t.num_steps = 6000
   t.batches_per_epoch = 6         # the rate decays 10x over the run (1000 such epochs)
