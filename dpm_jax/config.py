@@ -379,7 +379,9 @@ def base_config() -> ml_collections.ConfigDict:
   # is faster; 0 = off.
   compute.micro_batch_size = -1
   # CPU devices JAX shows when it runs on the CPU: 0 = one per core, as many
-  # as divide the batch; 1 = one multi-threaded device. The entry points'
+  # as divide the batch, evaluation and sampling split over them and the
+  # training step on the first alone (parallel.training_devices); N = N
+  # devices, the training step split over them too. The entry points'
   # --cpu_devices flag, when given, wins.
   compute.cpu_devices = 0
 

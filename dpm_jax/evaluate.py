@@ -181,6 +181,7 @@ def make_test_evaluator(task: experiment_lib.Task, eval_config: ml_collections.C
     losses_fn = _one_t_losses(task, test, batch_size, seed=eval_config.seed)
 
     def evaluate(params, should_stop=None):
+      params = par.put_replicated(params)  # a copy when training placed them elsewhere
       losses = losses_fn(params, eval_config.num_batches, key, par.put_batch, should_stop)
       return record(losses, {"eval/num_batches": len(losses)})
 
@@ -196,6 +197,7 @@ def make_test_evaluator(task: experiment_lib.Task, eval_config: ml_collections.C
   stratified_bits = _stratified_bits_fn(task, eval_config.num_strata)
 
   def evaluate(params, should_stop=None):
+    params = par.put_replicated(params)  # a copy when training placed them elsewhere
     bits = stratified_bits(params, examples, key, batch_size, par.put_batch, par.to_host,
                            should_stop)
     return record(bits, {"eval/num_images": n})

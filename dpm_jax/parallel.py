@@ -20,6 +20,8 @@ Results equal the one-device results up to float summation order.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 from typing import Callable, Optional
@@ -209,6 +211,107 @@ def cpu_devices_for(*batch_sizes: int, cores: Optional[int] = None) -> int:
   """The most CPU devices, at most one per core, that divide every batch size."""
   cores = usable_cores() if cores is None else cores
   return _largest_divisor_at_most(math.gcd(*map(int, batch_sizes)), cores)
+
+
+# Runs with fewer steps than this skip the calibration below and split their
+# batch over every CPU device: the choice cannot repay a second compilation.
+CALIBRATE_MIN_STEPS = 100
+CALIBRATION_REPEATS = 3
+
+
+def cache_dir() -> str:
+  """Where per-machine measurements are kept: $DPM_JAX_CACHE_DIR, else
+  $XDG_CACHE_HOME/dpm_jax (default ~/.cache/dpm_jax)."""
+  return os.environ.get("DPM_JAX_CACHE_DIR") or os.path.join(
+      os.environ.get("XDG_CACHE_HOME") or os.path.expanduser(os.path.join("~", ".cache")),
+      "dpm_jax")
+
+
+def machine_signature() -> dict:
+  """What a CPU timing depends on besides the program: the processor, the cores this
+  process may use, jax's version."""
+  cpu = ""
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+  except OSError:
+    pass
+  return {"cpu": cpu, "cores": usable_cores(), "jax": jax.__version__}
+
+
+def calibrate_split(time_step: Callable[[list], float], signature: dict,
+                    *, cache: Optional[str] = None) -> dict:
+  """The faster way to run a training step on this process's CPU devices: on the first
+  device alone (its ops multi-threaded over every core) or split over all of them.
+
+  time_step(devices) -> seconds per step of the training step on those devices.
+  A lock-step split waits at every step for the slower core, so which is faster
+  depends on the host and its load, not only on the program (BENCHMARKS.md):
+  both are timed, once per machine and signature (the program: model, batch,
+  compute settings), and the answer is kept in <cache_dir()>/training_split.json.
+
+  Returns {'devices': n, 'seconds': {'1': s, 'n': s}, 'cached': bool}.
+  """
+  devices = jax.devices()
+  key = json.dumps({**machine_signature(), **signature}, sort_keys=True, default=str)
+  key = hashlib.sha256(key.encode()).hexdigest()[:16]
+  path = os.path.join(cache or cache_dir(), "training_split.json")
+  known = _read_json(path)
+  if key in known and known[key].get("devices", 0) in (1, len(devices)):
+    return {**known[key], "cached": True}
+  seconds = {str(n): float(time_step(devices[:n])) for n in (1, len(devices))}
+  choice = {"devices": min((1, len(devices)), key=lambda n: seconds[str(n)]),
+            "seconds": seconds, "signature": signature}
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    known = _read_json(path)  # another process may have written meanwhile
+    known[key] = choice
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+      json.dump(known, f, indent=1, default=str)
+    os.replace(tmp, path)
+  except OSError as err:  # a read-only home: measured again next time
+    logging.warning("Could not keep the calibration in %s: %s", path, err)
+  return {**choice, "cached": False}
+
+
+def _read_json(path: str) -> dict:
+  try:
+    with open(path) as f:
+      value = json.load(f)
+    return value if isinstance(value, dict) else {}
+  except (OSError, ValueError):
+    return {}
+
+
+def training_devices(cpu_devices: int = 0, *, num_steps: int = 0,
+                     time_step: Optional[Callable[[list], float]] = None,
+                     signature: Optional[dict] = None) -> tuple[list, str]:
+  """The devices a training step splits its batch over, and why.
+
+  On GPUs and TPUs, under jax.distributed, and with one device: every device.
+  On one process's CPU devices: cpu_devices=N > 0 (compute.cpu_devices,
+  --cpu_devices) splits over the first N. cpu_devices=0 (auto): a run of at
+  least CALIBRATE_MIN_STEPS steps, given time_step and signature, takes the
+  faster of one device and all of them (calibrate_split, cached per machine);
+  a shorter run, or one without time_step, splits over all of them.
+  Forward-only work (sampling, evaluation) is split over every device.
+
+  Returns (devices, a phrase saying how they were chosen).
+  """
+  devices = jax.devices()
+  if jax.default_backend() != "cpu" or jax.process_count() > 1 or len(devices) == 1:
+    return devices, "every device"
+  if cpu_devices:
+    return devices[:cpu_devices], f"compute.cpu_devices={cpu_devices}"
+  if time_step is None or num_steps < CALIBRATE_MIN_STEPS:
+    return devices, "every CPU device (a short run: no calibration)"
+  choice = calibrate_split(time_step, signature or {})
+  times = ", ".join(f"{n} device(s) {1e3 * s:.0f} ms"
+                    for n, s in sorted(choice["seconds"].items()))
+  return devices[:choice["devices"]], (
+      f"the faster on this machine ({times}" + (", measured earlier" if choice["cached"]
+                                                else "") + ")")
 
 
 def _largest_divisor_at_most(n: int, limit: int) -> int:

@@ -12,6 +12,7 @@ dpm_jax.rundir's.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import time
 from typing import NamedTuple, Optional, Sequence
@@ -42,6 +43,8 @@ from dpm_jax import table1
 # The periodic actions that a stop signal may interrupt; redone on resume.
 INTERRUPTIBLE = ("eval", "samples")
 PENDING_FILE = "pending_actions.json"
+# The devices the training step was split over when the run started (CPU, auto).
+SPLIT_FILE = "training_split.json"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -77,7 +80,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: Optional[str]
     workdir: the run directory; a new one under config.output_dir if None.
     dataset: the stored examples (dpm_jax.data.Dataset, e.g. data.from_arrays);
       loaded from config.data if None.
-    devices: the devices the batch is split over; all (of every process) if None.
+    devices: the devices the batch is split over (evaluation too); if None,
+      the training step's are chosen by parallel.training_devices (on a CPU,
+      for a long run, the faster of one device and all; every device
+      elsewhere) and recorded in <workdir>/training_split.json for resuming,
+      and evaluation and sampling split over every device.
     resume_verified: if the newest checkpoint is corrupt, resume from the
       newest that verifies (the corrupt ones are moved aside), not fail.
 
@@ -114,8 +121,8 @@ def _train(config, experiment, workdir, manager, dataset, devices, resume_verifi
            stop) -> step_lib.TrainState:
   """The loop of train_and_evaluate, in a locked workdir with its checkpoint manager."""
   cfg = config.train
-  par = parallel.DataParallel(devices)
-  par.check_batch_size(cfg.batch_size)
+  forward = parallel.DataParallel(devices)  # evaluation: every device unless given
+  forward.check_batch_size(cfg.batch_size)
   dataset = dataset if dataset is not None else experiment.load_data(config)
   steps_per_epoch, num_steps = schedule_steps(config, len(dataset.train))
   tx = optim.make_optimizer(config.optimizer, steps_per_epoch)
@@ -124,13 +131,21 @@ def _train(config, experiment, workdir, manager, dataset, devices, resume_verifi
     report(f"This run is complete: step {start} of {num_steps}, in {os.path.abspath(workdir)} "
            "(metrics.jsonl, samples/, checkpoints/). Raise --config.train.num_steps to train on.")
     return state
+  keys = run_keys(config.seed)
+  batches = data_lib.train_batches(task.train, cfg.batch_size, config.seed, start,
+                                   process_index=jax.process_index(),
+                                   process_count=jax.process_count(),
+                                   workers=config.data.get("workers", 0))
+  first = next(batches)
+  batches = itertools.chain([first], batches)
+  par, how, train_step = training_par(config, workdir, task, state, first, keys.train,
+                                      devices, num_steps - start)
+  par.check_batch_size(cfg.batch_size)
   state = par.put_replicated(state)
   meta = write_run_files(config, workdir, task)
-  train_step = step_lib.jit_train_step(task, config, par)
-  keys = run_keys(config.seed)
   saver = safety.Saver(manager, workdir, meta, task)
   schedule = optim.learning_rate_schedule(config.optimizer, steps_per_epoch)
-  evaluator = evaluate_lib.make_test_evaluator(task, config.eval, par, key=keys.eval)
+  evaluator = evaluate_lib.make_test_evaluator(task, config.eval, forward, key=keys.eval)
   sampler = sampling.make_sampler(task.model, num_images=cfg.sample_num_images)
   throughput = metrics_lib.Throughput(cfg.batch_size)
   actions = {  # the interruptible periodic actions: (when, what) -> metrics
@@ -138,12 +153,8 @@ def _train(config, experiment, workdir, manager, dataset, devices, resume_verifi
           evaluator, state, step, task.unit, stop, task.experiment.eval_summary)),
       "samples": (cfg.sample_every_steps, lambda step, state: write_samples(
           task, sampler, state, step, workdir, keys.sample, stop))}
-  log_start(task, config, par, start, num_steps, state, workdir, free)
+  log_start(task, config, par, how, start, num_steps, state, workdir, free)
   t_start = time.time()
-  batches = data_lib.train_batches(task.train, cfg.batch_size, config.seed, start,
-                                   process_index=jax.process_index(),
-                                   process_count=jax.process_count(),
-                                   workers=config.data.get("workers", 0))
   with metrics_lib.MetricWriter(workdir, start) as writer:
     finish_pending(workdir, start, state, actions, writer, num_steps, task.unit)
     for step in range(start + 1, num_steps + 1):
@@ -353,6 +364,54 @@ def interrupt(saver, stop, workdir, step, state, record=None, pending=()) -> saf
                              "rerun the same command to resume.")
 
 
+def training_par(config, workdir, task, state, batch, key, devices, steps_to_go):
+  """(DataParallel, how chosen, the jitted step) of the training step: on the given
+  devices, else on the split this run recorded when it started (a resumed run
+  repeats it), else on parallel.training_devices's choice, recorded in
+  <workdir>/training_split.json. `batch` is the first batch (numpy), which a
+  calibration times the step on."""
+  def chosen(devs, how):
+    par = parallel.DataParallel(devs)
+    return par, how, steps.get(len(devs)) or step_lib.jit_train_step(task, config, par)
+
+  steps = {}  # the calibration's compiled steps, by device count
+  if devices is not None:
+    return chosen(devices, "as given")
+  auto = config.compute.cpu_devices == 0
+  try:
+    recorded = outputs.read_json(os.path.join(workdir, SPLIT_FILE)) if auto else None
+  except ValueError:  # a damaged record: chosen again
+    recorded = None
+  if isinstance(recorded, dict) and 1 <= recorded.get("devices", 0) <= jax.device_count():
+    return chosen(jax.devices()[:recorded["devices"]], "as when this run started")
+
+  def time_step(devs):  # on copies: the step donates the state it is given
+    p = parallel.DataParallel(devs)
+    step_fn = steps[len(devs)] = step_lib.jit_train_step(task, config, p)
+    s, b = p.put_replicated(jax.device_get(state)), p.put_local_batch(
+        batch, config.train.batch_size)
+    times = []
+    for _ in range(1 + parallel.CALIBRATION_REPEATS):  # the first compiles
+      t0 = time.perf_counter()
+      s, m = step_fn(s, b, key)
+      jax.block_until_ready((s, m))
+      times.append(time.perf_counter() - t0)
+    return float(np.median(times[1:]))
+
+  devs, how = parallel.training_devices(config.compute.cpu_devices, num_steps=steps_to_go,
+                                       time_step=time_step, signature=step_signature(config))
+  if auto and jax.process_index() == 0 and jax.default_backend() == "cpu":
+    outputs.write_json(os.path.join(workdir, SPLIT_FILE), {"devices": len(devs), "how": how})
+  return chosen(devs, how)
+
+
+def step_signature(config: ml_collections.ConfigDict) -> dict:
+  """What the training step's program depends on (the key of a calibration)."""
+  return {"experiment": registry.name_of(config), "batch_size": config.train.batch_size,
+          "model": config.model.to_dict(), "compute": config.compute.to_dict(),
+          "optimizer": config.optimizer.name}
+
+
 def write_run_files(config, workdir, task) -> dict:
   """config.json and data_stats.json; returns the metadata saved with checkpoints."""
   data = task.data.record()
@@ -388,11 +447,11 @@ def report(line: str) -> None:
     print(line, flush=True)
 
 
-def log_start(task, config, par, start, num_steps, state, workdir, free):
+def log_start(task, config, par, how, start, num_steps, state, workdir, free):
   report(
       f"Training {task.experiment.name} ({task.model.__class__.__name__}) on {task.name}: "
       f"{len(task.train)} train / {len(task.test)} test examples, batch "
-      f"{config.train.batch_size} on {par.num_devices} device(s) ({jax.process_count()} "
+      f"{config.train.batch_size} on {par.num_devices} device(s) ({how}; {jax.process_count()} "
       f"process(es)), steps {start}..{num_steps}, {diffusion.count_params(state.params)} "
       f"parameters, workdir {workdir} ({free / 2**20:.0f} MiB free, "
       f"{rundir.state_nbytes(state) / 2**20:.1f} MiB a checkpoint)")

@@ -234,10 +234,11 @@ def _drop_closed_event_loop(unraisable) -> None:
 
 def define_cpu_devices(values: flags.FlagValues) -> None:
   flags.DEFINE_integer(
-      "cpu_devices", None, "When JAX runs on the CPU: the CPU devices it shows, the batch split "
-      "over them. 0: one per core, as many as divide the batch; 1: a single device "
-      "(ops multi-threaded one at a time). No effect on GPUs and TPUs. Default: "
-      "config.compute.cpu_devices when training, else 0.", lower_bound=0, flag_values=values)
+      "cpu_devices", None, "When JAX runs on the CPU: the CPU devices it shows. 0: one per "
+      "core, as many as divide the batch; sampling and evaluation split their batch over "
+      "them, training runs on the first alone; N > 0: N devices, training split over them "
+      "too. No effect on GPUs and TPUs. Default: config.compute.cpu_devices when training, "
+      "else 0.", lower_bound=0, flag_values=values)
 
 
 def use_cpu_devices(values: flags.FlagValues, *batch_sizes: int, configured: int = 0) -> None:
@@ -301,6 +302,8 @@ def train_main(values: flags.FlagValues) -> None:
   from dpm_jax import registry, table1, train  # pylint: disable=g-import-not-at-top
   experiment = registry.validate(config)
   use_cpu_devices(values, config.train.batch_size, configured=config.compute.cpu_devices)
+  if values.cpu_devices is not None:  # the flag wins (parallel.training_devices)
+    config.compute.cpu_devices = values.cpu_devices
   workdir = values.workdir or train.create_workdir(config)
   train.train_and_evaluate(config, workdir, resume_verified=values.resume_verified)
   if experiment.final_report:

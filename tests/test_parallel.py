@@ -1,5 +1,6 @@
 """Data parallelism: two CPU devices against one, in this process (conftest shows two)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -9,9 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, image_task
-from dpm_jax import data, diffusion, evaluate, parallel, rundir, sampling
+from dpm_jax import data, diffusion, evaluate, parallel, rundir, sampling, train
 from experiments.configs import test as test_config
-from runs import train_small
+from runs import digits, train_small
 
 # Devices and run safety: the execution layer, tested in the whole suite (not the fast tier).
 pytestmark = pytest.mark.slow
@@ -122,3 +123,20 @@ def test_use_cpu_devices_before_jax_starts():
   assert "Keeping JAX's 2 CPU devices (asked for 3)" in res.stderr
   with pytest.raises(parallel.config_lib.ConfigError, match="at least 1"):
     parallel.use_cpu_devices(0)
+
+
+def test_a_run_keeps_the_split_it_started_with(tmp_path):
+  """With compute.cpu_devices=0 (auto) a short run splits over both devices and records
+  it; a run that recorded another split (e.g. a calibration's one device) resumes on it."""
+  config = test_config.get_config()
+  config.train.update(num_steps=2, eval_every_steps=0, sample_every_steps=0)
+  ds = digits()
+  small = data.Dataset(ds.train[:128], ds.test[:64], "mnist_embedded_small")
+  fresh, recorded = tmp_path / "fresh", tmp_path / "recorded"
+  state = train.train_and_evaluate(config, str(fresh), dataset=small)
+  assert len(state.step.sharding.device_set) == 2
+  assert json.loads((fresh / "training_split.json").read_text())["devices"] == 2
+  recorded.mkdir()
+  (recorded / "training_split.json").write_text(json.dumps({"devices": 1, "how": "a test"}))
+  state = train.train_and_evaluate(config, str(recorded), dataset=small)
+  assert len(state.step.sharding.device_set) == 1
