@@ -7,7 +7,8 @@ nothing else running), with 0 worker processes (decoding in two threads of this
 process) and with 2, in both folder modes (resize to 32 x 32, random 32 x 32
 crops), beside what the training step consumes: images/s of the train step of
 the CIFAR-10-sized model (the reference README's network, 32 x 32 x 3) at batch
-64, measured in the same run. Writes runs/loader.json.
+64, measured in the same run. Writes benchmarks/loader.json (runs/loader.json outside
+a checkout).
 """
 
 from __future__ import annotations
@@ -66,11 +67,14 @@ def main(argv=None) -> dict:
   parser.add_argument("--size", type=int, default=256)
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--steps", type=int, default=40)
-  parser.add_argument("--output", default=os.path.join("runs", "loader.json"))
+  here = os.path.dirname(os.path.abspath(__file__))
+  checkout = os.path.exists(os.path.join(here, os.pardir, "pyproject.toml"))
+  parser.add_argument("--output", default=os.path.join(here, "loader.json") if checkout
+                      else os.path.join("runs", "loader.json"))
   args = parser.parse_args(argv)
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.FLAGS.mark_as_parsed()
-  results = {"images": args.images, "image_size": args.size, "batch": args.batch,
+  results = {"command": "python -m benchmarks.loader", "images": args.images, "image_size": args.size, "batch": args.batch,
              "loader": {}}
   with tempfile.TemporaryDirectory() as folder:
     make_jpegs(folder, args.images, args.size)

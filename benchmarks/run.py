@@ -10,12 +10,20 @@ trajectory, evaluation images/s (the forward bound, one t per batch), XLA's
 FLOPs per train step and the fraction of this machine's measured matmul
 peak, and memory (XLA's buffer sizes, the process's peak RSS). The seed's
 PyTorch model (benchmarks/seed_torch.py) runs the same work when torch is
-installed; otherwise it is skipped with a note. Ratios are JAX / PyTorch
-images/s from the same run.
+installed, eagerly and under torch.compile (its compile time reported);
+otherwise it is skipped with a note.
 
 On a CPU, JAX is shown one device per core (as the entry points do, see
 dpm_jax.parallel; --cpu_devices overrides) and the JAX model runs with the
-batch split over all devices, then on one device for comparison.
+batch split over all devices, then on one device. The default configuration
+is what the entry points run: the training step on the devices
+parallel.training_devices picks for a long run (fed this run's step times,
+unless this machine has an answer cached), sampling and evaluation split over
+every device. The headline ratios in the results JSON are the first model's
+default configuration over the PyTorch rows of the same run:
+train_speedup_vs_torch, sample_speedup_vs_torch (eager),
+train_speedup_vs_torch_compile, sample_speedup_vs_torch_compile, and
+one_device_peak_fraction, default_over_one_device_train (and _sample).
 """
 
 from __future__ import annotations
@@ -119,6 +127,7 @@ def bench_jax_train(config, steps: int, par: parallel.DataParallel) -> dict:
   if mem is not None:
     out["xla_temp_mib"] = mem.temp_size_in_bytes / 2**20
     out["xla_argument_mib"] = mem.argument_size_in_bytes / 2**20
+    out["xla_output_mib"] = mem.output_size_in_bytes / 2**20
   return out
 
 
@@ -169,8 +178,13 @@ def bench_jax_eval(config, repeats: int, par: parallel.DataParallel) -> dict:
   return {"images_per_sec": batch / seconds}
 
 
-def bench_torch(name: str, cfg, batch: int, steps: int, num_images: int) -> dict:
-  """The seed's PyTorch model: train step (RMSprop) and the sampling loop."""
+def bench_torch(cfg, batch: int, steps: int, num_images: int, compile: bool = False) -> dict:
+  """The seed's PyTorch model: a train step (RMSprop) and the sampling loop.
+
+  compile=True wraps the training cost and the reverse step in torch.compile
+  (its default inductor backend); their first calls, which compile, are timed
+  apart as compile_s.
+  """
   import torch  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, os.path.dirname(HERE))
   from . import seed_torch  # pylint: disable=g-import-not-at-top
@@ -183,30 +197,80 @@ def bench_torch(name: str, cfg, batch: int, steps: int, num_images: int) -> dict
   model = seed_torch.DiffusionModel(cfg.spatial_width, cfg.n_colors,
                                     uniform_noise=STATS.uniform_noise, **kwargs)
   opt = torch.optim.RMSprop(model.parameters(), lr=1e-3, alpha=0.9, eps=1e-10)
+  cost = torch.compile(model.cost) if compile else model.cost
+  mu_sigma = torch.compile(model.get_mu_sigma) if compile else model.get_mu_sigma
   x = torch.randn(batch, cfg.n_colors, cfg.spatial_width, cfg.spatial_width)
 
   def step():
     opt.zero_grad()
-    loss = model.cost(x)
-    loss.backward()
+    cost(x).backward()
     opt.step()
 
-  for _ in range(2):
-    step()
+  start = time.perf_counter()
+  step()  # compiles, under torch.compile
+  first_step_s = time.perf_counter() - start
+  step()
   step_s = _median_time(step, steps)
   out = {"train_images_per_sec": batch / step_s, "step_ms": step_s * 1e3,
-         "torch_version": torch.__version__, "threads": torch.get_num_threads()}
+         "torch_version": torch.__version__, "threads": torch.get_num_threads(),
+         "mode": "compile" if compile else "eager"}
 
   xs = torch.randn(num_images, cfg.n_colors, cfg.spatial_width, cfg.spatial_width)
   T = cfg.trajectory_length
   with torch.no_grad():
     start = time.perf_counter()
+    mu_sigma(xs, torch.tensor([[float(T - 1)]]))  # compiles, under torch.compile
+    first_sample_s = time.perf_counter() - start
+    start = time.perf_counter()
     for t in range(T - 1, 0, -1):
-      mu, sigma = model.get_mu_sigma(xs, torch.tensor([[float(t)]]))
+      mu, sigma = mu_sigma(xs, torch.tensor([[float(t)]]))
       xs = mu + sigma * torch.randn_like(xs)
     seconds = time.perf_counter() - start
   out.update(sample_images_per_sec=num_images / seconds, sample_seconds=seconds)
-  del name
+  if compile:
+    out["compile_s"] = (first_step_s - step_s) + (first_sample_s - seconds / (T - 1))
+  return out
+
+
+def default_configuration(config, rows: dict, sample_images: int) -> dict:
+  """Which rows the entry points' default configuration runs: the training step on
+  parallel.training_devices's choice for a long run (the calibration, here fed
+  this run's own step times unless this machine has an answer cached), sampling
+  and evaluation split over every device."""
+  from dpm_jax import train  # pylint: disable=g-import-not-at-top
+  devices, how = parallel.training_devices(
+      0, num_steps=10**6, signature=train.step_signature(config),
+      time_step=lambda devs: rows[len(devs)]["train"]["step_ms"] / 1e3)
+  forward = parallel.DataParallel.for_batch(sample_images).num_devices
+  return {"train_devices": len(devices), "train_how": how, "sample_devices": forward,
+          "train": rows[len(devices)]["train"], "sample": rows[forward]["sample"],
+          "eval": rows[max(rows)]["eval"]}
+
+
+def headline_ratios(results: dict, name: str) -> dict:
+  """The speed-ups of the default configuration of one model over the seed's PyTorch
+  model (eager and torch.compile), from this run."""
+  entry = results["models"][name]
+  default, out = entry.get("default"), {}
+  if default is None:
+    return out
+  for mode, suffix in (("eager", ""), ("compile", "_compile")):
+    t = entry["torch"].get(mode, {})
+    ok = "train_images_per_sec" in t
+    out[f"train_speedup_vs_torch{suffix}"] = (
+        default["train"]["images_per_sec"] / t["train_images_per_sec"] if ok else None)
+    out[f"sample_speedup_vs_torch{suffix}"] = (
+        default["sample"]["images_per_sec"] / t["sample_images_per_sec"] if ok else None)
+  one = next((j for label, j in entry["jax"].items()
+              if label.startswith("auto") and j["devices"] == 1), None)
+  if one is not None:
+    out["one_device_peak_fraction"] = one["train"]["achieved_gflops"] / results[
+        "matmul_peak_gflops"]
+    out["default_over_one_device_train"] = (default["train"]["images_per_sec"]
+                                            / one["train"]["images_per_sec"])
+    out["default_over_one_device_sample"] = (default["sample"]["images_per_sec"]
+                                             / one["sample"]["images_per_sec"])
+  out["headline_model"] = name
   return out
 
 
@@ -239,13 +303,22 @@ def markdown_table(results: dict) -> str:
           f"{100 * tr['achieved_gflops'] / results['matmul_peak_gflops']:.0f}% | "
           f"{j['sample']['images_per_sec']:.2f} ({j['sample']['trajectory_length']}) | "
           f"{j['eval']['images_per_sec']:.0f} |")
-    t = r.get("torch")
-    if t and "train_images_per_sec" in t:
-      rows.append(f"| {name} | PyTorch seed (eager, {t['threads']} threads) | "
-                  f"{t['train_images_per_sec']:.0f} | {t['step_ms']:.0f} | - | - | - | "
-                  f"{t['sample_images_per_sec']:.2f} | - |")
+    for mode, t in r.get("torch", {}).items():
+      if "train_images_per_sec" in t:
+        compile_s = f"{t['compile_s']:.0f}" if "compile_s" in t else "-"
+        rows.append(f"| {name} | PyTorch seed ({mode}, {t['threads']} threads) | "
+                    f"{t['train_images_per_sec']:.0f} | {t['step_ms']:.0f} | {compile_s} | - | - | "
+                    f"{t['sample_images_per_sec']:.2f} | - |")
   lines = ["\n".join(rows), ""]
-  for key in ("train_speedup_vs_torch", "sample_speedup_vs_torch"):
+  for name, r in results["models"].items():
+    d = r.get("default")
+    if d:
+      lines.append(f"- {name}, the default configuration: training on {d['train_devices']} "
+                   f"device(s) ({d['train_how']}), sampling on {d['sample_devices']}")
+  for key in ("train_speedup_vs_torch", "sample_speedup_vs_torch",
+              "train_speedup_vs_torch_compile", "sample_speedup_vs_torch_compile",
+              "one_device_peak_fraction", "default_over_one_device_train",
+              "default_over_one_device_sample"):
     if results.get(key) is not None:
       lines.append(f"- {key}: {results[key]:.2f}")
   return "\n".join(lines)
@@ -272,7 +345,7 @@ def main(argv=None):
                       "default: auto,xla (--quick: auto)")
   parser.add_argument("--devices", default=None,
                       help="device counts to run the JAX model on ('all': every device); "
-                      "default: all,1 (--quick: all)")
+                      "default: all,1")
   parser.add_argument("--cpu_devices", type=int, default=0,
                       help="CPU devices JAX shows (0: one per core, as many as divide the batches)")
   parser.add_argument("--no_torch", action="store_true", help="skip the PyTorch seed model")
@@ -284,7 +357,7 @@ def main(argv=None):
   quick = args.quick
   args.models = args.models or ("mnist" if quick else "mnist,cifar10")
   args.impls = args.impls or ("auto" if quick else "auto,xla")
-  args.devices = args.devices or ("all" if quick else "all,1")
+  args.devices = args.devices or "all,1"
   args.output = args.output or default_output(quick)
   # The CIFAR-10 model's trajectory costs ~30x the MNIST model's per image:
   # few images, timed once after the compiling run.
@@ -312,6 +385,7 @@ def main(argv=None):
     s = setups[name]
     entry = {"batch_size": s["batch"], "sample_images": s["sample"], "jax": {}}
     for impl in impls:
+      rows = {}
       for n in counts:
         par = parallel.DataParallel(jax.devices()[:n])
         config = experiment_config(name, quick, impl, s["batch"])
@@ -324,33 +398,31 @@ def main(argv=None):
         j["sample"] = bench_jax_sample(config, s["sample"], s["sample_repeats"], par)
         j["eval"] = bench_jax_eval(config, steps, par)
         j["peak_rss_mib"] = peak_rss_mib()
-        entry["jax"][label] = j
+        entry["jax"][label] = rows[n] = j
         print(f"  train {j['train']['images_per_sec']:.0f} img/s, sample "
               f"{j['sample']['images_per_sec']:.2f} img/s, eval {j['eval']['images_per_sec']:.0f} img/s",
               flush=True)
-    if args.no_torch:
-      entry["torch"] = {"skipped": "--no_torch"}
-    else:
-      if importlib.util.find_spec("torch") is None:
-        entry["torch"] = {"skipped": "torch is not installed (pip install torch==2.13.0 to compare)"}
+      if impl == "auto":
+        entry["default"] = default_configuration(
+            experiment_config(name, quick, impl, s["batch"]), rows, s["sample"])
+    entry["torch"] = {}
+    for mode in ("eager", "compile"):
+      if args.no_torch:
+        entry["torch"][mode] = {"skipped": "--no_torch"}
+      elif importlib.util.find_spec("torch") is None:
+        entry["torch"][mode] = {"skipped": "torch is not installed (pip install torch==2.13.0 "
+                                           "to compare)"}
         print(f"[{name}] PyTorch seed model skipped: torch is not installed", flush=True)
       else:
-        print(f"[{name}] PyTorch seed model ...", flush=True)
-        entry["torch"] = bench_torch(name, experiment_config(name, quick).model, s["batch"], steps,
-                                     s["sample"])
-        t = entry["torch"]
-        print(f"  train {t['train_images_per_sec']:.0f} img/s, sample {t['sample_images_per_sec']:.2f} img/s",
-              flush=True)
+        print(f"[{name}] PyTorch seed model ({mode}) ...", flush=True)
+        t = entry["torch"][mode] = bench_torch(experiment_config(name, quick).model, s["batch"],
+                                               steps, s["sample"], compile=mode == "compile")
+        print(f"  train {t['train_images_per_sec']:.0f} img/s, sample "
+              f"{t['sample_images_per_sec']:.2f} img/s"
+              + (f", compile {t['compile_s']:.0f} s" if "compile_s" in t else ""), flush=True)
     results["models"][name] = entry
 
-  mnist = results["models"].get("mnist")
-  results["train_speedup_vs_torch"] = results["sample_speedup_vs_torch"] = None
-  if mnist and "train_images_per_sec" in mnist.get("torch", {}):
-    best = mnist["jax"][next(iter(mnist["jax"]))]
-    results["train_speedup_vs_torch"] = (best["train"]["images_per_sec"]
-                                         / mnist["torch"]["train_images_per_sec"])
-    results["sample_speedup_vs_torch"] = (best["sample"]["images_per_sec"]
-                                          / mnist["torch"]["sample_images_per_sec"])
+  results.update(headline_ratios(results, names[0]))
   table = markdown_table(results)
   results["markdown"] = table
   os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)

@@ -1,23 +1,45 @@
-"""The benchmark script runs end to end (quick mode) and writes its results."""
+"""The benchmark scripts run end to end (quick mode) and write their results."""
 
 import json
 
 import pytest
 
-from benchmarks import run
+from benchmarks import run, scaling
 
 
 @pytest.mark.slow
 def test_quick_benchmark_writes_results(tmp_path):
   out = tmp_path / "results.json"
-  results = run.main(["--quick", "--models=mnist", "--impls=auto", "--cpu_devices=1", "--no_torch",
+  results = run.main(["--quick", "--models=mnist", "--impls=auto", "--no_torch",
                       f"--output={out}"])
   saved = json.loads(out.read_text())
   assert saved["quick"] is True
-  (label,) = saved["models"]["mnist"]["jax"]
-  train = saved["models"]["mnist"]["jax"][label]["train"]
-  assert train["images_per_sec"] > 0 and train["flops_per_step"] > 0
-  assert saved["models"]["mnist"]["jax"][label]["sample"]["trajectory_length"] == 50
-  assert saved["models"]["mnist"]["torch"] == {"skipped": "--no_torch"}
-  assert saved["train_speedup_vs_torch"] is None
-  assert "| mnist | JAX" in results["markdown"]
+  mnist = saved["models"]["mnist"]
+  assert sorted(j["devices"] for j in mnist["jax"].values()) == [1, 2]
+  for j in mnist["jax"].values():
+    assert j["train"]["images_per_sec"] > 0 and j["train"]["flops_per_step"] > 0
+    assert j["sample"]["trajectory_length"] == 50
+  # The default configuration is one of the two, chosen as the training loop chooses.
+  default = mnist["default"]
+  assert default["train_devices"] in (1, 2) and default["sample_devices"] == 2
+  chosen = next(j for j in mnist["jax"].values() if j["devices"] == default["train_devices"])
+  assert default["train"] == chosen["train"]
+  one = next(j for j in mnist["jax"].values() if j["devices"] == 1)
+  assert saved["default_over_one_device_train"] == pytest.approx(
+      chosen["train"]["images_per_sec"] / one["train"]["images_per_sec"])
+  assert 0 < saved["one_device_peak_fraction"] < 10
+  assert mnist["torch"]["eager"] == mnist["torch"]["compile"] == {"skipped": "--no_torch"}
+  assert saved["train_speedup_vs_torch"] is None and saved["sample_speedup_vs_torch_compile"] is None
+  assert "| mnist | JAX" in results["markdown"] and "default configuration" in results["markdown"]
+
+
+@pytest.mark.slow
+def test_quick_scaling_writes_results_and_plot(tmp_path):
+  out = tmp_path / "scaling.json"
+  scaling.main(["--quick", f"--output={out}"])
+  saved = json.loads(out.read_text())
+  assert [r["batch_size"] for r in saved["train"]] == [8, 16]
+  assert all(r["images_per_sec"] > 0 and r["xla_memory_mib"] > 0 for r in saved["train"])
+  assert [r["num_images"] for r in saved["sample"]] == [2, 4]
+  assert [r["T"] for r in saved["eval"]] == [10, 20]
+  assert (tmp_path / "scaling.png").stat().st_size > 0
