@@ -184,6 +184,6 @@ def test_heartbeat_stratified_loss_whole_batch_equals_micro_batches():
   (l1, _), g1 = jax.jit(parallel.make_loss_and_grad(loss_fn))(params, x, jax.random.key(1))
   (l2, _), g2 = jax.jit(parallel.make_loss_and_grad(loss_fn, micro_batch_size=8))(
       params, x, jax.random.key(1))
-  np.testing.assert_allclose(l1, l2, atol=1e-4)  # a sum of terms of ~14 bits, in float32
+  np.testing.assert_allclose(l1, l2, atol=3e-4)  # ~14 bits summed over thousands of examples, float32
   for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)

@@ -307,7 +307,7 @@ def test_micro_batched_gradient_equals_whole_batch_gradient(t_sampling, n_t):
   micro = jax.jit(parallel.make_loss_and_grad(loss_fn, micro_batch_size=2))
   (l1, m1), g1 = whole(params, x, jax.random.key(2))
   (l2, m2), g2 = micro(params, x, jax.random.key(2))
-  np.testing.assert_allclose(l1, l2, rtol=1e-5)
+  np.testing.assert_allclose(l1, l2, rtol=3e-5)  # float32 sums in another order
   np.testing.assert_allclose(m1["t_mean"], m2["t_mean"], rtol=1e-6)
   for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
