@@ -286,15 +286,7 @@ def headline_ratios(results: dict, name: str) -> dict:
 
 
 def machine_info() -> dict:
-  cpu = platform.processor()
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          cpu = line.split(":", 1)[1].strip()
-          break
-  except OSError:
-    pass
+  cpu = parallel.cpu_model() or platform.processor()
   dev = jax.devices()[0]
   return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
           "jax": jax.__version__, "backend": jax.default_backend(),

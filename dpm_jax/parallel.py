@@ -34,6 +34,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from dpm_jax import config as config_lib
 from dpm_jax import kernels
+from dpm_jax import outputs
 
 AXIS = "data"
 # The micro-batch that keeps the CPU convolution kernel's buffers in cache.
@@ -227,16 +228,19 @@ def cache_dir() -> str:
       "dpm_jax")
 
 
+def cpu_model() -> str:
+  """The processor's model name (Linux's /proc/cpuinfo), or '' where it cannot be read."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+  except OSError:
+    return ""
+
+
 def machine_signature() -> dict:
   """What a CPU timing depends on besides the program: the processor, the cores this
   process may use, jax's version."""
-  cpu = ""
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-  except OSError:
-    pass
-  return {"cpu": cpu, "cores": usable_cores(), "jax": jax.__version__}
+  return {"cpu": cpu_model(), "cores": usable_cores(), "jax": jax.__version__}
 
 
 def calibrate_split(time_step: Callable[[list], float], signature: dict,
@@ -256,32 +260,26 @@ def calibrate_split(time_step: Callable[[list], float], signature: dict,
   key = json.dumps({**machine_signature(), **signature}, sort_keys=True, default=str)
   key = hashlib.sha256(key.encode()).hexdigest()[:16]
   path = os.path.join(cache or cache_dir(), "training_split.json")
-  known = _read_json(path)
+  known = _read_cache(path)
   if key in known and known[key].get("devices", 0) in (1, len(devices)):
     return {**known[key], "cached": True}
   seconds = {str(n): float(time_step(devices[:n])) for n in (1, len(devices))}
   choice = {"devices": min((1, len(devices)), key=lambda n: seconds[str(n)]),
             "seconds": seconds, "signature": signature}
-  try:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    known = _read_json(path)  # another process may have written meanwhile
-    known[key] = choice
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-      json.dump(known, f, indent=1, default=str)
-    os.replace(tmp, path)
+  try:  # another process may have written meanwhile: read again
+    outputs.write_json(path, {**_read_cache(path), key: choice})
   except OSError as err:  # a read-only home: measured again next time
     logging.warning("Could not keep the calibration in %s: %s", path, err)
   return {**choice, "cached": False}
 
 
-def _read_json(path: str) -> dict:
+def _read_cache(path: str) -> dict:
+  """The cache's entries; none if it is missing, unreadable or damaged."""
   try:
-    with open(path) as f:
-      value = json.load(f)
-    return value if isinstance(value, dict) else {}
+    value = outputs.read_json(path)
   except (OSError, ValueError):
     return {}
+  return value if isinstance(value, dict) else {}
 
 
 def training_devices(cpu_devices: int = 0, *, num_steps: int = 0,
