@@ -363,6 +363,15 @@ def _summary(task, params, bits_per_example, extra):
 # Parzen windows (the paper's MNIST table metric).
 
 
+@jax.jit
+def _parzen_chunk(x, samples, s_sq, sigma):
+  """log p(x) of a chunk of points: one program for every window width and chunk."""
+  n, d = samples.shape
+  dist = jnp.sum(x**2, axis=1)[:, None] - 2.0 * x @ samples.T + s_sq[None, :]
+  return (jax.nn.logsumexp(-dist / (2.0 * sigma**2), axis=1) - math.log(n)
+          - 0.5 * d * jnp.log(2.0 * math.pi * sigma**2))
+
+
 def parzen_log_likelihood(samples: np.ndarray, points: np.ndarray, sigma: float, *,
                           batch_size: int = 500) -> np.ndarray:
   """log p(x) per point under an isotropic Gaussian Parzen window on samples (nats).
@@ -371,17 +380,11 @@ def parzen_log_likelihood(samples: np.ndarray, points: np.ndarray, sigma: float,
   """
   samples = jnp.asarray(samples, jnp.float32).reshape(len(samples), -1)
   points = np.asarray(points, np.float32).reshape(len(points), -1)
-  n, d = samples.shape
   s_sq = jnp.sum(samples**2, axis=1)
-
-  @jax.jit
-  def chunk(x):
-    dist = jnp.sum(x**2, axis=1)[:, None] - 2.0 * x @ samples.T + s_sq[None, :]
-    return (jax.nn.logsumexp(-dist / (2.0 * sigma**2), axis=1) - math.log(n)
-            - 0.5 * d * math.log(2.0 * math.pi * sigma**2))
-
-  return np.concatenate([np.asarray(chunk(jnp.asarray(points[i:i + batch_size])))
-                         for i in range(0, len(points), batch_size)])
+  sigma = jnp.float32(sigma)
+  return np.concatenate([
+      np.asarray(_parzen_chunk(jnp.asarray(points[i:i + batch_size]), samples, s_sq, sigma))
+      for i in range(0, len(points), batch_size)])
 
 
 def parzen_select_and_score(samples: np.ndarray, validation: np.ndarray, test: np.ndarray,

@@ -47,7 +47,10 @@ def free_port() -> int:
 def test_two_processes_train_as_one_process_with_two_devices(tmp_path):
   workdir, port = tmp_path / "two_processes", free_port()
   env = dict(os.environ, PYTHONUNBUFFERED="1")
-  env.pop("XLA_FLAGS", None)
+  # Each worker shows one device (jax_num_cpu_devices); other XLA flags (the tests'
+  # optimisation level) apply to it as to this process.
+  env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                              if "device_count" not in f)
   procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(i), str(port), str(workdir)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True) for i in range(2)]
