@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks import run, scaling
+from benchmarks import conv_layer, run, scaling
 
 
 @pytest.mark.slow
@@ -44,3 +44,12 @@ def test_quick_scaling_writes_results_and_plot(tmp_path):
   assert [r["T"] for r in saved["eval"]] == [10] and saved["eval"][0]["seconds_per_image"] > 0
   assert "| mnist | 8 |" in saved["markdown"]
   assert (tmp_path / "scaling.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_quick_conv_layer_benchmark_times_every_kernel():
+  rows = conv_layer.main(["--quick"])
+  assert [(r["c_in"], r["c_out"]) for r in rows] == [(1, 20), (20, 20)]
+  for r in rows:
+    assert set(r["ms"]) == {"xla forward+backward", "cpu forward+backward", "XLA forward alone"}
+    assert all(t > 0 for t in r["ms"].values())
