@@ -166,7 +166,9 @@ def test_n_t_per_minibatch_averages_independent_draws():
   single = jax.jit(diffusion.make_loss_fn(diffusion.make_model(tiny_model_config())))
   keys = jax.random.split(jax.random.key(5), 3)
   ones = [single(params, x, k)[0] for k in keys]
-  np.testing.assert_allclose(loss3, np.mean(ones), rtol=1e-6)
+  # The draws' losses (about +0.7, 0, -0.7 here) nearly cancel in their mean: float32
+  # rounding is relative to the terms, not to the mean.
+  np.testing.assert_allclose(loss3, np.mean(ones), rtol=0, atol=1e-6 * np.max(np.abs(ones)))
 
 
 def test_per_example_t_equals_per_minibatch_t_when_all_equal():
