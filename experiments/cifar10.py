@@ -5,7 +5,7 @@
 
 from . import launch
 
-PROGRAM = launch.training_program("experiments.cifar10", __doc__, launch.config_path("cifar10"))
+PROGRAM = launch.training_program("experiments.cifar10", __doc__, "cifar10")
 
 
 def run() -> None:

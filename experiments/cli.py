@@ -44,7 +44,7 @@ def program(command: str, rest: list):
     except ValueError as err:
       return None, str(err)
     doc = f"dpm-jax train {name}: trains the {name} experiment ({registry.get(name).description})."
-    return launch.training_program(f"dpm-jax train {name}", doc, launch.config_path(name)), (
+    return launch.training_program(f"dpm-jax train {name}", doc, name), (
         [f"dpm-jax train {name}"] + rest)
   if command == "sample":
     from . import sample  # pylint: disable=g-import-not-at-top

@@ -10,8 +10,7 @@ of their size).
 
 from . import launch
 
-PROGRAM = launch.training_program("experiments.dead_leaves", __doc__,
-                                  launch.config_path("dead_leaves"))
+PROGRAM = launch.training_program("experiments.dead_leaves", __doc__, "dead_leaves")
 
 
 def run() -> None:

@@ -9,7 +9,7 @@ kl_per_t.png.
 
 from . import launch
 
-PROGRAM = launch.training_program("experiments.heartbeat", __doc__, launch.config_path("heartbeat"))
+PROGRAM = launch.training_program("experiments.heartbeat", __doc__, "heartbeat")
 
 
 def run() -> None:

@@ -12,6 +12,7 @@ on stderr, `error: ...`, and exit code 2; a stop signal is one line and
 from __future__ import annotations
 
 import difflib
+import functools
 import logging as std_logging
 import os
 import re
@@ -292,14 +293,22 @@ def define_train_flags(default_config: str) -> Callable:
   return define
 
 
-def train_main(values: flags.FlagValues) -> None:
-  """Trains the config's experiment; for a Table 1 experiment, then its final report."""
+def train_main(values: flags.FlagValues, program_experiment: str) -> None:
+  """Trains the config's experiment, which must be the program's; for a Table 1
+  experiment, then its final report."""
   config = values.config
+  from dpm_jax import config as config_lib, registry, table1, train  # pylint: disable=g-import-not-at-top
+  named = registry.name_of(config)
+  if named != program_experiment:
+    raise config_lib.ConfigError(
+        f"--config is a config of the {named} experiment (its config.experiment), not of "
+        f"{program_experiment}: train it with `dpm-jax train {named}` (python -m "
+        f"experiments.{named}), or give a {program_experiment} config (e.g. "
+        f"--config={program_experiment}:tiny).")
   if values.print_config:
     from . import describe  # pylint: disable=g-import-not-at-top
     print(describe.describe(config, config_flags.get_config_filename(values["config"])))
     return
-  from dpm_jax import registry, table1, train  # pylint: disable=g-import-not-at-top
   experiment = registry.validate(config)
   use_cpu_devices(values, config.train.batch_size, configured=config.compute.cpu_devices)
   if values.cpu_devices is not None:  # the flag wins (parallel.training_devices)
@@ -320,8 +329,11 @@ def _stopped(err: Exception, stop, what: str) -> None:
     raise safety.Stop(stop.requested, f"{name}: stopped {what}; nothing was written.") from err
 
 
-def training_program(name: str, doc: str, default_config: str) -> Program:
-  return Program(name, doc, define_train_flags(default_config), train_main)
+def training_program(name: str, doc: str, experiment: str) -> Program:
+  """The training program of a registered experiment: its shipped config by default, and
+  only configs of that experiment (another's is one line naming its own program)."""
+  return Program(name, doc, define_train_flags(config_path(experiment)),
+                 functools.partial(train_main, program_experiment=experiment))
 
 
 def run_stoppable(what: str, fn: Callable):

@@ -5,7 +5,7 @@
 
 from . import launch
 
-PROGRAM = launch.training_program("experiments.mnist", __doc__, launch.config_path("mnist"))
+PROGRAM = launch.training_program("experiments.mnist", __doc__, "mnist")
 
 
 def run() -> None:

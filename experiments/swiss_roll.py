@@ -9,7 +9,7 @@ reverse trajectories and the drift) and kl_per_t.png.
 
 from . import launch
 
-PROGRAM = launch.training_program("experiments.swiss_roll", __doc__, launch.config_path("swiss_roll"))
+PROGRAM = launch.training_program("experiments.swiss_roll", __doc__, "swiss_roll")
 
 
 def run() -> None:

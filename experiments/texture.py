@@ -10,7 +10,7 @@ its centre replaced by noise, the centre inpainted).
 
 from . import launch
 
-PROGRAM = launch.training_program("experiments.texture", __doc__, launch.config_path("texture"))
+PROGRAM = launch.training_program("experiments.texture", __doc__, "texture")
 
 
 def run() -> None:

@@ -109,7 +109,7 @@ def test_help_as_a_process_is_quick_and_clean():
 
 
 def test_rerunning_a_finished_run_says_it_is_complete(run_dir):
-  program = launch.training_program("experiments.mnist", "", launch.config_path("mnist"))
+  program = launch.training_program("experiments.mnist", "", "mnist")
   code, out, err = call(program.run, ["m", "--config=mnist:tiny", "--config.train.num_steps=4",
                                       f"--workdir={run_dir}"])
   assert code == 0, err

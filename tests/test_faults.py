@@ -8,6 +8,7 @@ in test_matrix.py; the names the installed package claims in test_entry_points.p
 
 import contextlib
 import gzip
+import importlib
 import io
 import json
 import os
@@ -337,6 +338,20 @@ def test_a_damaged_tfds_record_is_the_one_line_data_error():
 def test_a_config_or_field_that_does_not_exist_is_one_line(args, message, tmp_path):
   code, _, err = call(cli.main, ["train", "mnist", *args, f"--workdir={tmp_path}"])
   one_line_error(code, err, message)
+
+
+@pytest.mark.parametrize("program,config,named", [
+    ("swiss_roll", "mnist:tiny", "mnist"),
+    ("heartbeat", "experiments/configs/swiss_roll.py", "swiss_roll")])
+def test_another_experiment_s_config_is_one_line_naming_its_program(program, config, named,
+                                                                    tmp_path):
+  """A program trains its own experiment: another's config names the program to use."""
+  workdir = tmp_path / "run"
+  module = importlib.import_module(f"experiments.{program}")
+  for fn, argv in ((cli.main, ["train", program]), (module.PROGRAM.run, [f"experiments.{program}"])):
+    code, _, err = call(fn, argv + [f"--config={config}", f"--workdir={workdir}"])
+    one_line_error(code, err, f"a config of the {named} experiment", f"dpm-jax train {named}")
+  assert not workdir.exists()
 
 
 def test_every_way_of_naming_a_config_works(tmp_path):
