@@ -298,7 +298,7 @@ def train_main(values: flags.FlagValues, program_experiment: str) -> None:
   experiment, then its final report."""
   config = values.config
   from dpm_jax import config as config_lib, registry, table1, train  # pylint: disable=g-import-not-at-top
-  named = registry.name_of(config)
+  named = registry.get(registry.name_of(config)).name  # an unknown one: the closest name
   if named != program_experiment:
     raise config_lib.ConfigError(
         f"--config is a config of the {named} experiment (its config.experiment), not of "
