@@ -379,9 +379,11 @@ def base_config() -> ml_collections.ConfigDict:
   # is faster; 0 = off.
   compute.micro_batch_size = -1
   # CPU devices JAX shows when it runs on the CPU: 0 = one per core, as many
-  # as divide the batch, evaluation and sampling split over them and the
-  # training step on the first alone (parallel.training_devices); N = N
-  # devices, the training step split over them too. The entry points'
+  # as divide the batch, evaluation and sampling split over them; the
+  # training step on the faster of the first alone and all of them, timed
+  # once per machine for a run of 100 steps or more, else on all
+  # (parallel.training_devices); N = N devices, the training step split over
+  # them too. The entry points'
   # --cpu_devices flag, when given, wins.
   compute.cpu_devices = 0
 

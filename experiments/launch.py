@@ -237,8 +237,9 @@ def define_cpu_devices(values: flags.FlagValues) -> None:
   flags.DEFINE_integer(
       "cpu_devices", None, "When JAX runs on the CPU: the CPU devices it shows. 0: one per "
       "core, as many as divide the batch; sampling and evaluation split their batch over "
-      "them, training runs on the first alone; N > 0: N devices, training split over them "
-      "too. No effect on GPUs and TPUs. Default: config.compute.cpu_devices when training, "
+      "them, training on the faster of the first alone and all (timed once per machine "
+      "for runs of 100 steps or more); N > 0: N devices, training split over them too. "
+      "No effect on GPUs and TPUs. Default: config.compute.cpu_devices when training, "
       "else 0.", lower_bound=0, flag_values=values)
 
 
