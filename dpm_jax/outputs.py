@@ -69,6 +69,16 @@ def read_json(path: str) -> Optional[Any]:
     return None
 
 
+def read_json_object(path: str) -> dict:
+  """The JSON object in `path`; {} if the file is missing, unreadable, damaged or not an
+  object (for records that are remade when they cannot be read)."""
+  try:
+    value = read_json(path)
+  except (OSError, ValueError):
+    return {}
+  return value if isinstance(value, dict) else {}
+
+
 def require_finite(what: str, **arrays) -> None:
   """Raises NonFiniteOutputError naming the first array that holds NaN or Inf."""
   for name, array in arrays.items():

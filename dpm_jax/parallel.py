@@ -260,26 +260,17 @@ def calibrate_split(time_step: Callable[[list], float], signature: dict,
   key = json.dumps({**machine_signature(), **signature}, sort_keys=True, default=str)
   key = hashlib.sha256(key.encode()).hexdigest()[:16]
   path = os.path.join(cache or cache_dir(), "training_split.json")
-  known = _read_cache(path)
+  known = outputs.read_json_object(path)
   if key in known and known[key].get("devices", 0) in (1, len(devices)):
     return {**known[key], "cached": True}
   seconds = {str(n): float(time_step(devices[:n])) for n in (1, len(devices))}
   choice = {"devices": min((1, len(devices)), key=lambda n: seconds[str(n)]),
             "seconds": seconds, "signature": signature}
   try:  # another process may have written meanwhile: read again
-    outputs.write_json(path, {**_read_cache(path), key: choice})
+    outputs.write_json(path, {**outputs.read_json_object(path), key: choice})
   except OSError as err:  # a read-only home: measured again next time
     logging.warning("Could not keep the calibration in %s: %s", path, err)
   return {**choice, "cached": False}
-
-
-def _read_cache(path: str) -> dict:
-  """The cache's entries; none if it is missing, unreadable or damaged."""
-  try:
-    value = outputs.read_json(path)
-  except (OSError, ValueError):
-    return {}
-  return value if isinstance(value, dict) else {}
 
 
 def training_devices(cpu_devices: int = 0, *, num_steps: int = 0,

@@ -378,11 +378,9 @@ def training_par(config, workdir, task, state, batch, key, devices, steps_to_go)
   if devices is not None:
     return chosen(devices, "as given")
   auto = config.compute.cpu_devices == 0
-  try:
-    recorded = outputs.read_json(os.path.join(workdir, SPLIT_FILE)) if auto else None
-  except ValueError:  # a damaged record: chosen again
-    recorded = None
-  if isinstance(recorded, dict) and 1 <= recorded.get("devices", 0) <= jax.device_count():
+  # A missing or damaged record: chosen again.
+  recorded = outputs.read_json_object(os.path.join(workdir, SPLIT_FILE)) if auto else {}
+  if 1 <= recorded.get("devices", 0) <= jax.device_count():
     return chosen(jax.devices()[:recorded["devices"]], "as when this run started")
 
   def time_step(devs):  # on copies: the step donates the state it is given
