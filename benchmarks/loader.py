@@ -21,6 +21,8 @@ import time
 
 import numpy as np
 
+from . import output_path
+
 
 def make_jpegs(folder: str, n: int, size: int) -> None:
   """n smooth random colour images (a few sinusoids), as JPEG files."""
@@ -67,15 +69,12 @@ def main(argv=None) -> dict:
   parser.add_argument("--size", type=int, default=256)
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--steps", type=int, default=40)
-  here = os.path.dirname(os.path.abspath(__file__))
-  checkout = os.path.exists(os.path.join(here, os.pardir, "pyproject.toml"))
-  parser.add_argument("--output", default=os.path.join(here, "loader.json") if checkout
-                      else os.path.join("runs", "loader.json"))
+  parser.add_argument("--output", default=output_path("loader.json", "loader.json"))
   args = parser.parse_args(argv)
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.FLAGS.mark_as_parsed()
-  results = {"command": "python -m benchmarks.loader", "images": args.images, "image_size": args.size, "batch": args.batch,
-             "loader": {}}
+  results = {"command": "python -m benchmarks.loader", "images": args.images,
+             "image_size": args.size, "batch": args.batch, "loader": {}}
   with tempfile.TemporaryDirectory() as folder:
     make_jpegs(folder, args.images, args.size)
     for mode in ("resize", "crops"):

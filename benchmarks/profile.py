@@ -22,7 +22,7 @@ import re
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from . import output_path
 
 
 def op_kinds(hlo_text: str) -> dict:
@@ -113,8 +113,7 @@ def main(argv=None) -> dict:
       "ops": [{"name": n, "kind": kinds[n], "seconds": s, "share": s / total}
               for n, s in per_op.most_common(args.top)],
       "kinds": [{"kind": k, "seconds": s, "share": s / total} for k, s in by_kind.most_common()]}
-  output = args.output or (os.path.join(HERE, "profile.json") if os.path.exists(
-      os.path.join(HERE, os.pardir, "pyproject.toml")) else os.path.join("runs", "profile.json"))
+  output = args.output or output_path("profile.json", "profile.json")
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   with open(output, "w") as f:
     json.dump(results, f, indent=2)

@@ -52,6 +52,8 @@ from dpm_jax import registry
 from dpm_jax import sampling
 from dpm_jax import step as step_lib
 
+from . import output_path
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 STATS = data_lib.DataStats(scale=3.25, shift=-0.42, uniform_noise=3.25 / 255)
 
@@ -332,8 +334,7 @@ def default_output(quick: bool) -> str:
   when run from a checkout, else runs/benchmark.json (never inside site-packages)."""
   if quick:
     return os.path.join("runs", "benchmark_quick.json")
-  checkout = os.path.exists(os.path.join(HERE, os.pardir, "pyproject.toml"))
-  return os.path.join(HERE, "results.json") if checkout else os.path.join("runs", "benchmark.json")
+  return output_path("results.json", "benchmark.json")
 
 
 def main(argv=None):

@@ -26,7 +26,8 @@ import numpy as np
 
 from dpm_jax import parallel
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from . import output_path
+
 MODELS = {"mnist": ("mnist", 28), "cifar10": ("cifar10", 32), "conv-only 64x64": ("dead_leaves", 64)}
 
 
@@ -120,7 +121,7 @@ def main(argv=None) -> dict:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--quick", action="store_true", help="a smoke run: one small size each")
   parser.add_argument("--output", default=None, help="default: benchmarks/scaling.json "
-                      "(--quick: runs/scaling_quick.json); the plot is written beside it")
+                      "(runs/scaling.json outside a checkout; --quick: runs/scaling_quick.json); the plot is written beside it")
   args = parser.parse_args(argv)
   batches = (8,) if args.quick else (64, 128, 256, 512, 1024)
   counts = (2,) if args.quick else (8, 16, 32, 64, 128)
@@ -128,7 +129,7 @@ def main(argv=None) -> dict:
   parallel.use_cpu_devices(parallel.cpu_devices_for(*batches, *counts))
   from benchmarks import run  # pylint: disable=g-import-not-at-top
   output = args.output or (os.path.join("runs", "scaling_quick.json") if args.quick
-                           else os.path.join(HERE, "scaling.json"))
+                           else output_path("scaling.json", "scaling.json"))
   results = {"machine": run.machine_info(), "command": "python -m benchmarks.scaling" + (
       " --quick" if args.quick else ""), "matmul_peak_gflops": run.matmul_peak_gflops(
           512 if args.quick else 2048), "train": [], "sample": [], "eval": []}
