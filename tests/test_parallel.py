@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT, image_task
 from dpm_jax import data, diffusion, evaluate, parallel, rundir, sampling, train
 from experiments.configs import test as test_config
-from runs import digits, train_small
+from runs import small_digits, train_small
 
 # Devices and run safety: the execution layer, tested in the whole suite (not the fast tier).
 pytestmark = pytest.mark.slow
@@ -130,8 +130,7 @@ def test_a_run_keeps_the_split_it_started_with(tmp_path):
   it; a run that recorded another split (e.g. a calibration's one device) resumes on it."""
   config = test_config.get_config()
   config.train.update(num_steps=2, eval_every_steps=0, sample_every_steps=0)
-  ds = digits()
-  small = data.Dataset(ds.train[:128], ds.test[:64], "mnist_embedded_small")
+  small = small_digits()
   fresh, recorded = tmp_path / "fresh", tmp_path / "recorded"
   state = train.train_and_evaluate(config, str(fresh), dataset=small)
   assert len(state.step.sharding.device_set) == 2
