@@ -7,8 +7,8 @@ Writes a picture and an .npz of the arrays (same name) in the experiment's
 output units ([0, 1] pixels for images), by default
 <workdir>/samples/<mode>-step<step>-seed<seed>.png (...-trajectory.png with
 --intermediate). With --intermediate, each row is one example and the columns
-are the states along the reverse trajectory. A mode the run's experiment does not support is an error naming
-the ones it does.
+are the states along the reverse trajectory. A mode the run's experiment does
+not support is an error naming the ones it does.
 """
 
 import os
