@@ -107,6 +107,8 @@ def bench_jax_train(config, steps: int, par: parallel.DataParallel) -> dict:
   step_fn = step_lib.jit_train_step(task, config, par)
   micro = parallel.micro_batch_size(config.compute.micro_batch_size, batch, par.num_devices,
                                     task.model)
+  concurrent = parallel.concurrent_micro_batches(config.compute.concurrent_micro_batches, micro,
+                                                 batch, par.num_devices)
   images = par.put_batch(task.train)
   key = jax.random.key(1)
   start = time.perf_counter()
@@ -124,7 +126,7 @@ def bench_jax_train(config, steps: int, par: parallel.DataParallel) -> dict:
     step()
   step_s = _median_time(step, steps)
   out = {"images_per_sec": batch / step_s, "step_ms": step_s * 1e3, "compile_s": compile_s,
-         "micro_batch_size": micro,
+         "micro_batch_size": micro, "concurrent_micro_batches": concurrent,
          "flops_per_step": flops, "achieved_gflops": flops / step_s / 1e9}
   if mem is not None:
     out["xla_temp_mib"] = mem.temp_size_in_bytes / 2**20

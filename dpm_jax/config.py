@@ -378,6 +378,11 @@ def base_config() -> ml_collections.ConfigDict:
   # run the CPU kernel and a device's part of the batch is larger, where it
   # is faster; 0 = off.
   compute.micro_batch_size = -1
+  # Micro-batches whose gradients a device computes side by side (XLA's CPU
+  # runtime runs them at once; its convolution keeps to one core): 0 = as
+  # many as a device has cores on a CPU (dividing its micro-batches), 1
+  # elsewhere; N = N, dividing each device's micro-batches.
+  compute.concurrent_micro_batches = 0
   # CPU devices JAX shows when it runs on the CPU: 0 = one per core, as many
   # as divide the batch, evaluation and sampling split over them; the
   # training step on the faster of the first alone and all of them, timed
@@ -418,7 +423,7 @@ BASE_DOMAINS = {
         "min_learning_rate": real(0, lo_open=True), "rmsprop_decay": real(0, 1, hi_open=True),
         "rmsprop_eps": real(0)},
     "compute": {"conv": choice(*CONV_KERNELS), "micro_batch_size": integer(-1),
-                "cpu_devices": integer(0)},
+                "concurrent_micro_batches": integer(0), "cpu_devices": integer(0)},
     "eval": {"method": choice(*EVAL_METHODS), "num_strata": integer(1), "num_images": integer(0),
              "batch_size": integer(1), "num_batches": integer(2), "seed": integer()},
     "sample": {"skip_first_step": BOOLEAN, "num_intermediate": integer(1),

@@ -66,7 +66,39 @@ def micro_batch_size(requested: int, batch_size: int, num_devices: int, model) -
   return requested
 
 
-def make_loss_and_grad(loss_fn, *, micro_batch_size: int = 0,
+def concurrent_micro_batches(requested: int, micro_batch: int, batch_size: int,
+                             num_devices: int) -> int:
+  """compute.concurrent_micro_batches, resolved: micro-batches a device computes side by side.
+
+  XLA's CPU convolution runs on one thread per device, where its matmuls and
+  many other ops spread over every core: on one CPU device the convolutions of
+  a single chain of micro-batches leave the other cores idle. The gradients of
+  micro-batches with nothing computed between them are independent programs,
+  which XLA's CPU runtime runs side by side (BENCHMARKS.md). 0 (auto): on a
+  CPU, the most at most a device's share of the cores that divide its
+  micro-batches; 1 elsewhere, and without micro-batches (micro_batch 0). N > 0:
+  N, which must divide each device's micro-batches. The gradient is the same
+  up to float summation order.
+
+  Raises:
+    config_lib.ConfigError: N > 1 without micro-batches, or not dividing them.
+  """
+  per_device = batch_size // num_devices
+  count = per_device // micro_batch if micro_batch else 1
+  if requested == 0:
+    if jax.default_backend() != "cpu":
+      return 1
+    local = max(1, num_devices // jax.process_count())
+    return _largest_divisor_at_most(count, max(1, usable_cores() // local))
+  if requested < 0 or count % requested:
+    raise config_lib.ConfigError(
+        f"compute.concurrent_micro_batches={requested} must be 0 (auto) or divide the "
+        f"{count} micro-batch(es) of a device (compute.micro_batch_size resolved to "
+        f"{micro_batch}, {per_device} examples per device).")
+  return requested
+
+
+def make_loss_and_grad(loss_fn, *, micro_batch_size: int = 0, concurrent_micro_batches: int = 1,
                        mesh: Optional[Mesh] = None) -> Callable:
   """fn(params, batch, rng) -> ((loss, metrics), grads) of a StochasticLoss.
 
@@ -77,8 +109,10 @@ def make_loss_and_grad(loss_fn, *, micro_batch_size: int = 0,
   gradient up to float summation order, whatever the parts:
 
     micro_batch_size > 0: the gradient is accumulated over micro-batches of
-      that size in a lax.scan (only one micro-batch's memory is live at a
-      time, which is faster on CPUs);
+      that size in a lax.scan (only concurrent_micro_batches micro-batches'
+      memory is live at a time, which is faster on CPUs), each iteration
+      computing the gradients of concurrent_micro_batches of them, which
+      depend on nothing computed in between;
     a mesh of several devices, the batch sharded over it: each device
       computes its part (micro-batched as above) under shard_map, and the
       parts are averaged with pmean.
@@ -89,10 +123,12 @@ def make_loss_and_grad(loss_fn, *, micro_batch_size: int = 0,
   Args:
     loss_fn: a dpm_jax.diffusion.StochasticLoss (draw and apply).
     micro_batch_size: examples per micro-batch per device; 0 for none.
+    concurrent_micro_batches: micro-batches per iteration of the loop; it
+      must divide a device's micro-batches.
     mesh: a 1-D mesh (DataParallel.mesh); None or one device: no shard_map.
   """
   grad_fn = jax.value_and_grad(loss_fn.apply, has_aux=True)
-  m = micro_batch_size
+  m, k = micro_batch_size, concurrent_micro_batches
   fold = lambda keys, i: jax.tree.map(lambda k: jax.random.fold_in(k, i), keys)
 
   def local(params, batch, draws):
@@ -101,6 +137,9 @@ def make_loss_and_grad(loss_fn, *, micro_batch_size: int = 0,
       return grad_fn(params, batch, draws)
     if b % m:
       raise ValueError(f"micro_batch_size={m} does not divide the batch of {b}.")
+    if (b // m) % k:
+      raise ValueError(f"concurrent_micro_batches={k} does not divide the {b // m} "
+                       "micro-batches.")
 
     def micro(i):
       take = lambda tree: jax.tree.map(lambda a: jax.lax.dynamic_slice_in_dim(a, i * m, m), tree)
@@ -108,11 +147,13 @@ def make_loss_and_grad(loss_fn, *, micro_batch_size: int = 0,
                                          key=fold(draws.key, i))
 
     def body(acc, i):
-      return jax.tree.map(jnp.add, acc, grad_fn(params, *micro(i))), None
+      # k gradients with nothing between them: XLA's CPU runtime runs them side by side.
+      parts = [grad_fn(params, *micro(i * k + j)) for j in range(k)]
+      return jax.tree.map(lambda a, *g: sum(g, a), acc, *parts), None
 
     zero = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype),
                         jax.eval_shape(lambda: grad_fn(params, *micro(0))))
-    total, _ = jax.lax.scan(body, zero, jnp.arange(b // m))
+    total, _ = jax.lax.scan(body, zero, jnp.arange(b // m // k))
     return jax.tree.map(lambda a: a / (b // m), total)
 
   if mesh is not None and mesh.size > 1:

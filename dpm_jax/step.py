@@ -74,7 +74,11 @@ def jit_train_step(task, config: ml_collections.ConfigDict,
   micro_batch = parallel.micro_batch_size(config.compute.micro_batch_size,
                                           config.train.batch_size, par.num_devices, task.model)
   loss_fn = diffusion.make_loss_fn(task.model, uniform_noise=task.uniform_noise, train=True)
+  concurrent = parallel.concurrent_micro_batches(config.compute.concurrent_micro_batches,
+                                                 micro_batch, config.train.batch_size,
+                                                 par.num_devices)
   loss_and_grad = parallel.make_loss_and_grad(loss_fn, micro_batch_size=micro_batch,
+                                              concurrent_micro_batches=concurrent,
                                               mesh=par.mesh)
   return jax.jit(make_train_step(loss_and_grad, task.prepare), donate_argnums=(0,),
                  in_shardings=(par.replicated, par.batch_sharding, par.replicated),

@@ -306,12 +306,17 @@ def test_micro_batched_gradient_equals_whole_batch_gradient(t_sampling, n_t):
   x = jax.random.normal(jax.random.key(1), (8, 8, 8, 1))
   loss_fn = diffusion.make_loss_fn(model, uniform_noise=0.1)
   whole = jax.jit(parallel.make_loss_and_grad(loss_fn))
-  micro = jax.jit(parallel.make_loss_and_grad(loss_fn, micro_batch_size=2))
   (l1, m1), g1 = whole(params, x, jax.random.key(2))
-  (l2, m2), g2 = micro(params, x, jax.random.key(2))
-  np.testing.assert_allclose(l1, l2, rtol=3e-5)  # float32 sums in another order
-  np.testing.assert_allclose(m1["t_mean"], m2["t_mean"], rtol=1e-6)
-  for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+  for concurrent in (1, 2):  # 4 micro-batches, one or two per iteration
+    micro = jax.jit(parallel.make_loss_and_grad(loss_fn, micro_batch_size=2,
+                                                concurrent_micro_batches=concurrent))
+    (l2, m2), g2 = micro(params, x, jax.random.key(2))
+    np.testing.assert_allclose(l1, l2, rtol=3e-5)  # float32 sums in another order
+    np.testing.assert_allclose(m1["t_mean"], m2["t_mean"], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
   with pytest.raises(ValueError, match="does not divide"):
     parallel.make_loss_and_grad(loss_fn, micro_batch_size=3)(params, x, jax.random.key(2))
+  with pytest.raises(ValueError, match="concurrent_micro_batches=3 does not divide the 4"):
+    parallel.make_loss_and_grad(loss_fn, micro_batch_size=2, concurrent_micro_batches=3)(
+        params, x, jax.random.key(2))

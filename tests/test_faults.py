@@ -169,6 +169,8 @@ def test_a_checkpoint_that_verifies_but_does_not_fit_is_not_called_corrupt(run_c
     ("sample.denoise_sigma=0.0", "sample.denoise_sigma must be a finite number > 0"),
     ("optimizer.rmsprop_decay=1.0", "optimizer.rmsprop_decay must be a number in [0, 1)"),
     ("compute.micro_batch_size=-2", "compute.micro_batch_size must be an integer >= -1"),
+    ("compute.concurrent_micro_batches=-1",
+     "compute.concurrent_micro_batches must be a non-negative integer"),
     ("model.dropout_rate=1.0", "model.dropout_rate must lie in [0, 1)"),
     ("data.dequantization=half", "data.dequantization must be one of ('bin', 'reference')"),
     ("experiment=mnst", "No experiment 'mnst'; did you mean 'mnist'?"),

@@ -389,6 +389,24 @@ def test_micro_batch_resolution():
     parallel.micro_batch_size(100, 512, 1, cpu)
 
 
+def test_concurrent_micro_batch_resolution(monkeypatch):
+  monkeypatch.setattr(parallel, "usable_cores", lambda: 2)
+  # Auto: a device's share of the cores, dividing its micro-batches.
+  assert parallel.concurrent_micro_batches(0, 64, 512, 1) == 2   # 8 micro-batches, 2 cores
+  assert parallel.concurrent_micro_batches(0, 64, 512, 2) == 1   # one core per device
+  assert parallel.concurrent_micro_batches(0, 0, 512, 1) == 1    # no micro-batches
+  assert parallel.concurrent_micro_batches(0, 64, 192, 1) == 1   # 3 micro-batches
+  monkeypatch.setattr(parallel, "usable_cores", lambda: 16)
+  assert parallel.concurrent_micro_batches(0, 64, 512, 1) == 8
+  assert parallel.concurrent_micro_batches(0, 64, 512, 4) == 2   # 2 micro-batches, 4 cores each
+  assert parallel.concurrent_micro_batches(0, 64, 1536, 3) == 4  # 8 micro-batches, 5 cores each
+  assert parallel.concurrent_micro_batches(4, 64, 512, 1) == 4
+  for requested, micro in ((3, 64), (2, 0)):  # 3 does not divide 8; no micro-batches
+    with pytest.raises(config_lib.ConfigError, match=f"concurrent_micro_batches={requested} "
+                       "must be 0 \\(auto\\) or divide"):
+      parallel.concurrent_micro_batches(requested, micro, 512, 1)
+
+
 def test_config_changes_on_resume_name_every_field_and_which_may_change():
   # model.conv_impl: a field of earlier versions' saved configs.
   saved = {"seed": 0, "model": {"n_scales": 1, "conv_impl": "matmul"},
