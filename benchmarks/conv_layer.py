@@ -11,7 +11,9 @@ convolution alone (the floor of a forward and backward pass: about a third of it
 Shapes are the MNIST model's (3x3 filters, 28x28 images, 1 -> 20 and 20 -> 20
 channels) at the micro-batch a training step runs (64) and the whole batch (512). The
 kernels are timed in turn, repeat after repeat, so that a drift of the host's speed
-reaches all of them alike; the median is printed (ms), one device, float32.
+reaches all of them alike; the median is printed (ms), one device, float32, with the
+cores each kept busy (the process's CPU time over the wall time, all repeats): XLA's
+CPU convolution runs on one core per device, where its matmuls use every core.
 """
 
 from __future__ import annotations
@@ -49,17 +51,21 @@ def programs(batch: int, width: int, c_in: int, c_out: int) -> dict:
   return out
 
 
-def time_programs(progs: dict, repeats: int) -> dict:
-  """Median ms of each program, the programs run in turn, repeat after repeat."""
+def time_programs(progs: dict, repeats: int) -> tuple[dict, dict]:
+  """({label: median ms}, {label: cores busy}) of the programs, run in turn, repeat
+  after repeat; cores busy is the process's CPU time over the wall time."""
   for fn, args in progs.values():
     jax.block_until_ready(fn(*args))
   times = {label: [] for label in progs}
+  cpu = dict.fromkeys(progs, 0.0)
   for _ in range(repeats):
     for label, (fn, args) in progs.items():
-      start = time.perf_counter()
+      start, start_cpu = time.perf_counter(), time.process_time()
       jax.block_until_ready(fn(*args))
       times[label].append(time.perf_counter() - start)
-  return {label: 1e3 * statistics.median(t) for label, t in times.items()}
+      cpu[label] += time.process_time() - start_cpu
+  return ({label: 1e3 * statistics.median(t) for label, t in times.items()},
+          {label: cpu[label] / sum(times[label]) for label in progs})
 
 
 def main(argv=None) -> list:
@@ -72,10 +78,12 @@ def main(argv=None) -> list:
   rows = []
   for batch in batches:
     for c_in, c_out in ((1, 20), (20, 20)):
-      ms = time_programs(programs(batch, width, c_in, c_out), repeats)
-      rows.append({"batch": batch, "width": width, "c_in": c_in, "c_out": c_out, "ms": ms})
+      ms, busy = time_programs(programs(batch, width, c_in, c_out), repeats)
+      rows.append({"batch": batch, "width": width, "c_in": c_in, "c_out": c_out, "ms": ms,
+                   "cores_busy": busy})
       print(f"batch {batch}, {width}x{width}, {c_in:2d} -> {c_out} channels: "
-            + ", ".join(f"{label} {t:.1f} ms" for label, t in ms.items()), flush=True)
+            + ", ".join(f"{label} {t:.1f} ms ({busy[label]:.2f} cores)"
+                        for label, t in ms.items()), flush=True)
   print(json.dumps({"devices": str(jax.devices()[0]), "rows": rows}))
   return rows
 

@@ -7,8 +7,8 @@
 For each model it measures, after compilation: train-step images/s (median of
 several steps), compile time, sampling images/s over the full reverse
 trajectory, evaluation images/s (the forward bound, one t per batch), XLA's
-FLOPs per train step and the fraction of this machine's measured matmul
-peak, and memory (XLA's buffer sizes, the process's peak RSS). The seed's
+FLOPs per train step and per trajectory and the fraction of this machine's
+measured matmul peak each reaches, and memory (XLA's buffer sizes, the process's peak RSS). The seed's
 PyTorch model (benchmarks/seed_torch.py) runs the same work when torch is
 installed, eagerly and under torch.compile (its compile time reported);
 otherwise it is skipped with a note.
@@ -23,7 +23,10 @@ every device. The headline ratios in the results JSON are the first model's
 default configuration over the PyTorch rows of the same run:
 train_speedup_vs_torch, sample_speedup_vs_torch (eager),
 train_speedup_vs_torch_compile, sample_speedup_vs_torch_compile, and
-one_device_peak_fraction, default_over_one_device_train (and _sample).
+one_device_peak_fraction, default_over_one_device_train (and _sample). Where a
+device computes several micro-batches side by side
+(compute.concurrent_micro_batches), its step is timed one micro-batch at a
+time too: concurrent_over_one_at_a_time_train (one device).
 """
 
 from __future__ import annotations
@@ -145,6 +148,7 @@ def model_flops_per_step(config) -> float:
   """
   config = config.copy_and_resolve_references()
   config.compute.conv, config.compute.micro_batch_size, config.compute.cpu_devices = "xla", 0, 0
+  config.compute.concurrent_micro_batches = 1
   key = config.to_json(sort_keys=True)
   if key not in _FLOPS:
     _FLOPS[key] = _analysed_flops(config)
@@ -165,6 +169,28 @@ def _analysed_flops(config) -> float:
   return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
+def one_at_a_time(config, steps: int, par: parallel.DataParallel) -> dict:
+  """The train step with compute.concurrent_micro_batches=1 (one micro-batch after
+  another), to set beside the same step with the micro-batches side by side."""
+  config = config.copy_and_resolve_references()
+  config.compute.concurrent_micro_batches = 1
+  return bench_jax_train(config, steps, par)
+
+
+def sample_flops(config, num_images: int) -> float:
+  """The arithmetic of a whole reverse trajectory: XLA's cost analysis of one learned
+  reverse step, with XLA's convolution on one device, times the T - 1 steps (the
+  fixed first step has no network)."""
+  model = diffusion.make_model(config.model, "xla")
+  params = jax.eval_shape(lambda: diffusion.init_params(model, jax.random.key(0)))
+  x = jax.ShapeDtypeStruct((num_images,) + tuple(model.data_shape), jnp.float32)
+  step = jax.jit(lambda p, x: model.apply(p, x, jnp.float32(1), method="reverse"))
+  cost = step.lower(params, x).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+  return flops * (config.model.trajectory_length - 1)
+
+
 def bench_jax_sample(config, num_images: int, repeats: int, par: parallel.DataParallel) -> dict:
   """The full reverse trajectory (T - 1 learned steps and the fixed one) as one scan."""
   cfg = config.model
@@ -175,8 +201,10 @@ def bench_jax_sample(config, num_images: int, repeats: int, par: parallel.DataPa
   sample(params, jax.random.key(0)).block_until_ready()
   first = time.perf_counter() - start
   seconds = _median_time(lambda: sample(params, jax.random.key(1)).block_until_ready(), repeats)
+  flops = sample_flops(config, num_images)
   return {"images_per_sec": num_images / seconds, "seconds": seconds,
-          "compile_and_first_s": first, "trajectory_length": cfg.trajectory_length}
+          "compile_and_first_s": first, "trajectory_length": cfg.trajectory_length,
+          "flops": flops, "achieved_gflops": flops / seconds / 1e9}
 
 
 def bench_jax_eval(config, repeats: int, par: parallel.DataParallel) -> dict:
@@ -285,6 +313,9 @@ def headline_ratios(results: dict, name: str) -> dict:
                                             / one["train"]["images_per_sec"])
     out["default_over_one_device_sample"] = (default["sample"]["images_per_sec"]
                                              / one["sample"]["images_per_sec"])
+    if "train_one_at_a_time" in one:
+      out["concurrent_over_one_at_a_time_train"] = (
+          one["train"]["images_per_sec"] / one["train_one_at_a_time"]["images_per_sec"])
   out["headline_model"] = name
   return out
 
@@ -299,23 +330,31 @@ def machine_info() -> dict:
 
 def markdown_table(results: dict) -> str:
   rows = ["| model | implementation | train img/s | step ms | compile s | GFLOP/step | % matmul peak "
-          "| sample img/s (T steps) | eval img/s |",
-          "|---|---|---|---|---|---|---|---|---|"]
+          "| sample img/s (T steps) | sample % peak | eval img/s |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
+  peak = results["matmul_peak_gflops"]
   for name, r in results["models"].items():
     for impl, j in r["jax"].items():
       tr = j["train"]
       rows.append(
           f"| {name} | JAX ({impl}) | {tr['images_per_sec']:.0f} | {tr['step_ms']:.0f} | "
           f"{tr['compile_s']:.1f} | {tr['flops_per_step'] / 1e9:.1f} | "
-          f"{100 * tr['achieved_gflops'] / results['matmul_peak_gflops']:.0f}% | "
+          f"{100 * tr['achieved_gflops'] / peak:.0f}% | "
           f"{j['sample']['images_per_sec']:.2f} ({j['sample']['trajectory_length']}) | "
+          f"{100 * j['sample']['achieved_gflops'] / peak:.0f}% | "
           f"{j['eval']['images_per_sec']:.0f} |")
+      if "train_one_at_a_time" in j:
+        tr = j["train_one_at_a_time"]
+        rows.append(f"| {name} | JAX ({impl}, one micro-batch at a time) | "
+                    f"{tr['images_per_sec']:.0f} | {tr['step_ms']:.0f} | {tr['compile_s']:.1f} | "
+                    f"{tr['flops_per_step'] / 1e9:.1f} | {100 * tr['achieved_gflops'] / peak:.0f}% "
+                    "| - | - | - |")
     for mode, t in r.get("torch", {}).items():
       if "train_images_per_sec" in t:
         compile_s = f"{t['compile_s']:.0f}" if "compile_s" in t else "-"
         rows.append(f"| {name} | PyTorch seed ({mode}, {t['threads']} threads) | "
                     f"{t['train_images_per_sec']:.0f} | {t['step_ms']:.0f} | {compile_s} | - | - | "
-                    f"{t['sample_images_per_sec']:.2f} | - |")
+                    f"{t['sample_images_per_sec']:.2f} | - | - |")
   lines = ["\n".join(rows), ""]
   for name, r in results["models"].items():
     d = r.get("default")
@@ -325,7 +364,7 @@ def markdown_table(results: dict) -> str:
   for key in ("train_speedup_vs_torch", "sample_speedup_vs_torch",
               "train_speedup_vs_torch_compile", "sample_speedup_vs_torch_compile",
               "one_device_peak_fraction", "default_over_one_device_train",
-              "default_over_one_device_sample"):
+              "default_over_one_device_sample", "concurrent_over_one_at_a_time_train"):
     if results.get(key) is not None:
       lines.append(f"- {key}: {results[key]:.2f}")
   return "\n".join(lines)
@@ -399,6 +438,9 @@ def main(argv=None):
             f" conv, {n} device" + ("s" if n > 1 else ""))
         print(f"[{name}] JAX {label}: train step, batch {s['batch']} ...", flush=True)
         j = {"devices": n, "train": bench_jax_train(config, steps, par)}
+        if j["train"]["concurrent_micro_batches"] > 1:
+          print(f"[{name}] JAX {label}: train step, one micro-batch at a time ...", flush=True)
+          j["train_one_at_a_time"] = one_at_a_time(config, steps, par)
         print(f"[{name}] JAX {label}: sampling {s['sample']} images, "
               f"T={config.model.trajectory_length} ...", flush=True)
         j["sample"] = bench_jax_sample(config, s["sample"], s["sample_repeats"], par)

@@ -2,9 +2,11 @@
 
 import json
 
+import jax
 import pytest
 
 from benchmarks import conv_layer, run, scaling
+from dpm_jax import parallel
 
 
 @pytest.mark.slow
@@ -18,7 +20,7 @@ def test_quick_benchmark_writes_results(tmp_path):
   assert sorted(j["devices"] for j in mnist["jax"].values()) == [1, 2]
   for j in mnist["jax"].values():
     assert j["train"]["images_per_sec"] > 0 and j["train"]["flops_per_step"] > 0
-    assert j["sample"]["trajectory_length"] == 50
+    assert j["sample"]["trajectory_length"] == 50 and j["sample"]["achieved_gflops"] > 0
   # The default configuration is one of the two, chosen as the training loop chooses.
   default = mnist["default"]
   assert default["train_devices"] in (1, 2) and default["sample_devices"] == 2
@@ -31,6 +33,20 @@ def test_quick_benchmark_writes_results(tmp_path):
   assert mnist["torch"]["eager"] == mnist["torch"]["compile"] == {"skipped": "--no_torch"}
   assert saved["train_speedup_vs_torch"] is None and saved["sample_speedup_vs_torch_compile"] is None
   assert "| mnist | JAX" in results["markdown"] and "default configuration" in results["markdown"]
+
+
+@pytest.mark.slow
+def test_one_at_a_time_times_the_same_step_without_concurrent_micro_batches():
+  config = run.experiment_config("mnist", True, "auto", 16)
+  config.model.spatial_width = 8  # the benchmark's MNIST shapes, smaller
+  config.compute.micro_batch_size, config.compute.concurrent_micro_batches = 4, 2
+  par = parallel.DataParallel(jax.devices()[:1])
+  side_by_side = run.bench_jax_train(config, 1, par)
+  alone = run.one_at_a_time(config, 1, par)
+  assert side_by_side["concurrent_micro_batches"] == 2 and alone["concurrent_micro_batches"] == 1
+  assert alone["micro_batch_size"] == side_by_side["micro_batch_size"] == 4
+  assert alone["flops_per_step"] == side_by_side["flops_per_step"]
+  assert config.compute.concurrent_micro_batches == 2  # the caller's config is left as it was
 
 
 @pytest.mark.slow
@@ -53,3 +69,4 @@ def test_quick_conv_layer_benchmark_times_every_kernel():
   for r in rows:
     assert set(r["ms"]) == {"xla forward+backward", "cpu forward+backward", "XLA forward alone"}
     assert all(t > 0 for t in r["ms"].values())
+    assert set(r["cores_busy"]) == set(r["ms"]) and all(b > 0 for b in r["cores_busy"].values())
