@@ -2,9 +2,10 @@
 
 Every computation of the model is per image, so a batch splits over devices
 with nothing but its mean crossing between them. On GPUs and TPUs the devices
-are the accelerators. On a CPU, JAX shows one device by default, whose ops are
-multi-threaded one at a time; the model's ops are small (a 28x28 MNIST batch
-of 64 is a few MB), and their threading leaves cores idle. Showing JAX one CPU
+are the accelerators. On a CPU, JAX shows one device by default, whose ops run
+one after another, its matmuls multi-threaded and its convolutions on one core;
+the model's ops are small (a 28x28 MNIST batch of 64 is a few MB), and cores
+stay idle. Showing JAX one CPU
 device per core (`use_cpu_devices`, done by the entry points) and splitting
 the batch over them runs whole parts of the batch side by side instead.
 
@@ -14,7 +15,8 @@ Batches are split over a 1-D mesh with the axis 'data':
   training: `make_loss_and_grad` runs the gradient of any loss per device
       under shard_map (micro-batch loops and the CPU convolution's chunk
       loop slice the batch, which must be the device's own part) and
-      averages the parts.
+      averages the parts; a CPU device with several cores computes as many
+      micro-batches side by side, since XLA's CPU convolution keeps to one.
 Results equal the one-device results up to float summation order.
 """
 
@@ -75,10 +77,10 @@ def concurrent_micro_batches(requested: int, micro_batch: int, batch_size: int,
   a single chain of micro-batches leave the other cores idle. The gradients of
   micro-batches with nothing computed between them are independent programs,
   which XLA's CPU runtime runs side by side (BENCHMARKS.md). 0 (auto): on a
-  CPU, the most at most a device's share of the cores that divide its
-  micro-batches; 1 elsewhere, and without micro-batches (micro_batch 0). N > 0:
-  N, which must divide each device's micro-batches. The gradient is the same
-  up to float summation order.
+  CPU, the largest divisor of a device's micro-batch count that is at most
+  the device's share of the cores; 1 elsewhere, and without micro-batches
+  (micro_batch 0). N > 0: N, which must divide each device's micro-batches.
+  The gradient is the same up to float summation order.
 
   Raises:
     config_lib.ConfigError: N > 1 without micro-batches, or not dividing them.
