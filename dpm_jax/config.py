@@ -379,9 +379,10 @@ def base_config() -> ml_collections.ConfigDict:
   # is faster; 0 = off.
   compute.micro_batch_size = -1
   # Micro-batches whose gradients a device computes side by side (XLA's CPU
-  # runtime runs them at once; its convolution keeps to one core): 0 = as
-  # many as a device has cores on a CPU (dividing its micro-batches), 1
-  # elsewhere; N = N, dividing each device's micro-batches.
+  # runtime runs them at once; its convolution keeps to one core): 0 = on a
+  # CPU, the device's share of the cores (cores / training devices), lowered
+  # to a divisor of its micro-batches, 1 elsewhere; N = N, dividing each
+  # device's micro-batches (needs micro-batches).
   compute.concurrent_micro_batches = 0
   # CPU devices JAX shows when it runs on the CPU: 0 = one per core, as many
   # as divide the batch, evaluation and sampling split over them; the

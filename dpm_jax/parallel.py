@@ -92,12 +92,29 @@ def concurrent_micro_batches(requested: int, micro_batch: int, batch_size: int,
       return 1
     local = max(1, num_devices // jax.process_count())
     return _largest_divisor_at_most(count, max(1, usable_cores() // local))
+  if requested > 1 and not micro_batch:
+    raise config_lib.ConfigError(
+        f"compute.concurrent_micro_batches={requested} needs micro-batches, and "
+        f"compute.micro_batch_size resolves to 0 (off) for {per_device} examples per "
+        "device; set compute.micro_batch_size, or concurrent_micro_batches to 0 (auto).")
   if requested < 0 or count % requested:
     raise config_lib.ConfigError(
         f"compute.concurrent_micro_batches={requested} must be 0 (auto) or divide the "
-        f"{count} micro-batch(es) of a device (compute.micro_batch_size resolved to "
-        f"{micro_batch}, {per_device} examples per device).")
+        f"{count} micro-batches of a device (micro-batches of {micro_batch}, "
+        f"{per_device} examples per device).")
   return requested
+
+
+def training_device_counts(cpu_devices: int = 0) -> list:
+  """The device counts parallel.training_devices may choose for the training step
+  (before any calibration): every device on GPUs and TPUs, under jax.distributed and
+  with one device; cpu_devices=N: N; else 1 and every device."""
+  n = jax.device_count()
+  if jax.default_backend() != "cpu" or jax.process_count() > 1 or n == 1:
+    return [n]
+  if cpu_devices:
+    return [cpu_devices]
+  return [1, n]
 
 
 def make_loss_and_grad(loss_fn, *, micro_batch_size: int = 0, concurrent_micro_batches: int = 1,

@@ -19,6 +19,7 @@ import ml_collections
 import optax
 from flax.training import train_state
 
+from dpm_jax import config as config_lib
 from dpm_jax import diffusion
 from dpm_jax import parallel
 
@@ -66,17 +67,69 @@ def make_train_step(loss_and_grad_fn: Callable, prepare: Callable) -> Callable:
   return train_step
 
 
+def micro_batching(config: ml_collections.ConfigDict, model: nn.Module,
+                   num_devices: int) -> tuple[int, int]:
+  """(micro-batch size, micro-batches side by side) of each device's part of the
+  training batch: config.compute's, resolved (dpm_jax.parallel).
+
+  Raises:
+    config_lib.ConfigError: settings that do not fit the batch on num_devices.
+  """
+  batch = config.train.batch_size
+  micro = parallel.micro_batch_size(config.compute.micro_batch_size, batch, num_devices, model)
+  return micro, parallel.concurrent_micro_batches(config.compute.concurrent_micro_batches, micro,
+                                                  batch, num_devices)
+
+
+def describe_micro_batching(config: ml_collections.ConfigDict, model: nn.Module,
+                            num_devices: int) -> str:
+  """'micro-batches of 64, 2 side by side' (or 'no micro-batches'), for the run's log."""
+  micro, concurrent = micro_batching(config, model, num_devices)
+  if not micro:
+    return "no micro-batches"
+  return f"micro-batches of {micro}" + (f", {concurrent} side by side" if concurrent > 1 else "")
+
+
+def check_compute(config: ml_collections.ConfigDict, model: nn.Module,
+                  device_counts) -> None:
+  """Checks the training batch and config.compute's micro-batches against each of
+  these device counts (parallel.training_device_counts), before anything runs.
+
+  Raises:
+    config_lib.ConfigError: naming the setting, and the device count it does not fit.
+  """
+  batch = config.train.batch_size
+  for n in device_counts:
+    if batch % n:
+      raise config_lib.ConfigError(
+          f"train.batch_size={batch} is not divisible by the {n} devices training runs on; "
+          f"choose a multiple of {n}, or set the device count (--cpu_devices, "
+          "compute.cpu_devices on a CPU).")
+  errors = {}
+  for n in device_counts:
+    try:
+      micro_batching(config, model, n)
+    except config_lib.ConfigError as err:
+      errors[n] = err
+  if not errors:
+    return
+  fits = [n for n in device_counts if n not in errors]
+  n, err = next(iter(errors.items()))
+  if not fits:
+    raise err
+  raise config_lib.ConfigError(
+      f"{err} That is on {n} devices, which training may choose on this machine; "
+      f"--cpu_devices={fits[0]} (compute.cpu_devices={fits[0]}) trains on {fits[0]}, "
+      "where it fits.")
+
+
 def jit_train_step(task, config: ml_collections.ConfigDict,
                    par: parallel.DataParallel) -> Callable:
   """The jitted, data-parallel train step of a task (dpm_jax.experiment.Task):
   what the loop and the benchmark run. How it runs (micro-batches, devices) is
   config.compute's, decided here once."""
-  micro_batch = parallel.micro_batch_size(config.compute.micro_batch_size,
-                                          config.train.batch_size, par.num_devices, task.model)
+  micro_batch, concurrent = micro_batching(config, task.model, par.num_devices)
   loss_fn = diffusion.make_loss_fn(task.model, uniform_noise=task.uniform_noise, train=True)
-  concurrent = parallel.concurrent_micro_batches(config.compute.concurrent_micro_batches,
-                                                 micro_batch, config.train.batch_size,
-                                                 par.num_devices)
   loss_and_grad = parallel.make_loss_and_grad(loss_fn, micro_batch_size=micro_batch,
                                               concurrent_micro_batches=concurrent,
                                               mesh=par.mesh)

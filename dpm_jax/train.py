@@ -102,6 +102,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: Optional[str]
   """
   experiment = registry.validate(config)
   maybe_initialize_distributed()
+  step_lib.check_compute(config, experiment.make_model(config),
+                         [len(devices)] if devices is not None else
+                         parallel.training_device_counts(config.compute.cpu_devices))
   workdir = workdir or create_workdir(config)
   free = rundir.prepare_workdir(workdir)  # before loading data and compiling
   # One writer: process 0 holds the lock (the others of a multi-host job share the workdir).
@@ -450,7 +453,8 @@ def log_start(task, config, par, how, start, num_steps, state, workdir, free):
       f"Training {task.experiment.name} ({task.model.__class__.__name__}) on {task.name}: "
       f"{len(task.train)} train / {len(task.test)} test examples, batch "
       f"{config.train.batch_size} on {par.num_devices} device(s) ({how}; {jax.process_count()} "
-      f"process(es)), steps {start}..{num_steps}, {diffusion.count_params(state.params)} "
+      f"process(es); {step_lib.describe_micro_batching(config, task.model, par.num_devices)}), "
+      f"steps {start}..{num_steps}, {diffusion.count_params(state.params)} "
       f"parameters, workdir {workdir} ({free / 2**20:.0f} MiB free, "
       f"{rundir.state_nbytes(state) / 2**20:.1f} MiB a checkpoint)")
 

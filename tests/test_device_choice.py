@@ -54,6 +54,12 @@ def test_short_runs_and_explicit_counts_are_not_timed(cache):
   assert calls == [] and not cache.exists()
 
 
+def test_the_counts_training_may_choose_are_what_training_devices_can_return():
+  assert parallel.training_device_counts(0) == [1, jax.device_count()] == [1, 2]
+  assert parallel.training_device_counts(1) == [1]
+  assert parallel.training_device_counts(2) == [2]
+
+
 def test_a_damaged_or_unwritable_cache_is_measured_again(cache, tmp_path, monkeypatch):
   cache.write_text("{not json")
   calls = []

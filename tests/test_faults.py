@@ -171,6 +171,10 @@ def test_a_checkpoint_that_verifies_but_does_not_fit_is_not_called_corrupt(run_c
     ("compute.micro_batch_size=-2", "compute.micro_batch_size must be an integer >= -1"),
     ("compute.concurrent_micro_batches=-1",
      "compute.concurrent_micro_batches must be a non-negative integer"),
+    # Relations to the batch and the devices, checked before the workdir is made.
+    ("compute.micro_batch_size=5", "micro_batch_size=5 must be -1 (auto), 0 (off) or divide the "
+     "per-device batch 32"),
+    ("compute.concurrent_micro_batches=2", "concurrent_micro_batches=2 needs micro-batches"),
     ("model.dropout_rate=1.0", "model.dropout_rate must lie in [0, 1)"),
     ("data.dequantization=half", "data.dequantization must be one of ('bin', 'reference')"),
     ("experiment=mnst", "No experiment 'mnst'; did you mean 'mnist'?"),
@@ -182,6 +186,16 @@ def test_config_values_outside_their_domain_are_one_line_before_anything_runs(
       "m", "--config=test", f"--config.{override}",
       f"--workdir={tmp_path / 'run'}"])
   one_line_error(code, err, message)
+  assert not (tmp_path / "run").exists()
+
+
+def test_micro_batches_that_fit_one_of_the_device_counts_name_the_one_they_fit(tmp_path):
+  # Batch 32: on one device 4 micro-batches of 8, on each of two devices 2.
+  code, _, err = call(mnist_program.PROGRAM.run, [
+      "m", "--config=test", "--config.compute.micro_batch_size=8",
+      "--config.compute.concurrent_micro_batches=4", f"--workdir={tmp_path / 'run'}"])
+  one_line_error(code, err, "concurrent_micro_batches=4 must be 0 (auto) or divide the 2 "
+                 "micro-batches", "on 2 devices", "--cpu_devices=1")
   assert not (tmp_path / "run").exists()
 
 
