@@ -6,8 +6,9 @@
 Traces a few steps with jax.profiler (its Perfetto trace, plain JSON), adds up the
 time of every XLA op by name, and labels each with what it computes, read from the
 compiled program's HLO: a convolution, a matmul (dot), a fusion (and the ops fused
-into it), a copy. Writes benchmarks/profile.json (runs/profile.json outside a checkout)
-and prints the ops that took most of a step, their share, and the time outside XLA's ops.
+into it), a copy; then groups the labels (matmuls, convolutions, copies, the rest).
+Writes benchmarks/profile.json, or profile_<n>devices.json for n > 1 (runs/ outside a
+checkout), and prints the groups and the ops that took most of a step.
 """
 
 from __future__ import annotations
@@ -50,6 +51,23 @@ def op_kinds(hlo_text: str) -> dict:
         kind = "fusion(" + ", ".join(parts or sorted(inner - {"parameter"})[:3]) + ")"
       kinds[name] = kind
   return kinds
+
+
+GROUPS = ("matmuls", "convolutions", "copies", "elementwise and reductions")
+
+
+def op_group(kind: str) -> str:
+  """Which of GROUPS an op_kinds label falls in: a convolution or a dot (fused or not),
+  data movement without arithmetic (concatenate, pad, slices, transposes, copies), or
+  the rest."""
+  if "convolution" in kind:
+    return "convolutions"
+  if "dot" in kind:
+    return "matmuls"
+  moves = ("concatenate", "pad", "slice", "transpose", "copy")
+  if any(m in kind for m in moves) and "reduce" not in kind:
+    return "copies"
+  return "elementwise and reductions"
 
 
 def main(argv=None) -> dict:
@@ -99,9 +117,10 @@ def main(argv=None) -> dict:
   # Ops run on several threads at once (devices, intra-op work), so their times can
   # add up to more than the wall time; shares are of the summed op time.
   total = sum(per_op.values())
-  by_kind = collections.Counter()
+  by_kind, by_group = collections.Counter(), dict.fromkeys(GROUPS, 0.0)
   for name, seconds in per_op.items():
     by_kind[kinds[name]] += seconds
+    by_group[op_group(kinds[name])] += seconds
   flops = run.model_flops_per_step(config)
   results = {
       "command": "python -m benchmarks.profile" + "".join(
@@ -112,14 +131,19 @@ def main(argv=None) -> dict:
       "gflop_per_step": flops / 1e9, "achieved_gflops": flops / wall / 1e9,
       "ops": [{"name": n, "kind": kinds[n], "seconds": s, "share": s / total}
               for n, s in per_op.most_common(args.top)],
-      "kinds": [{"kind": k, "seconds": s, "share": s / total} for k, s in by_kind.most_common()]}
-  output = args.output or output_path("profile.json", "profile.json")
+      "kinds": [{"kind": k, "seconds": s, "share": s / total} for k, s in by_kind.most_common()],
+      "groups": [{"group": g, "seconds": s, "share": s / total} for g, s in by_group.items()]}
+  name = "profile.json" if args.devices == 1 else f"profile_{args.devices}devices.json"
+  output = args.output or output_path(name, name)
   os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
   with open(output, "w") as f:
     json.dump(results, f, indent=2)
   print(f"{args.model}, batch {args.batch}, {args.devices} device(s): {1e3 * wall:.0f} ms a step "
         f"({results['achieved_gflops']:.0f} GFLOP/s), XLA ops {1e3 * total:.0f} ms summed")
-  print("| op kind | ms / step | share |\n|---|---|---|")
+  print("| op group | ms / step | share |\n|---|---|---|")
+  for r in results["groups"]:
+    print(f"| {r['group']} | {1e3 * r['seconds']:.1f} | {100 * r['share']:.0f}% |")
+  print("\n| op kind | ms / step | share |\n|---|---|---|")
   for r in results["kinds"][:12]:
     print(f"| {r['kind']} | {1e3 * r['seconds']:.1f} | {100 * r['share']:.0f}% |")
   print(f"\ntop ops:\n| op | kind | ms / step | share |\n|---|---|---|---|")

@@ -5,7 +5,7 @@ import json
 import jax
 import pytest
 
-from benchmarks import conv_layer, run, scaling
+from benchmarks import conv_layer, profile, run, scaling
 from dpm_jax import parallel
 
 
@@ -30,6 +30,9 @@ def test_quick_benchmark_writes_results(tmp_path):
   assert saved["default_over_one_device_train"] == pytest.approx(
       chosen["train"]["images_per_sec"] / one["train"]["images_per_sec"])
   assert 0 < saved["one_device_peak_fraction"] < 10
+  best = max(j["train"]["images_per_sec"] for j in mnist["jax"].values())
+  assert saved["default_over_best_train"] == pytest.approx(
+      chosen["train"]["images_per_sec"] / best) and saved["default_over_best_train"] <= 1
   assert mnist["torch"]["eager"] == mnist["torch"]["compile"] == {"skipped": "--no_torch"}
   assert saved["train_speedup_vs_torch"] is None and saved["sample_speedup_vs_torch_compile"] is None
   assert "| mnist | JAX" in results["markdown"] and "default configuration" in results["markdown"]
@@ -70,3 +73,22 @@ def test_quick_conv_layer_benchmark_times_every_kernel():
     assert set(r["ms"]) == {"xla forward+backward", "cpu forward+backward", "XLA forward alone"}
     assert all(t > 0 for t in r["ms"].values())
     assert set(r["cores_busy"]) == set(r["ms"]) and all(b > 0 for b in r["cores_busy"].values())
+
+
+def test_profile_groups_op_kinds():
+  assert profile.op_group("fusion(convolution)") == "convolutions"
+  assert profile.op_group("dot") == profile.op_group("fusion(dot)") == "matmuls"
+  assert profile.op_group("concatenate") == profile.op_group("fusion(dynamic-slice, transpose)")
+  assert profile.op_group("fusion(dynamic-slice, transpose)") == "copies"
+  assert profile.op_group("fusion(reduce, transpose)") == "elementwise and reductions"
+  assert profile.op_group("fusion(add, broadcast, compare)") == "elementwise and reductions"
+
+
+@pytest.mark.slow
+def test_profile_writes_every_op_s_time_in_its_group(tmp_path):
+  out = tmp_path / "profile.json"
+  results = profile.main(["--batch=16", "--steps=1", f"--output={out}"])
+  saved = json.loads(out.read_text())
+  assert [g["group"] for g in saved["groups"]] == list(profile.GROUPS)
+  assert sum(g["seconds"] for g in saved["groups"]) == pytest.approx(results["op_seconds_per_step"])
+  assert saved["op_seconds_per_step"] > 0 and saved["step_s"] > 0
