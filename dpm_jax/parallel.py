@@ -105,16 +105,21 @@ def concurrent_micro_batches(requested: int, micro_batch: int, batch_size: int,
   return requested
 
 
+def check_batch_divides(batch_size: int, num_devices: int,
+                        what: str = "train.batch_size") -> None:
+  """Raises config_lib.ConfigError unless num_devices divides the batch."""
+  if batch_size % num_devices:
+    raise config_lib.ConfigError(
+        f"{what}={batch_size} is not divisible by the {num_devices} devices; choose a "
+        "multiple of the device count, or another count (--cpu_devices, "
+        "compute.cpu_devices on a CPU).")
+
+
 def training_device_counts(cpu_devices: int = 0) -> list:
-  """The device counts parallel.training_devices may choose for the training step
-  (before any calibration): every device on GPUs and TPUs, under jax.distributed and
-  with one device; cpu_devices=N: N; else 1 and every device."""
-  n = jax.device_count()
-  if jax.default_backend() != "cpu" or jax.process_count() > 1 or n == 1:
-    return [n]
-  if cpu_devices:
-    return [cpu_devices]
-  return [1, n]
+  """The device counts training_devices may choose for the training step, before
+  any calibration: its one count where that is fixed, else 1 and every device."""
+  fixed = _fixed_training_devices(cpu_devices)
+  return [len(fixed[0])] if fixed else [1, jax.device_count()]
 
 
 def make_loss_and_grad(loss_fn, *, micro_batch_size: int = 0, concurrent_micro_batches: int = 1,
@@ -222,10 +227,7 @@ class DataParallel:
     return cls(devices[:_largest_divisor_at_most(batch_size, len(devices))])
 
   def check_batch_size(self, batch_size: int, what: str = "train.batch_size") -> None:
-    if batch_size % self.num_devices:
-      raise config_lib.ConfigError(
-          f"{what}={batch_size} is not divisible by the {self.num_devices} "
-          "devices; choose a multiple of the device count.")
+    check_batch_divides(batch_size, self.num_devices, what)
 
   def put_batch(self, global_batch: np.ndarray) -> jax.Array:
     """Places a global batch (identical on every process) sharded over devices."""
@@ -348,11 +350,10 @@ def training_devices(cpu_devices: int = 0, *, num_steps: int = 0,
 
   Returns (devices, a phrase saying how they were chosen).
   """
+  fixed = _fixed_training_devices(cpu_devices)
+  if fixed:
+    return fixed
   devices = jax.devices()
-  if jax.default_backend() != "cpu" or jax.process_count() > 1 or len(devices) == 1:
-    return devices, "every device"
-  if cpu_devices:
-    return devices[:cpu_devices], f"compute.cpu_devices={cpu_devices}"
   if time_step is None or num_steps < CALIBRATE_MIN_STEPS:
     return devices, "every CPU device (a short run: no calibration)"
   choice = calibrate_split(time_step, signature or {})
@@ -361,6 +362,17 @@ def training_devices(cpu_devices: int = 0, *, num_steps: int = 0,
   return devices[:choice["devices"]], (
       f"the faster on this machine ({times}" + (", measured earlier" if choice["cached"]
                                                 else "") + ")")
+
+
+def _fixed_training_devices(cpu_devices: int) -> Optional[tuple[list, str]]:
+  """training_devices's answer where no timing can change it, else None (auto on
+  one process's several CPU devices)."""
+  devices = jax.devices()
+  if jax.default_backend() != "cpu" or jax.process_count() > 1 or len(devices) == 1:
+    return devices, "every device"
+  if cpu_devices:
+    return devices[:cpu_devices], f"compute.cpu_devices={cpu_devices}"
+  return None
 
 
 def _largest_divisor_at_most(n: int, limit: int) -> int:

@@ -98,13 +98,8 @@ def check_compute(config: ml_collections.ConfigDict, model: nn.Module,
   Raises:
     config_lib.ConfigError: naming the setting, and the device count it does not fit.
   """
-  batch = config.train.batch_size
   for n in device_counts:
-    if batch % n:
-      raise config_lib.ConfigError(
-          f"train.batch_size={batch} is not divisible by the {n} devices training runs on; "
-          f"choose a multiple of {n}, or set the device count (--cpu_devices, "
-          "compute.cpu_devices on a CPU).")
+    parallel.check_batch_divides(config.train.batch_size, n)
   errors = {}
   for n in device_counts:
     try:
