@@ -163,7 +163,13 @@ def _analysed_flops(config) -> float:
   tx = optim.make_optimizer(config.optimizer, steps_per_epoch=1000)
   state = jax.eval_shape(lambda p: step_lib.create_train_state(task.model, p, tx), params)
   step_fn = step_lib.jit_train_step(task, config, parallel.DataParallel(jax.devices()[:1]))
-  cost = step_fn.lower(state, task.train, jax.random.key(0)).compile().cost_analysis()
+  return xla_flops(step_fn, state, task.train, jax.random.key(0))
+
+
+def xla_flops(jitted, *args) -> float:
+  """XLA's cost analysis of a jitted function's program for these arguments (arrays or
+  shapes): its FLOPs, NaN where the backend reports none."""
+  cost = jitted.lower(*args).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
@@ -179,15 +185,16 @@ def one_at_a_time(config, steps: int, par: parallel.DataParallel) -> dict:
 def sample_flops(config, num_images: int) -> float:
   """The arithmetic of a whole reverse trajectory: XLA's cost analysis of one learned
   reverse step, with XLA's convolution on one device, times the T - 1 steps (the
-  fixed first step has no network)."""
-  model = diffusion.make_model(config.model, "xla")
-  params = jax.eval_shape(lambda: diffusion.init_params(model, jax.random.key(0)))
-  x = jax.ShapeDtypeStruct((num_images,) + tuple(model.data_shape), jnp.float32)
-  step = jax.jit(lambda p, x: model.apply(p, x, jnp.float32(1), method="reverse"))
-  cost = step.lower(params, x).compile().cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
-  return flops * (config.model.trajectory_length - 1)
+  fixed first step has no network). The same model and images are analysed once per
+  process."""
+  key = (config.model.to_json(sort_keys=True), num_images)
+  if key not in _FLOPS:
+    model = diffusion.make_model(config.model, "xla")
+    params = jax.eval_shape(lambda: diffusion.init_params(model, jax.random.key(0)))
+    x = jax.ShapeDtypeStruct((num_images,) + tuple(model.data_shape), jnp.float32)
+    step = jax.jit(lambda p, x: model.apply(p, x, jnp.float32(1), method="reverse"))
+    _FLOPS[key] = xla_flops(step, params, x) * (config.model.trajectory_length - 1)
+  return _FLOPS[key]
 
 
 def bench_jax_sample(config, num_images: int, repeats: int, par: parallel.DataParallel) -> dict:
@@ -337,22 +344,21 @@ def markdown_table(results: dict) -> str:
           "| sample img/s (T steps) | sample % peak | eval img/s |",
           "|---|---|---|---|---|---|---|---|---|---|"]
   peak = results["matmul_peak_gflops"]
+
+  def train_cells(tr):
+    return (f"{tr['images_per_sec']:.0f} | {tr['step_ms']:.0f} | {tr['compile_s']:.1f} | "
+            f"{tr['flops_per_step'] / 1e9:.1f} | {100 * tr['achieved_gflops'] / peak:.0f}%")
+
   for name, r in results["models"].items():
     for impl, j in r["jax"].items():
-      tr = j["train"]
+      sample = j["sample"]
       rows.append(
-          f"| {name} | JAX ({impl}) | {tr['images_per_sec']:.0f} | {tr['step_ms']:.0f} | "
-          f"{tr['compile_s']:.1f} | {tr['flops_per_step'] / 1e9:.1f} | "
-          f"{100 * tr['achieved_gflops'] / peak:.0f}% | "
-          f"{j['sample']['images_per_sec']:.2f} ({j['sample']['trajectory_length']}) | "
-          f"{100 * j['sample']['achieved_gflops'] / peak:.0f}% | "
-          f"{j['eval']['images_per_sec']:.0f} |")
+          f"| {name} | JAX ({impl}) | {train_cells(j['train'])} | "
+          f"{sample['images_per_sec']:.2f} ({sample['trajectory_length']}) | "
+          f"{100 * sample['achieved_gflops'] / peak:.0f}% | {j['eval']['images_per_sec']:.0f} |")
       if "train_one_at_a_time" in j:
-        tr = j["train_one_at_a_time"]
         rows.append(f"| {name} | JAX ({impl}, one micro-batch at a time) | "
-                    f"{tr['images_per_sec']:.0f} | {tr['step_ms']:.0f} | {tr['compile_s']:.1f} | "
-                    f"{tr['flops_per_step'] / 1e9:.1f} | {100 * tr['achieved_gflops'] / peak:.0f}% "
-                    "| - | - | - |")
+                    f"{train_cells(j['train_one_at_a_time'])} | - | - | - |")
     for mode, t in r.get("torch", {}).items():
       if "train_images_per_sec" in t:
         compile_s = f"{t['compile_s']:.0f}" if "compile_s" in t else "-"
