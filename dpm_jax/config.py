@@ -30,6 +30,7 @@ import math
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import ml_collections
+from dpm_jax import errors
 
 # Per-pixel output of the reverse model: (colors, {mu, beta}, n_temporal_basis).
 _POSITIVE_INT_FIELDS = (
@@ -122,61 +123,61 @@ def get_model_config(preset: str = "mnist") -> ml_collections.ConfigDict:
 
 
 def validate_model_config(cfg: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError naming the first invalid field and how to fix it."""
+  """Raises errors.UserError naming the first invalid field and how to fix it."""
   reference = mnist_model_config()
   missing = [k for k in reference.keys() if k not in cfg]
   if missing:
-    raise ConfigError(
+    raise errors.UserError(
         f"model config lacks field(s) {missing}; start from "
         "dpm_jax.config.get_model_config() and override what you need.")
   for name in _POSITIVE_INT_FIELDS:
     value = cfg[name]
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-      raise ConfigError(
+      raise errors.UserError(
           f"model.{name} must be a positive integer, got {value!r}.")
   for name in _NON_NEGATIVE_INT_FIELDS:
     value = cfg[name]
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-      raise ConfigError(
+      raise errors.UserError(
           f"model.{name} must be a non-negative integer, got {value!r}.")
   if not isinstance(cfg.trajectory_length, int) or cfg.trajectory_length < 2:
-    raise ConfigError(
+    raise errors.UserError(
         f"model.trajectory_length must be an integer >= 2 (the reverse "
         f"process has trajectory_length - 1 learned steps), got "
         f"{cfg.trajectory_length!r}.")
   if not isinstance(cfg.n_temporal_basis, int) or cfg.n_temporal_basis < 2:
-    raise ConfigError(
+    raise errors.UserError(
         f"model.n_temporal_basis must be an integer >= 2 (the bump width is "
         f"half the spacing of the centres), got {cfg.n_temporal_basis!r}.")
   if cfg.filter_size % 2 != 1:
-    raise ConfigError(
+    raise errors.UserError(
         f"model.filter_size must be odd so that a 'full' convolution crops "
         f"back to the input size, got {cfg.filter_size}.")
   factor = 2 ** (cfg.n_scales - 1)
   if cfg.spatial_width % factor:
-    raise ConfigError(
+    raise errors.UserError(
         f"model.spatial_width={cfg.spatial_width} is not divisible by "
         f"2**(n_scales-1)={factor}; lower model.n_scales or use images whose "
         f"width is a multiple of {factor}.")
   if not 0.0 <= float(cfg.step1_beta) < 1.0:
-    raise ConfigError(
+    raise errors.UserError(
         f"model.step1_beta must lie in [0, 1), got {cfg.step1_beta!r}.")
   if not 0.0 <= float(cfg.dropout_rate) < 1.0:
-    raise ConfigError(
+    raise errors.UserError(
         f"model.dropout_rate must lie in [0, 1), got {cfg.dropout_rate!r}.")
   for name, allowed in (("kl_multiplier", KL_MULTIPLIERS),
                         ("beta_link", BETA_LINKS),
                         ("t_sampling", T_SAMPLINGS)):
     if cfg[name] not in allowed:
-      raise ConfigError(
+      raise errors.UserError(
           f"model.{name} must be one of {allowed}, got {cfg[name]!r}.")
   for name in ("learn_beta", "reference_dense_lower"):
     if not isinstance(cfg[name], bool):
-      raise ConfigError(f"model.{name} must be True or False, "
+      raise errors.UserError(f"model.{name} must be True or False, "
                         f"got {cfg[name]!r}.")
   has_dense = cfg.n_hidden_dense_lower > 0 and n_dense_lower_layers(cfg) > 0
   if has_dense and cfg.n_hidden_dense_lower_output < 1:
-    raise ConfigError(
+    raise errors.UserError(
         "model.n_hidden_dense_lower_output must be >= 1 when the dense lower "
         "pathway is on; set n_hidden_dense_lower=0 to turn the pathway off.")
 
@@ -190,16 +191,16 @@ def add_loss_fields(cfg: ml_collections.ConfigDict, t_sampling: str = "per_examp
 
 
 def validate_loss_fields(cfg: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError for an invalid trajectory length or field of add_loss_fields."""
+  """Raises errors.UserError for an invalid trajectory length or field of add_loss_fields."""
   if not isinstance(cfg.trajectory_length, int) or cfg.trajectory_length < 2:
-    raise ConfigError(
+    raise errors.UserError(
         f"model.trajectory_length must be an integer >= 2, got {cfg.trajectory_length!r}.")
   n_t = cfg.n_t_per_minibatch
   if not isinstance(n_t, int) or isinstance(n_t, bool) or n_t < 1:
-    raise ConfigError(f"model.n_t_per_minibatch must be a positive integer, got {n_t!r}.")
+    raise errors.UserError(f"model.n_t_per_minibatch must be a positive integer, got {n_t!r}.")
   for name, allowed in (("t_sampling", T_SAMPLINGS), ("kl_multiplier", KL_MULTIPLIERS)):
     if cfg[name] not in allowed:
-      raise ConfigError(f"model.{name} must be one of {allowed}, got {cfg[name]!r}.")
+      raise errors.UserError(f"model.{name} must be one of {allowed}, got {cfg[name]!r}.")
 
 
 def n_dense_lower_layers(cfg: ml_collections.ConfigDict) -> int:
@@ -283,14 +284,10 @@ BOOLEAN = Domain(lambda v: isinstance(v, bool), "True or False")
 TEXT = Domain(lambda v: isinstance(v, str), "a string")
 
 
-class ConfigError(ValueError):
-  """A configuration value that cannot describe a valid model or run."""
-
-
 def check_value(name: str, value: Any, domain: Domain, fix: str = "") -> None:
-  """Raises ConfigError naming `name` if value lies outside the domain."""
+  """Raises errors.UserError naming `name` if value lies outside the domain."""
   if not domain.accepts(value):
-    raise ConfigError(f"{name} must be {domain.text}, got {value!r}." + (f" {fix}" if fix else ""))
+    raise errors.UserError(f"{name} must be {domain.text}, got {value!r}." + (f" {fix}" if fix else ""))
 
 
 def check_fields(section: str, cfg: ml_collections.ConfigDict,
@@ -298,13 +295,13 @@ def check_fields(section: str, cfg: ml_collections.ConfigDict,
   """Checks that a section has every field of `domains` and each lies in its domain.
 
   Raises:
-    ConfigError: the first missing field (with the closest existing name) or
+    errors.UserError: the first missing field (with the closest existing name) or
       the first value outside its domain, naming `section.field`.
   """
   for name, domain in domains.items():
     if name not in cfg:
       close = difflib.get_close_matches(name, list(cfg.keys()), n=1)
-      raise ConfigError(
+      raise errors.UserError(
           f"The config's {section} section has no field {name!r}"
           + (f" (it has {close[0]!r})" if close else "")
           + "; start from the experiment's config (experiments/configs/) and override fields.")
@@ -439,34 +436,34 @@ def validate_base(config: ml_collections.ConfigDict) -> None:
   The model and data sections are the experiment's (Experiment.validate).
 
   Raises:
-    ConfigError: naming the first field outside its domain, or the relation broken.
+    errors.UserError: naming the first field outside its domain, or the relation broken.
   """
   bad = list(non_finite_fields(config))
   if bad:
-    raise ConfigError(f"config fields must be finite numbers: {', '.join(bad)}.")
+    raise errors.UserError(f"config fields must be finite numbers: {', '.join(bad)}.")
   for name, domain in TOP_DOMAINS.items():
     if name not in config:
-      raise ConfigError(f"The config has no field {name!r}; start from the experiment's config "
+      raise errors.UserError(f"The config has no field {name!r}; start from the experiment's config "
                         "(experiments/configs/) and override fields.")
     check_value(name, config[name], domain)
   for section, domains in BASE_DOMAINS.items():
     if section not in config:
-      raise ConfigError(f"The config has no {section!r} section; start from the experiment's "
+      raise errors.UserError(f"The config has no {section!r} section; start from the experiment's "
                         "config (experiments/configs/) and override fields.")
     check_fields(section, config[section], domains)
   t, o = config.train, config.optimizer
   if t.num_steps == 0 and t.num_epochs == 0:
-    raise ConfigError("Set train.num_steps > 0 (steps) or train.num_epochs > 0 (epochs); "
+    raise errors.UserError("Set train.num_steps > 0 (steps) or train.num_epochs > 0 (epochs); "
                       "both are 0.")
   if o.min_learning_rate > o.learning_rate:
-    raise ConfigError(
+    raise errors.UserError(
         f"optimizer.learning_rate={o.learning_rate:g} is below optimizer.min_learning_rate="
         f"{o.min_learning_rate:g}, the decay's floor, so every step would use "
         f"{o.min_learning_rate:g}; lower optimizer.min_learning_rate too (at most the "
         "learning rate).")
   T = config.model.get("trajectory_length") if "model" in config else None
   if config.eval.method == "stratified" and _is_int(T) and config.eval.num_strata > T - 1:
-    raise ConfigError(
+    raise errors.UserError(
         f"eval.num_strata must be in 1..{T - 1} (trajectory_length - 1), got "
         f"{config.eval.num_strata}.")
 

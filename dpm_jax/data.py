@@ -32,6 +32,7 @@ from typing import Optional
 import ml_collections
 
 import numpy as np
+from dpm_jax import errors
 
 EMBEDDED_FILE = os.path.join(os.path.dirname(__file__), "data", "mnist_5k.npz")
 EMBEDDED_TEST_PER_CLASS = 50
@@ -44,10 +45,6 @@ SOURCES = ("embedded", "idx", "tfds")
 BIN_WIDTH = 1.0 / 255.0
 # Examples not held in memory: their scale and shift come from this many of them.
 STATS_EXAMPLES = 1000
-
-
-class DataError(RuntimeError):
-  """A data set that cannot be found, read or used; the message says what to do."""
 
 
 OFFLINE_OPTIONS = (
@@ -215,7 +212,7 @@ def from_arrays(train: np.ndarray, test: Optional[np.ndarray] = None, *, name: s
     seed: the split's seed.
 
   Raises:
-    DataError: images that are not uint8, not 3- or 4-dimensional, or too few.
+    errors.UserError: images that are not uint8, not 3- or 4-dimensional, or too few.
   """
   arrays = []
   for what, x in (("train", train), ("test", test)):
@@ -226,14 +223,14 @@ def from_arrays(train: np.ndarray, test: Optional[np.ndarray] = None, *, name: s
     if x.ndim == 3:
       x = x[..., None]
     if x.dtype != np.uint8 or x.ndim != 4:
-      raise DataError(f"from_arrays: {what} images must be uint8 (N, H, W, C) or (N, H, W), got "
+      raise errors.UserError(f"from_arrays: {what} images must be uint8 (N, H, W, C) or (N, H, W), got "
                       f"{x.dtype} {x.shape}; convert with (x * 255).round().astype(np.uint8).")
     arrays.append(x)
   train, test = arrays
   if test is None:
     n_test = int(round(len(train) * test_fraction))
     if not 0 < n_test < len(train):
-      raise DataError(f"from_arrays: {len(train)} images cannot be split {test_fraction:g} "
+      raise errors.UserError(f"from_arrays: {len(train)} images cannot be split {test_fraction:g} "
                       "for testing; pass test= or more images.")
     order = np.random.default_rng(seed).permutation(len(train))
     train, test = train[np.sort(order[n_test:])], train[np.sort(order[:n_test])]
@@ -270,7 +267,7 @@ def load_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
   source = data_config.source
   if source == "embedded":
     if data_config.dataset != "mnist":
-      raise DataError(
+      raise errors.UserError(
           f"data.source='embedded' ships MNIST only, but data.dataset="
           f"{data_config.dataset!r}; set data.dataset='mnist' or use "
           "data.source='idx' or 'tfds'.")
@@ -284,7 +281,7 @@ def load_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
                         download=data_config.download)
     return dataclasses.replace(dataset, provenance={"source": "tfds",
                                                     "dataset": data_config.dataset})
-  raise DataError(f"data.source must be one of {SOURCES}, got {source!r}.")
+  raise errors.UserError(f"data.source must be one of {SOURCES}, got {source!r}.")
 
 
 def embedded_split(labels: np.ndarray, test_per_class: int = EMBEDDED_TEST_PER_CLASS,
@@ -302,7 +299,7 @@ def embedded_split(labels: np.ndarray, test_per_class: int = EMBEDDED_TEST_PER_C
 def load_embedded() -> Dataset:
   """The 5000 MNIST digits shipped with the package: 4500 train, 500 test."""
   if not os.path.exists(EMBEDDED_FILE):
-    raise DataError(
+    raise errors.UserError(
         f"The embedded digits {EMBEDDED_FILE} are missing from this install; "
         "reinstall the package (pip install .) or run "
         "tools/make_embedded_mnist.py.")
@@ -310,7 +307,7 @@ def load_embedded() -> Dataset:
     with np.load(EMBEDDED_FILE) as f:
       images, labels = f["images"], f["labels"]
   except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as err:
-    raise DataError(f"The embedded digits {EMBEDDED_FILE} cannot be read ({type(err).__name__}: "
+    raise errors.UserError(f"The embedded digits {EMBEDDED_FILE} cannot be read ({type(err).__name__}: "
                     f"{err}); reinstall the package (pip install .).") from err
   train, test = embedded_split(labels)
   return Dataset(images[train, :, :, None], images[test, :, :, None], "mnist_embedded",
@@ -324,20 +321,20 @@ def read_idx_images(path: str) -> np.ndarray:
     with opener(path, "rb") as f:
       header = f.read(16)
       if len(header) < 16:
-        raise DataError(f"{path} is too short to be an IDX image file.")
+        raise errors.UserError(f"{path} is too short to be an IDX image file.")
       magic, n, rows, cols = struct.unpack(">IIII", header)
       if magic != 0x00000803:
-        raise DataError(
+        raise errors.UserError(
             f"{path} is not an IDX3 ubyte image file (magic {magic:#010x}, "
             "expected 0x00000803).")
       data = np.frombuffer(f.read(), dtype=np.uint8)
   except (OSError, EOFError, zlib.error, struct.error, ValueError) as e:
     # gzip raises OSError (a bad header), EOFError (cut short) or zlib.error
     # (a damaged deflate stream): each is a damaged file.
-    raise DataError(f"Cannot read IDX file {path}: {type(e).__name__}: {e}. The file is damaged "
+    raise errors.UserError(f"Cannot read IDX file {path}: {type(e).__name__}: {e}. The file is damaged "
                     "or not an IDX file; download it again.") from e
   if data.size != n * rows * cols:
-    raise DataError(
+    raise errors.UserError(
         f"{path} holds {data.size} pixels, but its header promises "
         f"{n}x{rows}x{cols}; the file is truncated or corrupt.")
   return data.reshape(n, rows, cols)
@@ -348,7 +345,7 @@ def _find_idx(directory: str, stem: str) -> str:
     path = os.path.join(directory, name)
     if os.path.exists(path):
       return path
-  raise DataError(
+  raise errors.UserError(
       f"No {stem}[.gz] in data.dir={directory!r}. Point data.dir at a folder "
       "with the standard IDX files train-images-idx3-ubyte.gz and "
       "t10k-images-idx3-ubyte.gz (MNIST or Fashion-MNIST). " + OFFLINE_OPTIONS)
@@ -357,10 +354,10 @@ def _find_idx(directory: str, stem: str) -> str:
 def load_idx(directory: str, name: str = "idx") -> Dataset:
   """Loads train-images-idx3-ubyte(.gz) and t10k-images-idx3-ubyte(.gz) from a folder."""
   if not directory:
-    raise DataError("data.source='idx' needs data.dir, the folder holding the IDX files. "
+    raise errors.UserError("data.source='idx' needs data.dir, the folder holding the IDX files. "
                     + OFFLINE_OPTIONS)
   if not os.path.isdir(directory):
-    raise DataError(f"data.dir={directory!r} is not a folder. " + OFFLINE_OPTIONS)
+    raise errors.UserError(f"data.dir={directory!r} is not a folder. " + OFFLINE_OPTIONS)
   train = read_idx_images(_find_idx(directory, "train-images-idx3-ubyte"))
   test = read_idx_images(_find_idx(directory, "t10k-images-idx3-ubyte"))
   return Dataset(train[..., None], test[..., None], f"{name}_idx")
@@ -382,7 +379,7 @@ def load_tfds(dataset: str, data_dir: Optional[str] = None, download: bool = Fal
   and with download=True it first checks that the download host answers.
   """
   if dataset not in TFDS_NAMES:
-    raise DataError(f"data.dataset must be one of {sorted(TFDS_NAMES)} for "
+    raise errors.UserError(f"data.dataset must be one of {sorted(TFDS_NAMES)} for "
                     f"data.source='tfds', got {dataset!r}.")
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   name = TFDS_NAMES[dataset]
@@ -391,13 +388,13 @@ def load_tfds(dataset: str, data_dir: Optional[str] = None, download: bool = Fal
                                download=False)
   except Exception as err:  # pylint: disable=broad-except
     if not download:
-      raise DataError(
+      raise errors.UserError(
           f"tfds data set {name!r} is not prepared in array_record format in "
           f"{data_dir or 'the default tfds data_dir (~/tensorflow_datasets)'} "
           f"({type(err).__name__}). Set data.download=True on a machine with "
           "internet, or work offline. " + OFFLINE_OPTIONS) from err
     if not _can_reach():
-      raise DataError(
+      raise errors.UserError(
           f"data.download=True but the tfds download host cannot be reached; "
           f"{name!r} cannot be fetched from this machine. " + OFFLINE_OPTIONS) from err
     sources = tfds.data_source(
@@ -410,7 +407,7 @@ def load_tfds(dataset: str, data_dir: Optional[str] = None, download: bool = Fal
 def _read_all(source, name) -> np.ndarray:
   n = len(source)
   if n == 0:
-    raise DataError(f"tfds split of {name!r} is empty.")
+    raise errors.UserError(f"tfds split of {name!r} is empty.")
   try:
     first = np.asarray(source[0]["image"])
     out = np.empty((n,) + first.shape, np.uint8)
@@ -418,7 +415,7 @@ def _read_all(source, name) -> np.ndarray:
       out[i] = np.asarray(source[i]["image"])
   except Exception as err:  # pylint: disable=broad-except
     # array_record, protobuf and image decoders raise their own types.
-    raise DataError(f"Cannot read the tfds data set {name!r} ({type(err).__name__}: "
+    raise errors.UserError(f"Cannot read the tfds data set {name!r} ({type(err).__name__}: "
                     f"{str(err)[:300]}); its prepared files are damaged: prepare it again.") from err
   return out
 
@@ -452,13 +449,13 @@ def compute_stats(train: np.ndarray, *, scale_from: str = "train_set",
   elif scale_from == "first_batch":
     x = train[epoch_permutation(len(train), seed, 0)[:batch_size]]
   else:
-    raise DataError(f"data.scale_from must be 'train_set' or 'first_batch', got {scale_from!r}.")
+    raise errors.UserError(f"data.scale_from must be 'train_set' or 'first_batch', got {scale_from!r}.")
   # Two passes in float64, chunked: exact enough and bounded in memory.
   n = x.size
   mean = sum(float(c.sum(dtype=np.float64)) for c in _chunks(x)) / n / 255.0
   var = sum(float(np.square(c / 255.0 - mean).sum()) for c in _chunks(x)) / n
   if var <= 0:
-    raise DataError("The training images are constant; they cannot be scaled to unit variance.")
+    raise errors.UserError("The training images are constant; they cannot be scaled to unit variance.")
   scale = 1.0 / np.sqrt(var)
   shift = -mean * scale
   if dequantization == "bin":
@@ -466,7 +463,7 @@ def compute_stats(train: np.ndarray, *, scale_from: str = "train_set",
   elif dequantization == "reference":
     uniform_noise = BIN_WIDTH / scale
   else:
-    raise DataError(f"data.dequantization must be 'bin' or 'reference', got {dequantization!r}.")
+    raise errors.UserError(f"data.dequantization must be 'bin' or 'reference', got {dequantization!r}.")
   return DataStats(float(scale), float(shift), float(uniform_noise))
 
 
@@ -497,7 +494,7 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
   """Full batches in one pass over the training set (the remainder is dropped)."""
   if batch_size > n_train:
-    raise DataError(
+    raise errors.UserError(
         f"train.batch_size={batch_size} exceeds the {n_train} training images; "
         "lower train.batch_size.")
   return n_train // batch_size

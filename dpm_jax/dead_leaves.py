@@ -29,6 +29,7 @@ import numpy as np
 
 from dpm_jax import config as config_lib
 from dpm_jax import data as data_lib
+from dpm_jax import errors
 from dpm_jax import images
 from dpm_jax import plotting
 from dpm_jax import sampling
@@ -151,7 +152,7 @@ class DeadLeavesImages(data_lib.Examples):
     del seed  # the draws' seed is the examples' own
     local = batch_size // process_count
     if local % self.tiles:
-      raise data_lib.DataError(
+      raise errors.UserError(
           f"The per-process batch {local} is not a whole number of draws of {self.tiles} "
           "examples; choose train.batch_size a multiple of (data.draw_size / "
           "model.spatial_width)^2 per process.")
@@ -198,11 +199,11 @@ class DeadLeavesExperiment(images.ConvolutionalImageExperiment):
     for what, w in (("model.spatial_width", width),
                     ("final_eval.image_size", config.final_eval.image_size)):
       if d.draw_size % w:
-        raise config_lib.ConfigError(
+        raise errors.UserError(
             f"data.draw_size={d.draw_size} must be a multiple of {what}={w}: the examples are "
             "its tiles.")
     if d.r_min >= d.r_max:
-      raise config_lib.ConfigError(f"data.r_min={d.r_min} must be below data.r_max={d.r_max}.")
+      raise errors.UserError(f"data.r_min={d.r_min} must be below data.r_max={d.r_max}.")
     super().validate_final(config)
 
   def load_data(self, config: ml_collections.ConfigDict) -> data_lib.Dataset:

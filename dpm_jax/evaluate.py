@@ -25,6 +25,7 @@ import numpy as np
 
 from dpm_jax import data as data_lib
 from dpm_jax import diffusion
+from dpm_jax import errors
 from dpm_jax import parallel
 
 if TYPE_CHECKING:
@@ -48,13 +49,9 @@ def nll_bits_per_dim(cost_bits_per_pixel, stats: data_lib.DataStats, n_colors: i
   return nats / LN2
 
 
-class Stopped(Exception):
-  """A stop was requested (SIGINT, SIGTERM) between two evaluation batches."""
-
-
 def _poll(should_stop: Optional[Callable[[], bool]]) -> None:
   if should_stop is not None and should_stop():
-    raise Stopped()
+    raise errors.Stopped()
 
 
 def _mean_stderr(values):
@@ -77,16 +74,12 @@ def report(result: dict) -> dict:
   return out
 
 
-class NonFiniteResultError(ValueError):
-  """A bound came out NaN or infinite: the model's parameters or data are broken."""
-
-
 def check_finite(result: dict, what: str = "the bound") -> None:
-  """Raises NonFiniteResultError if the bound (K, K - L_null) of a result is not finite."""
+  """Raises errors.UserError if the bound (K, K - L_null) of a result is not finite."""
   for key in ("K_bits", "K_minus_L_null_bits"):
     value = result.get(key)
     if value is None or not math.isfinite(value):
-      raise NonFiniteResultError(
+      raise errors.UserError(
           f"{what} is not finite ({key} = {value}): the model's parameters or the data hold "
           "NaN or Inf, or the model diverged. Nothing was written; evaluate an earlier "
           "checkpoint with --step.")

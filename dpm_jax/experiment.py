@@ -30,11 +30,8 @@ import numpy as np
 
 from dpm_jax import config as config_lib
 from dpm_jax import data as data_lib
+from dpm_jax import errors
 from dpm_jax import sampling
-
-
-class UnsupportedError(ValueError):
-  """An experiment asked for something it does not support (a sampling mode, a data file)."""
 
 
 class Experiment(abc.ABC):
@@ -76,11 +73,11 @@ class Experiment(abc.ABC):
     """The config of a named variant ('tiny'); the `arg` of `--config=<file>:<arg>`.
 
     Raises:
-      config_lib.ConfigError: an unknown variant.
+      errors.UserError: an unknown variant.
     """
     if name == "tiny":
       return self.tiny_config()
-    raise config_lib.ConfigError(f"The {self.name} config has no variant {name!r}; its variants: "
+    raise errors.UserError(f"The {self.name} config has no variant {name!r}; its variants: "
                                  "'tiny' (e.g. --config=" + self.name + ":tiny).")
 
   @abc.abstractmethod
@@ -88,7 +85,7 @@ class Experiment(abc.ABC):
     """Checks the model and data sections and their relations with the others.
 
     Raises:
-      config_lib.ConfigError: naming the first field outside its domain.
+      errors.UserError: naming the first field outside its domain.
     """
 
   def config_sources(self) -> list:
@@ -113,14 +110,14 @@ class Experiment(abc.ABC):
     """The stored examples config.data names, with their provenance.
 
     Raises:
-      data_lib.DataError: data that cannot be found or read (one line, with the fix).
+      errors.UserError: data that cannot be found or read (one line, with the fix).
     """
 
   def check_data(self, config: ml_collections.ConfigDict, dataset: data_lib.Dataset) -> None:
-    """Raises config_lib.ConfigError if the examples do not fit the model (their shape)."""
+    """Raises errors.UserError if the examples do not fit the model (their shape)."""
     shape = tuple(self.make_model(config).data_shape)
     if tuple(dataset.train.shape[1:]) != shape:
-      raise config_lib.ConfigError(
+      raise errors.UserError(
           f"The data's examples are {tuple(dataset.train.shape[1:])} but the model expects "
           f"{shape}.")
 
@@ -155,10 +152,10 @@ class Experiment(abc.ABC):
     """`num` examples for the final report's bound (fresh draws where the data has a generator).
 
     Raises:
-      UnsupportedError: the experiment has no final report.
+      errors.UserError: the experiment has no final report.
     """
     del config, num, seed
-    raise UnsupportedError(f"The {self.name} experiment has no final report.")
+    raise errors.UserError(f"The {self.name} experiment has no final report.")
 
   def reference_values(self, config: ml_collections.ConfigDict) -> dict:
     """Values to print beside the paper's: e.g. the data's true log likelihood."""
@@ -195,7 +192,7 @@ class Experiment(abc.ABC):
       skip_first_step: stop at x_0, as the reference sampler.
       true_examples: stored examples to condition on (conditional modes).
       should_stop: polled between chunks of the trajectory; a stop raises
-        sampling.Stopped.
+        errors.Stopped.
       **options: the mode's settings (e.g. denoise_sigma).
 
     Returns:
@@ -203,7 +200,7 @@ class Experiment(abc.ABC):
       given, and the conditional modes' 'true' and 'observed'.
 
     Raises:
-      UnsupportedError: a mode this experiment does not declare.
+      errors.UserError: a mode this experiment does not declare.
     """
     del true_examples, options
     check_mode(self, mode)
@@ -218,15 +215,15 @@ class Experiment(abc.ABC):
     return out
 
   def check_size(self, config: ml_collections.ConfigDict, size: Sequence[int]) -> None:
-    """Raises UnsupportedError unless the model samples examples of this size."""
+    """Raises errors.UserError unless the model samples examples of this size."""
     del config
-    raise UnsupportedError(f"The {self.name} experiment samples at its data's size only, "
+    raise errors.UserError(f"The {self.name} experiment samples at its data's size only, "
                            f"not {tuple(size)}.")
 
   def load_image(self, config: ml_collections.ConfigDict, path: str) -> np.ndarray:
     """An image file as an example to condition on (image experiments)."""
     del config
-    raise UnsupportedError(f"The {self.name} experiment has no images to read {path} into.")
+    raise errors.UserError(f"The {self.name} experiment has no images to read {path} into.")
 
   def figures(self, task: "Task", params: Any, examples: np.ndarray, workdir: str,
               key: jax.Array) -> list:
@@ -256,7 +253,7 @@ class Experiment(abc.ABC):
 
 def check_mode(experiment: Experiment, mode: str) -> None:
   if mode not in experiment.sampling_modes:
-    raise UnsupportedError(
+    raise errors.UserError(
         f"The {experiment.name} experiment samples in the mode(s) "
         f"{', '.join(experiment.sampling_modes)}, not {mode!r}.")
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from dpm_jax import binomial
 from dpm_jax import config as config_lib
+from dpm_jax import errors
 from dpm_jax import plotting
 from dpm_jax import sampling
 from dpm_jax import schedule
@@ -63,7 +64,7 @@ def validate_model_config(cfg) -> None:
   config_lib.check_value("model.p", cfg.p, config_lib.real(0, 1, lo_open=True, hi_open=True))
   config_lib.check_value("model.reverse_offset", cfg.reverse_offset, config_lib.choice(*OFFSETS))
   if cfg.period > cfg.sequence_length:
-    raise config_lib.ConfigError(
+    raise errors.UserError(
         f"model.period={cfg.period} exceeds model.sequence_length={cfg.sequence_length}: a "
         "sequence would hold no pulse.")
 

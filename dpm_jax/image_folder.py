@@ -14,7 +14,7 @@
 Images of any size, greyscale or colour, are converted to model.n_colors
 channels. A file that cannot be decoded is skipped and counted (the count is
 logged and recorded in data_stats.json); an empty folder, one of damaged files
-only, or images smaller than the crop, are a DataError naming the folder and
+only, or images smaller than the crop, are a errors.UserError naming the folder and
 the fix. The examples are data.Examples: never loaded whole, streamed through
 Grain (worker processes with data.workers > 0).
 """
@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 
 from dpm_jax import data as data_lib
+from dpm_jax import errors
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 MODES = ("resize", "crops")
@@ -49,13 +50,13 @@ def find_images(folder: str) -> list:
   """Paths (relative to folder) of the PNG and JPEG files below it, sorted.
 
   Raises:
-    data_lib.DataError: no such folder, or no image in it.
+    errors.UserError: no such folder, or no image in it.
   """
   if not folder:
-    raise data_lib.DataError("data.source='folder' needs data.dir, the folder of your images "
+    raise errors.UserError("data.source='folder' needs data.dir, the folder of your images "
                              "(PNG or JPEG, any size, searched recursively).")
   if not os.path.isdir(folder):
-    raise data_lib.DataError(f"data.dir={folder!r} is not a folder; point it at the folder of "
+    raise errors.UserError(f"data.dir={folder!r} is not a folder; point it at the folder of "
                              "your images (PNG or JPEG, searched recursively).")
   found = []
   for root, dirs, files in os.walk(folder):
@@ -63,7 +64,7 @@ def find_images(folder: str) -> list:
     found += [os.path.relpath(os.path.join(root, f), folder) for f in sorted(files)
               if f.lower().endswith(EXTENSIONS)]
   if not found:
-    raise data_lib.DataError(f"No PNG or JPEG images in {folder} (searched recursively); put "
+    raise errors.UserError(f"No PNG or JPEG images in {folder} (searched recursively); put "
                              "your images there, or point data.dir at their folder.")
   return found
 
@@ -196,7 +197,7 @@ class FolderImages(data_lib.Examples):
       if self.mode == "resize":
         return pad_and_resize(image, self.width)
       return self._crop(image, np.random.default_rng([self.seed, index]))
-    raise data_lib.DataError(f"No image in {self.root} can be decoded any more; check the files.")
+    raise errors.UserError(f"No image in {self.root} can be decoded any more; check the files.")
 
 
 def _split(files: Sequence[str], test_fraction: float) -> tuple:
@@ -226,23 +227,23 @@ def _files(data_config: ml_collections.ConfigDict, width: int) -> tuple:
   folder = os.path.abspath(os.path.expanduser(d.dir)) if d.dir else ""
   files, sizes, damaged = check_files(folder, find_images(folder))
   if not files:
-    raise data_lib.DataError(f"Every image in {folder} is damaged ({len(damaged)} files, e.g. "
+    raise errors.UserError(f"Every image in {folder} is damaged ({len(damaged)} files, e.g. "
                              f"{damaged[0]}): none can be decoded. Replace the files.")
   if d.folder_mode == "crops":
     small = [f for f, (w, h) in zip(files, sizes) if min(w, h) < width]
     if small:
-      raise data_lib.DataError(
+      raise errors.UserError(
           f"{len(small)} image(s) in {folder} (e.g. {small[0]}, {sizes[files.index(small[0])]}) "
           f"are smaller than the {width} x {width} crop; lower model.spatial_width, or use "
           "data.folder_mode='resize'.")
   if len(files) == 1:
     if d.folder_mode != "crops":
-      raise data_lib.DataError(f"{folder} holds one image: resize mode needs several to hold "
+      raise errors.UserError(f"{folder} holds one image: resize mode needs several to hold "
                                "some out; use data.folder_mode='crops', which holds out a "
                                "region of it.")
     w = sizes[0][0]
     if round(d.holdout_fraction * w) < width or round((1 - d.holdout_fraction) * w) < width:
-      raise data_lib.DataError(
+      raise errors.UserError(
           f"The image in {folder} is {w} pixels wide: its training region and its held-out "
           f"{d.holdout_fraction:g} must each hold a {width}-pixel crop; change "
           "data.holdout_fraction or model.spatial_width.")
@@ -272,7 +273,7 @@ def load(data_config: ml_collections.ConfigDict, *, width: int, n_colors: int,
   """The training and test examples of an image folder (see the module docstring).
 
   Raises:
-    data_lib.DataError: no folder, no images, only damaged ones, or images smaller
+    errors.UserError: no folder, no images, only damaged ones, or images smaller
       than the crop; the message names the folder and the fix.
   """
   d = data_config

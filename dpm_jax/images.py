@@ -19,6 +19,7 @@ import numpy as np
 from dpm_jax import config as config_lib
 from dpm_jax import data as data_lib
 from dpm_jax import diffusion
+from dpm_jax import errors
 from dpm_jax import evaluate
 from dpm_jax import experiment
 from dpm_jax import image_folder
@@ -110,7 +111,7 @@ class ImageExperiment(experiment.Experiment):
   def check_data(self, config: ml_collections.ConfigDict, dataset: data_lib.Dataset) -> None:
     m = config.model
     if tuple(dataset.image_shape) != (m.spatial_width, m.spatial_width, m.n_colors):
-      raise config_lib.ConfigError(
+      raise errors.UserError(
           f"The data's images are {tuple(dataset.image_shape)} but the model expects "
           f"({m.spatial_width}, {m.spatial_width}, {m.n_colors}); set model.spatial_width / "
           "model.n_colors, or pick the matching config (experiments/configs/mnist.py or "
@@ -178,16 +179,16 @@ class ImageExperiment(experiment.Experiment):
     return not (m.n_hidden_dense_lower > 0 and config_lib.n_dense_lower_layers(m) > 0)
 
   def check_size(self, config: ml_collections.ConfigDict, size: Sequence[int]) -> None:
-    """Raises experiment.UnsupportedError if the model cannot apply at (H, W) = size."""
+    """Raises errors.UserError if the model cannot apply at (H, W) = size."""
     m, (h, w) = config.model, size
     factor = 2 ** (m.n_scales - 1)
     if (h, w) != (m.spatial_width, m.spatial_width) and not self.any_size(config):
-      raise experiment.UnsupportedError(
+      raise errors.UserError(
           f"This model has a dense pathway: its image size is fixed at {m.spatial_width} x "
           f"{m.spatial_width}; only convolution-only models (model.n_hidden_dense_lower=0) "
           "sample at other sizes.")
     if h < 1 or w < 1 or h % factor or w % factor:
-      raise experiment.UnsupportedError(
+      raise errors.UserError(
           f"An image of {w} x {h} pixels does not fit the model's {m.n_scales} scales: both "
           f"sides must be positive multiples of {factor}.")
 
@@ -197,13 +198,13 @@ class ImageExperiment(experiment.Experiment):
     resized to spatial_width as the folder source's resize mode.
 
     Raises:
-      data_lib.DataError: the file cannot be read.
+      errors.UserError: the file cannot be read.
     """
     m = config.model
     try:
       image = image_folder.decode(path, m.n_colors)
     except Exception as err:  # pylint: disable=broad-except
-      raise data_lib.DataError(f"Cannot read the image {path}: {err}") from err
+      raise errors.UserError(f"Cannot read the image {path}: {err}") from err
     if not self.any_size(config):
       return image_folder.pad_and_resize(image, m.spatial_width)
     factor = 2 ** (m.n_scales - 1)
@@ -302,11 +303,11 @@ class ConvolutionalImageExperiment(ImageExperiment):
   def validate_final(self, config: ml_collections.ConfigDict) -> None:
     """Checks that the model is convolution-only and the final_eval section."""
     if not self.any_size(config):
-      raise config_lib.ConfigError(
+      raise errors.UserError(
           f"The {self.name} experiment uses the convolutional network alone (paper Fig. D.1): "
           "set model.n_hidden_dense_lower=0.")
     if "final_eval" not in config:
-      raise config_lib.ConfigError(f"The {self.name} config has no 'final_eval' section; start "
+      raise errors.UserError(f"The {self.name} config has no 'final_eval' section; start "
                                    f"from experiments/configs/{self.name}.py.")
     config_lib.check_fields("final_eval", config.final_eval, FINAL_DOMAINS)
     self.check_size(config, (config.final_eval.image_size,) * 2)

@@ -17,10 +17,7 @@ import os
 from typing import Any, Optional
 
 import numpy as np
-
-
-class NonFiniteOutputError(ValueError):
-  """Results holding NaN or Inf, which nothing writes."""
+from dpm_jax import errors
 
 
 @contextlib.contextmanager
@@ -80,18 +77,18 @@ def read_json_object(path: str) -> dict:
 
 
 def require_finite(what: str, **arrays) -> None:
-  """Raises NonFiniteOutputError naming the first array that holds NaN or Inf."""
+  """Raises errors.UserError naming the first array that holds NaN or Inf."""
   for name, array in arrays.items():
     array = np.asarray(array)
     if array.dtype.kind in "fc" and not np.all(np.isfinite(array)):
       bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
-      raise NonFiniteOutputError(
+      raise errors.UserError(
           f"{what}: {bad} of {np.size(array)} values of {name!r} are NaN or Inf (the model's "
           "parameters or the conditioning are broken); nothing was written.")
 
 
 def save_npz(path: str, **arrays) -> str:
-  """Writes arrays to a compressed .npz atomically; raises NonFiniteOutputError for NaN/Inf."""
+  """Writes arrays to a compressed .npz atomically; raises errors.UserError for NaN/Inf."""
   require_finite(path, **arrays)
   with atomic_path(path) as tmp:
     np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in arrays.items()})

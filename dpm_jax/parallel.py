@@ -35,6 +35,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from dpm_jax import config as config_lib
+from dpm_jax import errors
 from dpm_jax import kernels
 from dpm_jax import outputs
 
@@ -55,14 +56,14 @@ def micro_batch_size(requested: int, batch_size: int, num_devices: int, model) -
   convolution, the Table 1 models) takes its part of the batch whole.
 
   Raises:
-    config_lib.ConfigError: a size that does not divide the per-device batch.
+    errors.UserError: a size that does not divide the per-device batch.
   """
   if requested == -1:
     per_device = batch_size // num_devices
     fits = per_device > CPU_MICRO_BATCH and per_device % CPU_MICRO_BATCH == 0
     return CPU_MICRO_BATCH if kernels.runs_cpu_conv(model) and fits else 0
   if requested < 0 or (requested and batch_size % (requested * num_devices)):
-    raise config_lib.ConfigError(
+    raise errors.UserError(
         f"compute.micro_batch_size={requested} must be -1 (auto), 0 (off) or divide the "
         f"per-device batch {batch_size // num_devices}.")
   return requested
@@ -83,7 +84,7 @@ def concurrent_micro_batches(requested: int, micro_batch: int, batch_size: int,
   The gradient is the same up to float summation order.
 
   Raises:
-    config_lib.ConfigError: N > 1 without micro-batches, or not dividing them.
+    errors.UserError: N > 1 without micro-batches, or not dividing them.
   """
   per_device = batch_size // num_devices
   count = per_device // micro_batch if micro_batch else 1
@@ -93,12 +94,12 @@ def concurrent_micro_batches(requested: int, micro_batch: int, batch_size: int,
     local = max(1, num_devices // jax.process_count())
     return _largest_divisor_at_most(count, max(1, usable_cores() // local))
   if requested > 1 and not micro_batch:
-    raise config_lib.ConfigError(
+    raise errors.UserError(
         f"compute.concurrent_micro_batches={requested} needs micro-batches, and "
         f"compute.micro_batch_size resolves to 0 (off) for {per_device} examples per "
         "device; set compute.micro_batch_size, or concurrent_micro_batches to 0 (auto).")
   if requested < 0 or count % requested:
-    raise config_lib.ConfigError(
+    raise errors.UserError(
         f"compute.concurrent_micro_batches={requested} must be 0 (auto) or divide the "
         f"{count} micro-batches of a device (micro-batches of {micro_batch}, "
         f"{per_device} examples per device).")
@@ -107,9 +108,9 @@ def concurrent_micro_batches(requested: int, micro_batch: int, batch_size: int,
 
 def check_batch_divides(batch_size: int, num_devices: int,
                         what: str = "train.batch_size") -> None:
-  """Raises config_lib.ConfigError unless num_devices divides the batch."""
+  """Raises errors.UserError unless num_devices divides the batch."""
   if batch_size % num_devices:
-    raise config_lib.ConfigError(
+    raise errors.UserError(
         f"{what}={batch_size} is not divisible by the {num_devices} devices; choose a "
         "multiple of the device count, or another count (--cpu_devices, "
         "compute.cpu_devices on a CPU).")
@@ -393,7 +394,7 @@ def use_cpu_devices(count: int) -> int:
   already started (then with a warning, the devices unchanged).
   """
   if count < 1:
-    raise config_lib.ConfigError(f"cpu_devices={count} must be at least 1.")
+    raise errors.UserError(f"cpu_devices={count} must be at least 1.")
   if _forced_by_xla_flags():
     return 0
   try:

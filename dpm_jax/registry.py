@@ -20,6 +20,7 @@ import ml_collections
 from dpm_jax import config as config_lib
 from dpm_jax import data as data_lib
 from dpm_jax import dead_leaves
+from dpm_jax import errors
 from dpm_jax import experiment as experiment_lib
 from dpm_jax import heartbeat
 from dpm_jax import images
@@ -40,11 +41,11 @@ def get(name: str) -> experiment_lib.Experiment:
   """The experiment registered as `name`.
 
   Raises:
-    config_lib.ConfigError: no such experiment (naming the closest one).
+    errors.UserError: no such experiment (naming the closest one).
   """
   if name not in EXPERIMENTS:
     close = difflib.get_close_matches(str(name), list(EXPERIMENTS), n=1)
-    raise config_lib.ConfigError(
+    raise errors.UserError(
         f"No experiment {name!r}" + (f"; did you mean {close[0]!r}?" if close else ".")
         + f" The experiments: {', '.join(EXPERIMENTS)}.")
   return EXPERIMENTS[name]
@@ -104,7 +105,7 @@ def open_run(workdir: str, step: Optional[int] = None):
   this version's fields) at `step` (default: the latest).
 
   Raises:
-    rundir.CheckpointError: no run there, or a checkpoint that does not verify.
+    errors.UserError: no run there, or a checkpoint that does not verify.
   """
   run = rundir.load_run(workdir, step)
   run.config = upgrade(run.config)
@@ -115,14 +116,14 @@ def run_data(run: rundir.Run, experiment: experiment_lib.Experiment) -> data_lib
   """The examples a run was trained on, read again from where its config says.
 
   Raises:
-    data_lib.DataError: the run was trained on arrays given from Python (no
+    errors.UserError: the run was trained on arrays given from Python (no
       file holds them), or the data its config names are not the examples it
       was trained on (their fingerprints differ): it cannot be evaluated on
       the same data here.
   """
   recorded = run.data or {}
   if recorded.get("source") == "arrays":
-    raise data_lib.DataError(
+    raise errors.UserError(
         f"The run in {run.workdir} was trained on arrays given from Python "
         f"({recorded.get('name')!r}: {recorded.get('num_train')} train / "
         f"{recorded.get('num_test')} test examples), which no file holds; sample or evaluate it "
@@ -130,7 +131,7 @@ def run_data(run: rundir.Run, experiment: experiment_lib.Experiment) -> data_lib
         "(README, 'From Python').")
   dataset = experiment.load_data(run.config)
   if recorded.get("fingerprint") not in (None, data_lib.fingerprint(dataset)):
-    raise data_lib.DataError(
+    raise errors.UserError(
         f"The data the run's config names ({dataset.name}: {len(dataset.train)} train / "
         f"{len(dataset.test)} test examples) are not the examples the run in {run.workdir} was "
         f"trained on ({recorded.get('source')}, {recorded.get('num_train')} train / "

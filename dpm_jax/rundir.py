@@ -40,6 +40,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from dpm_jax import errors
 
 
 CHECKPOINT_DIR = "checkpoints"
@@ -47,31 +48,11 @@ CORRUPT_DIR = "checkpoints_corrupt"
 LOCK_FILE = ".lock"
 
 
-class CheckpointError(RuntimeError):
-  """A checkpoint that cannot be restored, fails verification or does not fit this run."""
-
-
-class CorruptCheckpointError(CheckpointError):
-  """A checkpoint whose files cannot be read or do not match the digest saved with them."""
-
-
-class IncompatibleCheckpointError(CheckpointError):
-  """A checkpoint that verifies but does not fit this program's train state."""
-
-
-class SettingsMismatchError(CheckpointError):
-  """A checkpoint made with settings that may not change when a run resumes."""
-
-
-class RunDirError(RuntimeError):
-  """A run directory that cannot be written, is full, or is in use by another process."""
-
-
 class _OrbaxFilter(py_logging.Filter):
   """Drops Orbax's INFO lines and its read-only notices; its errors keep one line.
 
   A failed background save makes Orbax log the same traceback from several
-  threads; the training loop reports the cause itself (RunDirError).
+  threads; the training loop reports the cause itself (errors.UserError).
   """
 
   def filter(self, record):
@@ -150,7 +131,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> N
 
 
 def check_save_errors(manager: ocp.CheckpointManager, workdir: str, wait: bool = False) -> None:
-  """Raises RunDirError, cause first, if the last background save has failed.
+  """Raises errors.UserError, cause first, if the last background save has failed.
 
   Without `wait`, a save still in progress is checked at a later call.
   """
@@ -163,8 +144,8 @@ def check_save_errors(manager: ocp.CheckpointManager, workdir: str, wait: bool =
     raise _save_error(manager, workdir, err) from err
 
 
-def _save_error(manager, workdir, err) -> RunDirError:
-  return RunDirError(
+def _save_error(manager, workdir, err) -> errors.UserError:
+  return errors.UserError(
       f"Saving a checkpoint in {checkpoint_dir(workdir)} failed: {_first_line(err)}\n"
       f"{last_good(manager)} {_free_space_note(workdir)}")
 
@@ -208,7 +189,7 @@ def latest_step(manager: ocp.CheckpointManager) -> Optional[int]:
   on_disk = _step_dirs(str(manager.directory))
   broken = [s for s in on_disk if s not in complete]
   if broken:
-    raise CheckpointError(
+    raise errors.UserError(
         f"Checkpoint folder(s) {[os.path.join(str(manager.directory), str(s)) for s in broken]} "
         "exist but are not complete Orbax checkpoints (corrupt, or written by "
         "another tool). Move them out of the checkpoints folder to resume from "
@@ -241,15 +222,20 @@ def read_meta(manager: ocp.CheckpointManager, step: int) -> dict:
     raise _restore_error(manager, step, err) from err
 
 
-def _corrupt(manager, step, why: str) -> CorruptCheckpointError:
+class _Corrupt(errors.UserError):
+  """A checkpoint whose saved bytes cannot be read or fail their digest: the only kind
+  that restore_newest_verified moves aside."""
+
+
+def _corrupt(manager, step, why: str) -> _Corrupt:
   path = os.path.join(str(manager.directory), str(step))
-  return CorruptCheckpointError(
+  return _Corrupt(
       f"The checkpoint at {path} is corrupt: {why}\nResume training from the newest checkpoint "
       f"that verifies with --resume_verified (corrupt ones are moved to {CORRUPT_DIR}/, never "
       "deleted), load an earlier one with --step, or start a new run with another --workdir.")
 
 
-def _restore_error(manager, step, err) -> CorruptCheckpointError:
+def _restore_error(manager, step, err) -> _Corrupt:
   return _corrupt(manager, step, f"its files cannot be read ({_first_line(err)[:200]}...).")
 
 
@@ -269,10 +255,10 @@ def restore(manager: ocp.CheckpointManager, step: int,
   (checkpoints of earlier versions have none and are not checked).
 
   Raises:
-    CorruptCheckpointError: the checkpoint's bytes cannot be read, or do not
-      match their SHA-256: only then.
-    IncompatibleCheckpointError: the checkpoint verifies but its arrays do not
-      fit abstract_state (another optimiser, another version of the model).
+    errors.UserError: the checkpoint's bytes cannot be read or do not match
+      their SHA-256 (only then is it called corrupt), or it verifies but its
+      arrays do not fit abstract_state (another optimiser, another version of
+      the model).
   """
   def restore_into(target):
     return manager.restore(step, args=ocp.args.Composite(
@@ -281,7 +267,7 @@ def restore(manager: ocp.CheckpointManager, step: int,
   try:
     return _verified(manager, step, restore_into(abstract_state if abstract_state is not None
                                                  else _saved_tree(manager, step)))
-  except CorruptCheckpointError:
+  except _Corrupt:
     raise
   except Exception as err:  # pylint: disable=broad-except
     if abstract_state is None:
@@ -290,12 +276,12 @@ def restore(manager: ocp.CheckpointManager, step: int,
   # It did not fit the target: corrupt only if it does not restore as saved and verify.
   try:
     _verified(manager, step, restore_into(_saved_tree(manager, step)))
-  except CorruptCheckpointError:
+  except _Corrupt:
     raise
   except Exception as err:  # pylint: disable=broad-except
     raise _restore_error(manager, step, err) from err
   path = os.path.join(str(manager.directory), str(step))
-  raise IncompatibleCheckpointError(
+  raise errors.UserError(
       f"The checkpoint at {path} verifies, but its arrays do not fit this run's train state "
       f"({_first_line(failure)[:300]}): it was made by another version of this code or with "
       "another optimiser. Sample and evaluate it as it is, or start a new run with another "
@@ -324,7 +310,7 @@ def restore_newest_verified(manager: ocp.CheckpointManager,
   for step in sorted(manager.all_steps(), reverse=True):
     try:
       return step, restore_fn(step)
-    except CorruptCheckpointError as err:
+    except _Corrupt as err:
       logging.warning("%s\nMoved it to %s", str(err).splitlines()[0], move_aside(manager, step))
   return None, None
 
@@ -365,7 +351,7 @@ class Run:
 def load_run(workdir: str, step: Optional[int] = None) -> Run:
   """Loads the config, data stats and parameters of a run (latest step by default)."""
   if not os.path.isdir(checkpoint_dir(workdir)):
-    raise CheckpointError(
+    raise errors.UserError(
         f"No checkpoints in {checkpoint_dir(workdir)}; point --workdir at a run "
         "directory made by the training entry point (python -m experiments.mnist).")
   manager = make_manager(workdir, max_to_keep=None, read_only=True)
@@ -373,9 +359,9 @@ def load_run(workdir: str, step: Optional[int] = None) -> Run:
     if step is None:
       step = latest_step(manager)
       if step is None:
-        raise CheckpointError(f"{checkpoint_dir(workdir)} holds no complete checkpoint yet.")
+        raise errors.UserError(f"{checkpoint_dir(workdir)} holds no complete checkpoint yet.")
     elif step not in manager.all_steps():
-      raise CheckpointError(
+      raise errors.UserError(
           f"No checkpoint at step {step} in {checkpoint_dir(workdir)}; "
           f"available: {list(manager.all_steps())}.")
     state, meta = restore(manager, step)
@@ -410,16 +396,16 @@ def prepare_workdir(workdir: str) -> int:
     os.remove(probe)
     return shutil.disk_usage(workdir).free
   except OSError as err:
-    raise RunDirError(f"Cannot write to the run directory {workdir}: "
+    raise errors.UserError(f"Cannot write to the run directory {workdir}: "
                       f"{err.strerror or err}. Choose a writable --workdir.") from err
 
 
 def check_space(manager: ocp.CheckpointManager, workdir: str, nbytes: int) -> None:
-  """Raises RunDirError if a checkpoint of `nbytes` would not fit on the disk."""
+  """Raises errors.UserError if a checkpoint of `nbytes` would not fit on the disk."""
   free = shutil.disk_usage(workdir).free
   need = int(nbytes * 1.05) + 2**20
   if free < need:
-    raise RunDirError(
+    raise errors.UserError(
         f"Not enough disk space for the next checkpoint in {checkpoint_dir(workdir)}: it needs "
         f"about {need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free. {last_good(manager)} "
         "Free some space, or copy the run directory to a larger disk and use the copy as "
@@ -480,7 +466,7 @@ class WorkdirLock:
       except FileExistsError:
         owner = self._read()
         if owner and _alive(owner):
-          raise RunDirError(
+          raise errors.UserError(
               f"The run directory {self.workdir} is in use by process {owner.get('pid')} on "
               f"{owner.get('host')} (since {owner.get('since')}: {owner.get('command')}). Wait "
               "for it to finish or stop it, or use another --workdir. If that process is not "
@@ -497,7 +483,7 @@ class WorkdirLock:
         json.dump(me, f)
       self.held = True
       return self
-    raise RunDirError(f"Could not take the lock {self.path}; another process keeps taking it.")
+    raise errors.UserError(f"Could not take the lock {self.path}; another process keeps taking it.")
 
   def release(self) -> None:
     """Removes the lock if this process holds it."""

@@ -38,14 +38,6 @@ def exit_code(signum: int) -> int:
   return 128 + int(signum)
 
 
-class Stop(Exception):
-  """A stop signal ended the work; `code` is the process's exit code (130, 143)."""
-
-  def __init__(self, signum: int, message: str):
-    super().__init__(message)
-    self.signum, self.code = signum, exit_code(signum)
-
-
 class StopSignals:
   """SIGINT/SIGTERM -> a request polled between units of work (main thread only).
 

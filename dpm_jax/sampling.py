@@ -64,10 +64,6 @@ def condition_step(mu, sigma, *, mask=None, known=None, y=None, denoise_sigma=No
   return mu, sigma
 
 
-class Stopped(Exception):
-  """A stop was requested (SIGINT, SIGTERM) between two chunks of the reverse trajectory."""
-
-
 # Reverse steps per jitted call: a stop request is honoured between calls.
 STEPS_PER_CALL = 100
 
@@ -166,7 +162,7 @@ def make_sampler(model: nn.Module, *, num_images: int,
     states = jnp.zeros((record.shape[0],) + shape, jnp.float32)
     for t_first in range(T - 1, 0, -length):
       if should_stop is not None and should_stop():
-        raise Stopped()
+        raise errors.Stopped()
       x, states = chunk(params, key, cond, x, states, jnp.asarray(t_first, jnp.int32),
                         jnp.asarray(fresh and t_first == T - 1))
     return (x, states) if record_t else x

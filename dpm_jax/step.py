@@ -21,6 +21,7 @@ from flax.training import train_state
 
 from dpm_jax import config as config_lib
 from dpm_jax import diffusion
+from dpm_jax import errors
 from dpm_jax import parallel
 
 
@@ -73,7 +74,7 @@ def micro_batching(config: ml_collections.ConfigDict, model: nn.Module,
   training batch: config.compute's, resolved (dpm_jax.parallel).
 
   Raises:
-    config_lib.ConfigError: settings that do not fit the batch on num_devices.
+    errors.UserError: settings that do not fit the batch on num_devices.
   """
   batch = config.train.batch_size
   micro = parallel.micro_batch_size(config.compute.micro_batch_size, batch, num_devices, model)
@@ -96,7 +97,7 @@ def check_compute(config: ml_collections.ConfigDict, model: nn.Module,
   these device counts (parallel.training_device_counts), before anything runs.
 
   Raises:
-    config_lib.ConfigError: naming the setting, and the device count it does not fit.
+    errors.UserError: naming the setting, and the device count it does not fit.
   """
   for n in device_counts:
     parallel.check_batch_divides(config.train.batch_size, n)
@@ -104,7 +105,7 @@ def check_compute(config: ml_collections.ConfigDict, model: nn.Module,
   for n in device_counts:
     try:
       micro_batching(config, model, n)
-    except config_lib.ConfigError as err:
+    except errors.UserError as err:
       errors[n] = err
   if not errors:
     return
@@ -112,7 +113,7 @@ def check_compute(config: ml_collections.ConfigDict, model: nn.Module,
   n, err = next(iter(errors.items()))
   if not fits:
     raise err
-  raise config_lib.ConfigError(
+  raise errors.UserError(
       f"{err} That is on {n} devices, which training may choose on this machine; "
       f"--cpu_devices={fits[0]} (compute.cpu_devices={fits[0]}) trains on {fits[0]}, "
       "where it fits.")

@@ -20,6 +20,7 @@ import numpy as np
 
 from dpm_jax import config as config_lib
 from dpm_jax import data as data_lib
+from dpm_jax import errors
 from dpm_jax import evaluate
 from dpm_jax import experiment
 from dpm_jax import outputs
@@ -45,7 +46,7 @@ class GeneratedDataExperiment(experiment.Experiment):
 
   @abc.abstractmethod
   def validate_model(self, cfg: ml_collections.ConfigDict) -> None:
-    """Checks the model section; raises config_lib.ConfigError."""
+    """Checks the model section; raises errors.UserError."""
 
   @abc.abstractmethod
   def sample_data(self, config: ml_collections.ConfigDict, n: int, seed: int) -> np.ndarray:
@@ -93,11 +94,11 @@ class GeneratedDataExperiment(experiment.Experiment):
     self.validate_model(config.model)
     config_lib.check_fields("data", config.data, DATA_DOMAINS)
     if config.data.dataset != self.name:
-      raise config_lib.ConfigError(
+      raise errors.UserError(
           f"data.dataset must be {self.name!r} for the {self.name} experiment, got "
           f"{config.data.dataset!r}.")
     if "final_eval" not in config:
-      raise config_lib.ConfigError(f"The {self.name} config has no 'final_eval' section; start "
+      raise errors.UserError(f"The {self.name} config has no 'final_eval' section; start "
                                    f"from experiments/configs/{self.name}.py.")
     config_lib.check_fields("final_eval", config.final_eval, FINAL_DOMAINS)
 
@@ -119,7 +120,7 @@ def final_report(task: experiment.Experiment, run: rundir.Run, *, should_stop=No
     task: the run's Task (dpm_jax.experiment), its model and stats.
     run: the run (dpm_jax.rundir.load_run).
     should_stop: polled between evaluation batches; a stop request raises
-      evaluate.Stopped and nothing is written.
+      errors.Stopped and nothing is written.
 
   Returns:
     The report written to <workdir>/eval.json.

@@ -26,6 +26,7 @@ import numpy as np
 from dpm_jax import config as config_lib
 from dpm_jax import data as data_lib
 from dpm_jax import diffusion
+from dpm_jax import errors
 from dpm_jax import evaluate as evaluate_lib
 from dpm_jax import experiment as experiment_lib
 from dpm_jax import metrics as metrics_lib
@@ -45,10 +46,6 @@ INTERRUPTIBLE = ("eval", "samples")
 PENDING_FILE = "pending_actions.json"
 # The devices the training step was split over when the run started (CPU, auto).
 SPLIT_FILE = "training_split.json"
-
-
-class NonFiniteLossError(RuntimeError):
-  """The loss stayed non-finite for too many consecutive steps, or at the last one."""
 
 
 class RunKeys(NamedTuple):
@@ -92,13 +89,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: Optional[str]
     The final TrainState.
 
   Raises:
-    safety.Stop: on SIGINT or SIGTERM, after the last completed step was saved.
-    NonFiniteLossError: after train.max_nonfinite_steps non-finite losses in a
+    errors.Stopped: on SIGINT or SIGTERM, after the last completed step was saved.
+    errors.UserError: after train.max_nonfinite_steps non-finite losses in a
       row, or one at the last step.
-    config_lib.ConfigError: a field outside its domain.
-    data_lib.DataError: data that cannot be found or read.
-    rundir.RunDirError: the workdir cannot be written, is full or is in use.
-    rundir.CheckpointError: a checkpoint is corrupt or does not fit the config.
+    errors.UserError: a field outside its domain.
+    errors.UserError: data that cannot be found or read.
+    errors.UserError: the workdir cannot be written, is full or is in use.
+    errors.UserError: a checkpoint is corrupt or does not fit the config.
   """
   experiment = registry.validate(config)
   maybe_initialize_distributed()
@@ -197,11 +194,11 @@ def final_report(workdir: str, should_stop=None) -> dict:
   the bound exact over t on fresh data, eval.json and figures.
 
   Raises:
-    experiment.UnsupportedError: the run's experiment has no final report.
+    errors.UserError: the run's experiment has no final report.
   """
   run, experiment = registry.open_run(workdir)
   if not experiment.final_report:
-    raise experiment_lib.UnsupportedError(f"The {experiment.name} experiment has no final "
+    raise errors.UserError(f"The {experiment.name} experiment has no final "
                                           "report; evaluate it with experiments.evaluate.")
   task = experiment.build(run.config, experiment_lib.empty_dataset(experiment, run.config),
                           run.stats)
@@ -262,7 +259,7 @@ def run_actions(actions, names, step, state, record, stop) -> list:
     while names:
       record.update(actions[names[0]][1](step, state))
       names.pop(0)
-  except (evaluate_lib.Stopped, sampling.Stopped):
+  except errors.Stopped:
     pass
   return names
 
@@ -312,7 +309,7 @@ def restore_or_create(config, workdir, manager, tx, dataset, resume_verified=Fal
     changes = config_lib.changes(rundir.config_to_dict(saved), rundir.config_to_dict(config))
     error = config_lib.resume_error(changes, workdir)
     if error:
-      raise rundir.SettingsMismatchError(error)
+      raise errors.UserError(error)
     for change in changes:
       logging.info("Resuming with a changed setting: %s", change)
     check_same_data(meta.get("data"), dataset, workdir)
@@ -336,9 +333,9 @@ def restore_or_create(config, workdir, manager, tx, dataset, resume_verified=Fal
 
 
 def check_same_data(recorded: Optional[dict], dataset: data_lib.Dataset, workdir: str) -> None:
-  """Raises data_lib.DataError if a run resumes on other examples than it was trained on."""
+  """Raises errors.UserError if a run resumes on other examples than it was trained on."""
   if recorded and recorded.get("fingerprint") not in (None, data_lib.fingerprint(dataset)):
-    raise data_lib.DataError(
+    raise errors.UserError(
         f"The run in {workdir} was trained on other data ({describe_data(recorded)}) than "
         f"these ({dataset.name}: {len(dataset.train)} train / {len(dataset.test)} test examples); "
         "resume it on the same data, or use a new --workdir.")
@@ -351,20 +348,20 @@ def describe_data(recorded: dict) -> str:
           f"{recorded.get('num_train')} train / {recorded.get('num_test')} test examples")
 
 
-def interrupt(saver, stop, workdir, step, state, record=None, pending=()) -> safety.Stop:
+def interrupt(saver, stop, workdir, step, state, record=None, pending=()) -> errors.Stopped:
   """Saves the state of `step` (if finite), notes the actions a stop left undone
-  and the record that waits for them, and returns the Stop to raise."""
+  and the record that waits for them, and returns the errors.Stopped to raise."""
   signum = stop.requested
   name = "SIGINT" if signum == 2 else "SIGTERM"
   if pending:
     outputs.write_json(os.path.join(workdir, PENDING_FILE),
                       {"step": step, "record": record, "actions": pending})
   if not saver.save(step, state):
-    return safety.Stop(signum, f"{name}: stopped at step {step}, whose state is not finite: not "
-                               f"saved. {saver.last_good()}")
+    return errors.Stopped(f"{name}: stopped at step {step}, whose state is not finite: not "
+                          f"saved. {saver.last_good()}", signum)
   rundir.check_save_errors(saver.manager, saver.workdir, wait=True)
-  return safety.Stop(signum, f"{name}: saved step {step} in {rundir.checkpoint_dir(workdir)}; "
-                             "rerun the same command to resume.")
+  return errors.Stopped(f"{name}: saved step {step} in {rundir.checkpoint_dir(workdir)}; "
+                        "rerun the same command to resume.", signum)
 
 
 def training_par(config, workdir, task, state, batch, key, devices, steps_to_go):
@@ -466,12 +463,12 @@ def report_first_step(step, num_steps, metrics, log_every, unit) -> None:
 
 
 def check_finite(state, step, num_steps, max_steps, saver):
-  """Raises NonFiniteLossError after max_steps non-finite losses in a row, or if
+  """Raises errors.UserError after max_steps non-finite losses in a row, or if
   the final state is not healthy; no checkpoint is saved while it is not."""
   streak = int(state.nonfinite_streak)
   last = step == num_steps
   if streak >= max_steps or (last and not saver.healthy(state)):
-    raise NonFiniteLossError(
+    raise errors.UserError(
         f"The training loss was non-finite for {streak} consecutive step(s), up to step "
         f"{step}{' (the last, whose state is not finite)' if last else ''}; no checkpoint is "
         f"saved while it is. {saver.last_good()} Lower --config.optimizer.learning_rate (and "

@@ -15,6 +15,7 @@ experiments.<name>` (and `python -m benchmarks.run`) from a checkout.
 
 import sys
 
+from dpm_jax import errors
 from . import launch
 
 COMMANDS = ("train", "sample", "evaluate", "experiments", "benchmark")
@@ -41,7 +42,7 @@ def program(command: str, rest: list):
     name, rest = rest[0], rest[1:]
     try:
       registry.get(name)
-    except ValueError as err:
+    except errors.UserError as err:
       return None, str(err)
     doc = f"dpm-jax train {name}: trains the {name} experiment ({registry.get(name).description})."
     return launch.training_program(f"dpm-jax train {name}", doc, name), (

@@ -21,6 +21,7 @@ import time
 from absl import flags
 
 from . import launch
+from dpm_jax import errors
 
 SPLIT = "test"
 
@@ -58,10 +59,10 @@ def main(values: flags.FlagValues) -> None:
   T = cfg.model.trajectory_length
   num_strata = values.num_strata or cfg.eval.num_strata
   if values.method == "stratified" and num_strata > T - 1:
-    raise launch.UsageError(f"--num_strata={num_strata} exceeds the run's {T - 1} time steps "
+    raise errors.UserError(f"--num_strata={num_strata} exceeds the run's {T - 1} time steps "
                             "t = 1..T-1.")
   if values.parzen_samples and values.parzen_validation > len(task.train):
-    raise launch.UsageError(f"--parzen_validation={values.parzen_validation} exceeds the run's "
+    raise errors.UserError(f"--parzen_validation={values.parzen_validation} exceeds the run's "
                             f"{len(task.train)} training examples.")
   test = task.test[:values.num_images] if values.num_images else task.test
   key = jax.random.key(values.seed)

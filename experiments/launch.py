@@ -23,13 +23,10 @@ from typing import Callable, List, Optional, Sequence
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+from dpm_jax import errors
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 HELP_ARGS = ("--help", "-h", "-?", "--helpshort", "--help=true")
-
-
-class UsageError(Exception):
-  """A flag, config or argument the user can fix: one line, exit code 2."""
 
 
 def shipped_configs() -> List[str]:
@@ -47,7 +44,7 @@ def resolve_config(value: str) -> str:
   name ('mnist', 'mnist.py', 'configs/mnist.py' where no such file is here).
 
   Raises:
-    UsageError: neither names a file, with the closest shipped config.
+    errors.UserError: neither names a file, with the closest shipped config.
   """
   path, colon, variant = value.partition(":")
   if os.path.isfile(path):
@@ -59,7 +56,7 @@ def resolve_config(value: str) -> str:
     return config_path(name) + colon + variant
   close = difflib.get_close_matches(name, shipped_configs(), n=1, cutoff=0.5)
   hint = f"; did you mean {close[0]!r} ({os.path.relpath(config_path(close[0]))})?" if close else "."
-  raise UsageError(f"no config file {path!r}{hint} Shipped configs: {', '.join(shipped_configs())}.")
+  raise errors.UserError(f"no config file {path!r}{hint} Shipped configs: {', '.join(shipped_configs())}.")
 
 
 def normalize_argv(argv: Sequence[str]) -> List[str]:
@@ -68,7 +65,7 @@ def normalize_argv(argv: Sequence[str]) -> List[str]:
   try:
     argv = flags.FlagValues().read_flags_from_files(list(argv), force_gnu=False)
   except flags.Error as err:
-    raise UsageError(str(err).splitlines()[0]) from err
+    raise errors.UserError(str(err).splitlines()[0]) from err
   out, i = [argv[0]], 1
   while i < len(argv):
     arg = argv[i]
@@ -120,14 +117,14 @@ class Program:
       rest = values(argv)
     except flags.Error as err:
       if "Error whilst parsing config file" in str(err):
-        raise UsageError(_config_file_error(err)) from err
-      raise UsageError(str(err).splitlines()[0].replace("flag --", "--")) from err
+        raise errors.UserError(_config_file_error(err)) from err
+      raise errors.UserError(str(err).splitlines()[0].replace("flag --", "--")) from err
     except (AttributeError, KeyError) as err:  # --config.<unknown field>=...
-      raise UsageError(_field_error(err)) from err
+      raise errors.UserError(_field_error(err)) from err
     except (IOError, TypeError, ValueError) as err:  # the config file itself
-      raise UsageError(_config_file_error(err)) from err
+      raise errors.UserError(_config_file_error(err)) from err
     if len(rest) > 1:
-      raise UsageError(f"unexpected arguments {rest[1:]}; flags are --name=value.")
+      raise errors.UserError(f"unexpected arguments {rest[1:]}; flags are --name=value.")
     return values
 
   def run(self, argv: Sequence[str]) -> int:
@@ -142,16 +139,11 @@ class Program:
       values = self.parse(argv)
       self.main(values)
       return 0
-    except UsageError as err:
+    except errors.UserError as err:
       return fail(str(err))
-    except Exception as err:  # pylint: disable=broad-except
-      from dpm_jax import safety  # pylint: disable=g-import-not-at-top
-      if isinstance(err, safety.Stop):  # a stop signal: its one line, 130 or 143
-        print(str(err), file=sys.stderr, flush=True)
-        return err.code
-      if not is_user_error(err):
-        raise
-      return fail(str(err))
+    except errors.Stopped as err:  # a stop signal: its one line, 130 or 143
+      print(str(err), file=sys.stderr, flush=True)
+      return err.code
 
   def cli(self) -> None:
     """Runs the program as a command and exits with its code."""
@@ -178,16 +170,6 @@ class Program:
       print("\nThe config: --print_config lists every field, its value and meaning; "
             "--config.<section>.<field>=<value> sets one (e.g. --config.train.num_steps=200); "
             "--config=<name>:tiny runs a seconds-long variant.")
-
-
-def is_user_error(err: Exception) -> bool:
-  """Errors that mean bad input the user can fix (one line, exit 2), not a bug."""
-  from dpm_jax import (config as config_lib, data, evaluate, experiment, outputs, rundir,  # pylint: disable=g-import-not-at-top
-                       train)
-  return isinstance(err, (config_lib.ConfigError, data.DataError, rundir.CheckpointError,
-                          rundir.RunDirError, train.NonFiniteLossError,
-                          evaluate.NonFiniteResultError, outputs.NonFiniteOutputError,
-                          experiment.UnsupportedError))
 
 
 def fail(message: str) -> int:
@@ -301,7 +283,7 @@ def train_main(values: flags.FlagValues, program_experiment: str) -> None:
   from dpm_jax import config as config_lib, registry, table1, train  # pylint: disable=g-import-not-at-top
   named = registry.get(registry.name_of(config)).name  # an unknown one: the closest name
   if named != program_experiment:
-    raise config_lib.ConfigError(
+    raise errors.UserError(
         f"--config is a config of the {named} experiment (its config.experiment), not of "
         f"{program_experiment}: train it with `dpm-jax train {named}` (python -m "
         f"experiments.{named}), or give a {program_experiment} config (e.g. "
@@ -322,14 +304,6 @@ def train_main(values: flags.FlagValues, program_experiment: str) -> None:
     print(table1.summary_line(report) + f"\nwrote {os.path.join(workdir, 'eval.json')}")
 
 
-def _stopped(err: Exception, stop, what: str) -> None:
-  """Raises safety.Stop if `err` is a stop request's (evaluate.Stopped, sampling.Stopped)."""
-  from dpm_jax import evaluate, safety, sampling  # pylint: disable=g-import-not-at-top
-  if isinstance(err, (evaluate.Stopped, sampling.Stopped)):
-    name = "SIGINT" if stop.requested == 2 else "SIGTERM"
-    raise safety.Stop(stop.requested, f"{name}: stopped {what}; nothing was written.") from err
-
-
 def training_program(name: str, doc: str, experiment: str) -> Program:
   """The training program of a registered experiment: its shipped config by default, and
   only configs of that experiment (another's is one line naming its own program)."""
@@ -338,12 +312,13 @@ def training_program(name: str, doc: str, experiment: str) -> Program:
 
 
 def run_stoppable(what: str, fn: Callable):
-  """fn(should_stop) with stop signals turned into safety.Stop (exit 130 / 143)."""
+  """fn(should_stop) with a stop signal turned into errors.Stopped (exit 130 / 143)."""
   from dpm_jax import safety  # pylint: disable=g-import-not-at-top
   with safety.StopSignals(what) as stop:
     stop.arm()
     try:
       return fn(stop.should_stop)
-    except Exception as err:  # pylint: disable=broad-except
-      _stopped(err, stop, what)
-      raise
+    except errors.Stopped as err:
+      name = "SIGINT" if stop.requested == 2 else "SIGTERM"
+      raise errors.Stopped(f"{name}: stopped {what}; nothing was written.",
+                           stop.requested) from err

@@ -16,6 +16,7 @@ import os
 from absl import flags
 
 from dpm_jax import config as config_lib
+from dpm_jax import errors
 from . import launch
 
 
@@ -80,12 +81,12 @@ def main(values: flags.FlagValues) -> None:
   cfg, n = run.config, values.num_images
   conditional = values.mode != "sample"
   if values.image_size and conditional:
-    raise launch.UsageError("--image_size is for --mode=sample; a conditional mode samples at "
+    raise errors.UserError("--image_size is for --mode=sample; a conditional mode samples at "
                             "the size of what it conditions on (--image).")
   if values.box and values.mode != "inpaint":
-    raise launch.UsageError("--box is for --mode=inpaint.")
+    raise errors.UserError("--box is for --mode=inpaint.")
   if values.image and not conditional:
-    raise launch.UsageError("--image is for the conditional modes (inpaint, denoise, superres).")
+    raise errors.UserError("--image is for the conditional modes (inpaint, denoise, superres).")
   from_test = conditional and not values.image
   dataset = registry.run_data(run, exp) if from_test else experiment.empty_dataset(exp, cfg)
   task = exp.build(cfg, dataset, run.stats)
@@ -97,7 +98,7 @@ def main(values: flags.FlagValues) -> None:
     if values.image:
       true = np.repeat(exp.load_image(cfg, values.image)[None], n, axis=0)
     elif len(task.test) < n:
-      raise launch.UsageError(f"--num_images={n} exceeds the run's {len(task.test)} test "
+      raise errors.UserError(f"--num_images={n} exceeds the run's {len(task.test)} test "
                               "examples.")
     else:
       true = task.test[np.random.default_rng(values.seed).permutation(len(task.test))[:n]]
@@ -108,10 +109,10 @@ def main(values: flags.FlagValues) -> None:
                    denoise_sigma=values.denoise_sigma or cfg.sample.denoise_sigma,
                    superres_factor=values.superres_factor, superres_noise=values.superres_noise)
     if values.mode == "superres" and (h % values.superres_factor or w % values.superres_factor):
-      raise launch.UsageError(f"--superres_factor={values.superres_factor} does not divide the "
+      raise errors.UserError(f"--superres_factor={values.superres_factor} does not divide the "
                               f"image width {w}" + (f" and height {h}" if h != w else "") + ".")
     if box and (box[0] + box[2] > w or box[1] + box[3] > h):
-      raise launch.UsageError(f"--box={values.box} leaves the {w} x {h} image.")
+      raise errors.UserError(f"--box={values.box} leaves the {w} x {h} image.")
   record_t = (sampling.default_record_t(cfg.model.trajectory_length,
                                         values.num_intermediate or cfg.sample.num_intermediate)
               if values.intermediate else ())
@@ -134,7 +135,7 @@ def parse_size(text: str) -> tuple:
   except ValueError:
     parts = []
   if len(parts) not in (1, 2) or min(parts) < 1:
-    raise launch.UsageError(f"--image_size={text}: give N or HxW, positive pixel counts.")
+    raise errors.UserError(f"--image_size={text}: give N or HxW, positive pixel counts.")
   return (parts[0], parts[-1])
 
 
@@ -145,7 +146,7 @@ def parse_box(text: str) -> tuple:
   except ValueError:
     box = ()
   if len(box) != 4 or min(box) < 0 or min(box[2:]) < 1:
-    raise launch.UsageError(f"--box={text}: give x,y,width,height in pixels (width, height > 0).")
+    raise errors.UserError(f"--box={text}: give x,y,width,height in pixels (width, height > 0).")
   return box
 
 

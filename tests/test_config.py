@@ -3,6 +3,7 @@
 import pytest
 
 from dpm_jax import config as config_lib
+from dpm_jax import errors
 from conftest import tiny_model_config
 
 
@@ -42,13 +43,13 @@ def test_unknown_preset():
 def test_invalid_fields_are_named(field, value, message):
   cfg = tiny_model_config()
   cfg[field] = value
-  with pytest.raises(config_lib.ConfigError, match=message):
+  with pytest.raises(errors.UserError, match=message):
     config_lib.validate_model_config(cfg)
 
 
 def test_dense_output_required_when_dense_pathway_on():
   cfg = tiny_model_config(n_hidden_dense_lower_output=0)
-  with pytest.raises(config_lib.ConfigError, match="n_hidden_dense_lower_output must be >= 1"):
+  with pytest.raises(errors.UserError, match="n_hidden_dense_lower_output must be >= 1"):
     config_lib.validate_model_config(cfg)
   cfg.n_hidden_dense_lower = 0  # pathway off: no output needed
   config_lib.validate_model_config(cfg)
@@ -57,7 +58,7 @@ def test_dense_output_required_when_dense_pathway_on():
 def test_missing_field():
   cfg = tiny_model_config()
   del cfg["n_scales"]
-  with pytest.raises(config_lib.ConfigError, match=r"lacks field\(s\) \['n_scales'\]"):
+  with pytest.raises(errors.UserError, match=r"lacks field\(s\) \['n_scales'\]"):
     config_lib.validate_model_config(cfg)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from dpm_jax import data as data_lib
+from dpm_jax import errors
 
 
 def write_idx(path, images):
@@ -36,7 +37,7 @@ def test_embedded_digits_split_is_stratified_and_fixed():
 def test_embedded_rejects_other_datasets():
   class Cfg(dict):
     __getattr__ = dict.__getitem__
-  with pytest.raises(data_lib.DataError, match="ships MNIST only"):
+  with pytest.raises(errors.UserError, match="ships MNIST only"):
     data_lib.load_dataset(Cfg(source="embedded", dataset="cifar10"))
 
 
@@ -53,23 +54,23 @@ def test_idx_round_trip(tmp_path, suffix):
 
 
 def test_idx_errors_name_the_problem(tmp_path):
-  with pytest.raises(data_lib.DataError, match="needs data.dir"):
+  with pytest.raises(errors.UserError, match="needs data.dir"):
     data_lib.load_idx("")
-  with pytest.raises(data_lib.DataError, match="is not a folder.*Offline options"):
+  with pytest.raises(errors.UserError, match="is not a folder.*Offline options"):
     data_lib.load_idx(str(tmp_path / "nope"))
-  with pytest.raises(data_lib.DataError, match="No train-images-idx3-ubyte"):
+  with pytest.raises(errors.UserError, match="No train-images-idx3-ubyte"):
     data_lib.load_idx(str(tmp_path))
   bad = tmp_path / "train-images-idx3-ubyte.gz"
   with gzip.open(bad, "wb") as f:
     f.write(struct.pack(">IIII", 0x00000801, 1, 2, 2) + b"\0" * 4)
-  with pytest.raises(data_lib.DataError, match="not an IDX3 ubyte image file"):
+  with pytest.raises(errors.UserError, match="not an IDX3 ubyte image file"):
     data_lib.read_idx_images(str(bad))
   with gzip.open(bad, "wb") as f:
     f.write(struct.pack(">IIII", 0x00000803, 5, 28, 28) + b"\0" * 100)
-  with pytest.raises(data_lib.DataError, match="truncated or corrupt"):
+  with pytest.raises(errors.UserError, match="truncated or corrupt"):
     data_lib.read_idx_images(str(bad))
   bad.write_bytes(b"not gzip at all, definitely not")
-  with pytest.raises(data_lib.DataError, match="Cannot read IDX file"):
+  with pytest.raises(errors.UserError, match="Cannot read IDX file"):
     data_lib.read_idx_images(str(bad))
 
 
@@ -103,9 +104,9 @@ def test_reference_preprocessing_switches():
   first = data_lib.compute_stats(train, scale_from="first_batch", batch_size=16, seed=3)
   batch = train[data_lib.epoch_permutation(1000, 3, 0)[:16]] / 255.0
   np.testing.assert_allclose(first.scale, 1 / batch.std(), rtol=1e-10)
-  with pytest.raises(data_lib.DataError, match="dequantization"):
+  with pytest.raises(errors.UserError, match="dequantization"):
     data_lib.compute_stats(train, dequantization="none")
-  with pytest.raises(data_lib.DataError, match="constant"):
+  with pytest.raises(errors.UserError, match="constant"):
     data_lib.compute_stats(np.zeros((4, 2, 2, 1), np.uint8))
 
 
@@ -118,7 +119,7 @@ def test_batches_are_deterministic_and_cover_each_epoch():
   assert not np.array_equal(epoch0, epoch1)
   np.testing.assert_array_equal(data_lib.batch_indices(13, n, b, seed=7), epoch1[30:40])
   assert not np.array_equal(data_lib.batch_indices(0, n, b, seed=8), epoch0[:10])
-  with pytest.raises(data_lib.DataError, match="exceeds the 103 training images"):
+  with pytest.raises(errors.UserError, match="exceeds the 103 training images"):
     data_lib.steps_per_epoch(n, 200)
 
 
@@ -133,7 +134,7 @@ def test_tfds_mock_data_mnist_and_cifar10():
 
 def test_tfds_offline_fails_fast_with_the_offline_options(tmp_path):
   start = time.time()
-  with pytest.raises(data_lib.DataError, match="not prepared.*data.source='embedded'"):
+  with pytest.raises(errors.UserError, match="not prepared.*data.source='embedded'"):
     data_lib.load_tfds("mnist", data_dir=str(tmp_path))
   assert time.time() - start < 30
 
@@ -141,11 +142,11 @@ def test_tfds_offline_fails_fast_with_the_offline_options(tmp_path):
 def test_tfds_download_without_network_fails_fast(tmp_path, monkeypatch):
   monkeypatch.setattr(data_lib, "_can_reach", lambda *a, **k: False)
   start = time.time()
-  with pytest.raises(data_lib.DataError, match="cannot be reached"):
+  with pytest.raises(errors.UserError, match="cannot be reached"):
     data_lib.load_tfds("cifar10", data_dir=str(tmp_path), download=True)
   assert time.time() - start < 30
 
 
 def test_unknown_tfds_dataset():
-  with pytest.raises(data_lib.DataError, match="must be one of"):
+  with pytest.raises(errors.UserError, match="must be one of"):
     data_lib.load_tfds("imagenet")

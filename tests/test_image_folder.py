@@ -9,6 +9,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from dpm_jax import data, dead_leaves, image_folder, registry
+from dpm_jax import errors
 
 
 def folder_config(folder, mode="resize", **fields):
@@ -124,16 +125,16 @@ def test_damaged_files_are_skipped_and_counted(photos):
 ])
 def test_a_bad_folder_is_one_error_naming_it(tmp_path, make, message):
   make(tmp_path)
-  with pytest.raises(data.DataError, match=message) as caught:
+  with pytest.raises(errors.UserError, match=message) as caught:
     image_folder.load(folder_config(tmp_path, "crops"), width=8, n_colors=1, seed=0)
   assert str(tmp_path) in str(caught.value)
-  with pytest.raises(data.DataError, match="is not a folder"):
+  with pytest.raises(errors.UserError, match="is not a folder"):
     image_folder.load(folder_config(tmp_path / "nowhere"), width=8, n_colors=1, seed=0)
 
 
 def test_one_image_needs_crops(tmp_path):
   write(tmp_path, "one.png", np.zeros((40, 40), np.uint8))
-  with pytest.raises(data.DataError, match="use data.folder_mode='crops'"):
+  with pytest.raises(errors.UserError, match="use data.folder_mode='crops'"):
     image_folder.load(folder_config(tmp_path), width=8, n_colors=1, seed=0)
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from conftest import ROOT, image_task
 from dpm_jax import data, diffusion, evaluate, parallel, rundir, sampling, train
+from dpm_jax import errors
 from experiments.configs import test as test_config
 from runs import small_digits, train_small
 
@@ -121,7 +122,7 @@ def test_use_cpu_devices_before_jax_starts():
   # The second call comes after JAX started: it keeps the two devices, with a warning.
   assert res.stdout.split() == ["2", "2", "0", "2"]
   assert "Keeping JAX's 2 CPU devices (asked for 3)" in res.stderr
-  with pytest.raises(parallel.config_lib.ConfigError, match="at least 1"):
+  with pytest.raises(parallel.errors.UserError, match="at least 1"):
     parallel.use_cpu_devices(0)
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
+from dpm_jax import errors
 from dpm_jax import rundir, step as step_lib, train
 from experiments.configs import test as test_config
 from runs import digits
@@ -63,7 +64,7 @@ def test_divergence_saves_nothing_and_fails_naming_the_last_good_checkpoint(run)
   good = rundir.load_run(str(run))
   config = config_of(num_steps=17, checkpoint_every_steps=3, keep_checkpoints=2)
   config.optimizer.learning_rate = 1e30  # the loss is NaN from the second step on
-  with pytest.raises(train.NonFiniteLossError,
+  with pytest.raises(errors.UserError,
                      match=r"(?s)up to step 17 \(the last, .*last good checkpoint is step 8"):
     train.train_and_evaluate(config, str(run), dataset=digits())
   # Steps 9, 12 and 15 were not saved, so pruning kept the good ones.
@@ -99,9 +100,9 @@ def _flip_bytes(step_dir):
 def test_byte_flipped_checkpoint_is_an_error_and_resume_verified_skips_it(run):
   _flip_bytes(run / "checkpoints" / "8")
   config = config_of(num_steps=10, checkpoint_every_steps=4)
-  with pytest.raises(rundir.CorruptCheckpointError, match=r"checkpoints/8 is corrupt"):
+  with pytest.raises(errors.UserError, match=r"checkpoints/8 is corrupt"):
     train.train_and_evaluate(config, str(run), dataset=digits())
-  with pytest.raises(rundir.CorruptCheckpointError, match=r"checkpoints/8 is corrupt"):
+  with pytest.raises(errors.UserError, match=r"checkpoints/8 is corrupt"):
     rundir.load_run(str(run))
   assert rundir.load_run(str(run), step=4).step == 4
   state = train.train_and_evaluate(config, str(run), dataset=digits(),
@@ -120,7 +121,7 @@ def test_digest_mismatch_is_detected(run):
   digest = meta["state_sha256"]
   meta["state_sha256"] = ("0" if digest[0] != "0" else "1") + digest[1:]
   meta_file.write_text(json.dumps(meta))
-  with pytest.raises(rundir.CorruptCheckpointError, match="do not match the SHA-256"):
+  with pytest.raises(errors.UserError, match="do not match the SHA-256"):
     rundir.load_run(str(run))
 
 
@@ -141,7 +142,7 @@ def test_full_disk_stops_before_saving_with_the_cause(run, monkeypatch):
   usage = shutil.disk_usage(str(run))
   monkeypatch.setattr(rundir.shutil, "disk_usage",
                       lambda path: usage._replace(free=300 * 1024))
-  with pytest.raises(rundir.RunDirError, match=r"(?s)Not enough disk space.*"
+  with pytest.raises(errors.UserError, match=r"(?s)Not enough disk space.*"
                      r"last good checkpoint is step 8"):
     train.train_and_evaluate(config_of(num_steps=12, checkpoint_every_steps=2), str(run),
                              dataset=digits())
@@ -165,7 +166,7 @@ def small_disk(tmp_path):
 def test_failed_background_save_stops_training_at_once(small_disk, monkeypatch):
   """The disk fills under Orbax's background writer: the next step stops with the cause."""
   monkeypatch.setattr(rundir, "check_space", lambda *args: None)
-  with pytest.raises(rundir.RunDirError, match=r"(?s)Saving a checkpoint in .* failed: "
+  with pytest.raises(errors.UserError, match=r"(?s)Saving a checkpoint in .* failed: "
                      r".*No space left on device.*The last good checkpoint is step"):
     train.train_and_evaluate(config_of(num_steps=40, checkpoint_every_steps=2,
                                        keep_checkpoints=50),
@@ -214,7 +215,7 @@ def test_lock_names_the_live_holder_and_is_released(tmp_path):
   with rundir.WorkdirLock(str(tmp_path)):
     owner = json.loads((tmp_path / ".lock").read_text())
     assert owner["pid"] == os.getpid()
-    with pytest.raises(rundir.RunDirError, match=rf"in use by process {os.getpid()}"):
+    with pytest.raises(errors.UserError, match=rf"in use by process {os.getpid()}"):
       rundir.WorkdirLock(str(tmp_path)).__enter__()
   assert not (tmp_path / ".lock").exists()
 
@@ -242,7 +243,7 @@ def test_training_refuses_a_workdir_in_use(tmp_path):
     (tmp_path / ".lock").write_text(json.dumps(
         {"pid": holder.pid, "host": socket.gethostname(), "start_time": None,
          "command": "python -m experiments.mnist"}))
-    with pytest.raises(rundir.RunDirError, match=rf"in use by process {holder.pid}"):
+    with pytest.raises(errors.UserError, match=rf"in use by process {holder.pid}"):
       train.train_and_evaluate(config_of(num_steps=2), str(tmp_path),
                                dataset=digits())
   finally:

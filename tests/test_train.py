@@ -17,6 +17,7 @@ import pytest
 
 from conftest import ROOT
 from dpm_jax import config as config_lib, data as data_lib, metrics, optim, parallel, registry
+from dpm_jax import errors
 from dpm_jax import rundir, train
 from experiments.configs import test as test_config
 from runs import digits
@@ -243,7 +244,7 @@ def test_nonfinite_losses_stop_training_and_keep_the_last_good_checkpoint(run_co
   monkeypatch.setattr(data_lib.DataStats, "from_dict",
                       classmethod(lambda cls, d: real(d).__class__(float("nan"), 0.0, 0.0)))
   config = tiny_config(num_steps=30, max_nonfinite_steps=4)
-  with pytest.raises(train.NonFiniteLossError, match="non-finite for 4 consecutive step"):
+  with pytest.raises(errors.UserError, match="non-finite for 4 consecutive step"):
     train.train_and_evaluate(config, str(run_copy), dataset=digits())
   monkeypatch.undo()
   after = rundir.load_run(str(run_copy))
@@ -260,7 +261,7 @@ def test_corrupt_checkpoint_is_an_error_not_a_restart(run_copy):
       if "manifest" in name or name.endswith(".ocdbt") or "d" == os.path.basename(root):
         with open(os.path.join(root, name), "wb") as f:
           f.write(b"garbage")
-  with pytest.raises(rundir.CorruptCheckpointError,
+  with pytest.raises(errors.UserError,
                      match=r"checkpoints/10 is corrupt: its files cannot be read"):
     train.train_and_evaluate(tiny_config(num_steps=20), str(run_copy), dataset=digits())
 
@@ -268,7 +269,7 @@ def test_corrupt_checkpoint_is_an_error_not_a_restart(run_copy):
 @pytest.mark.slow
 def test_unfinished_step_folder_is_an_error(run_copy):
   os.makedirs(run_copy / "checkpoints" / "15")
-  with pytest.raises(rundir.CheckpointError, match=r"(?s)checkpoints/15.*corrupt"):
+  with pytest.raises(errors.UserError, match=r"(?s)checkpoints/15.*corrupt"):
     train.train_and_evaluate(tiny_config(num_steps=20), str(run_copy), dataset=digits())
 
 
@@ -276,7 +277,7 @@ def test_unfinished_step_folder_is_an_error(run_copy):
 def test_changed_model_config_is_an_error(run_copy):
   config = tiny_config(num_steps=20)
   config.model.n_hidden_conv = 5
-  with pytest.raises(rundir.SettingsMismatchError,
+  with pytest.raises(errors.UserError,
                      match=r"(?s)may not change.*model.n_hidden_conv: checkpoint 4, now 5.*"
                            r"may change:.*train.num_steps: checkpoint 10, now 20"):
     train.train_and_evaluate(config, str(run_copy), dataset=digits())
@@ -302,7 +303,7 @@ def test_compute_section_may_change_on_resume(run_copy):
 ])
 def test_bad_train_config(field, value, message):
   config = tiny_config(**{field: value})
-  with pytest.raises(config_lib.ConfigError, match=message):
+  with pytest.raises(errors.UserError, match=message):
     registry.validate(config)
 
 
@@ -314,7 +315,7 @@ def test_bad_train_config(field, value, message):
 def test_bad_eval_config(field, value, message):
   config = tiny_config()
   config.eval[field] = value
-  with pytest.raises(config_lib.ConfigError, match=message):
+  with pytest.raises(errors.UserError, match=message):
     registry.validate(config)
 
 
@@ -322,7 +323,7 @@ def test_bad_eval_config(field, value, message):
 def test_image_shape_mismatch(tmp_path):
   config = tiny_config()
   config.model.spatial_width = 32
-  with pytest.raises(config_lib.ConfigError, match=r"images are \(28, 28, 1\)"):
+  with pytest.raises(errors.UserError, match=r"images are \(28, 28, 1\)"):
     train.train_and_evaluate(config, str(tmp_path), dataset=digits())
 
 
@@ -385,7 +386,7 @@ def test_micro_batch_resolution():
   # A model without convolutions takes its batch whole (the heartbeat's blocked readout).
   assert parallel.micro_batch_size(-1, 7996, 1, heartbeat.make_model(heartbeat.model_config())) == 0
   assert parallel.micro_batch_size(128, 512, 2, cpu) == 128
-  with pytest.raises(config_lib.ConfigError, match="must be -1 \\(auto\\), 0 \\(off\\) or divide"):
+  with pytest.raises(errors.UserError, match="must be -1 \\(auto\\), 0 \\(off\\) or divide"):
     parallel.micro_batch_size(100, 512, 1, cpu)
 
 
@@ -401,9 +402,9 @@ def test_concurrent_micro_batch_resolution(monkeypatch):
   assert parallel.concurrent_micro_batches(0, 64, 512, 4) == 2   # 2 micro-batches, 4 cores each
   assert parallel.concurrent_micro_batches(0, 64, 1536, 3) == 4  # 8 micro-batches, 5 cores each
   assert parallel.concurrent_micro_batches(4, 64, 512, 1) == 4
-  with pytest.raises(config_lib.ConfigError, match="=3 must be 0 \\(auto\\) or divide the 8"):
+  with pytest.raises(errors.UserError, match="=3 must be 0 \\(auto\\) or divide the 8"):
     parallel.concurrent_micro_batches(3, 64, 512, 1)
-  with pytest.raises(config_lib.ConfigError, match="=2 needs micro-batches"):
+  with pytest.raises(errors.UserError, match="=2 needs micro-batches"):
     parallel.concurrent_micro_batches(2, 0, 512, 1)
 
 
