@@ -80,8 +80,8 @@ def main(argv=None) -> dict:
   parser.add_argument("--top", type=int, default=25)
   parser.add_argument("--output", default=None)
   args = parser.parse_args(argv)
-  from dpm_jax import parallel  # pylint: disable=g-import-not-at-top
-  parallel.use_cpu_devices(max(args.devices, parallel.cpu_devices_for(args.batch)))
+  from dpm_jax import execution, parallel  # pylint: disable=g-import-not-at-top
+  execution.show_cpu_devices(max(args.devices, execution.cpu_devices_for(args.batch)))
   import jax  # pylint: disable=g-import-not-at-top
   from benchmarks import run  # pylint: disable=g-import-not-at-top
   from dpm_jax import diffusion, optim, step as step_lib  # pylint: disable=g-import-not-at-top
@@ -92,7 +92,8 @@ def main(argv=None) -> dict:
   params = diffusion.init_params(task.model, jax.random.key(0))
   tx = optim.make_optimizer(config.optimizer, steps_per_epoch=1000)
   state = par.put_replicated(step_lib.create_train_state(task.model, params, tx))
-  step_fn = step_lib.jit_train_step(task, config, par)
+  step_fn = step_lib.jit_train_step(task, execution.plan(config.compute, args.batch, task.model,
+                                                          jax.devices()[:args.devices]))
   images, key = par.put_batch(task.train), jax.random.key(1)
   compiled = step_fn.lower(state, images, key).compile()
   kinds = op_kinds(compiled.as_text())

@@ -14,18 +14,16 @@ installed, eagerly and under torch.compile (its compile time reported);
 otherwise it is skipped with a note.
 
 On a CPU, JAX is shown one device per core (as the entry points do, see
-dpm_jax.parallel; --cpu_devices overrides) and the JAX model runs with the
+dpm_jax.execution; --cpu_devices overrides) and the JAX model runs with the
 batch split over all devices, then on one device. The default configuration
-is what the entry points run: the training step on the devices
-parallel.training_devices picks for a long run (fed this run's step times,
-unless this machine has an answer cached), sampling and evaluation split over
+is what the entry points run (dpm_jax.execution.plan): every batch split over
 every device. The headline ratios in the results JSON are the first model's
 default configuration over the PyTorch rows of the same run:
 train_speedup_vs_torch, sample_speedup_vs_torch (eager),
 train_speedup_vs_torch_compile, sample_speedup_vs_torch_compile, and
 one_device_peak_fraction, default_over_one_device_train (and _sample),
-default_over_best_train (below 1 where the calibration's choice, perhaps cached
-from an earlier run, lost to the other device count in this run). Where a
+default_over_best_train (below 1 where the other device count was faster in
+this run); the run prints the faster --cpu_devices for this machine. Where a
 device computes several micro-batches side by side
 (compute.concurrent_micro_batches), its step is timed one micro-batch at a
 time too: concurrent_over_one_at_a_time_train (one device).
@@ -49,7 +47,7 @@ import numpy as np
 
 from dpm_jax import data as data_lib
 from dpm_jax import diffusion
-from dpm_jax import kernels
+from dpm_jax import execution
 from dpm_jax import experiment
 from dpm_jax import optim
 from dpm_jax import parallel
@@ -109,8 +107,9 @@ def bench_jax_train(config, steps: int, par: parallel.DataParallel) -> dict:
   params = diffusion.init_params(task.model, jax.random.key(0))
   tx = optim.make_optimizer(config.optimizer, steps_per_epoch=1000)
   state = par.put_replicated(step_lib.create_train_state(task.model, params, tx))
-  step_fn = step_lib.jit_train_step(task, config, par)
-  micro, concurrent = step_lib.micro_batching(config, task.model, par.num_devices)
+  plan = execution.plan(config.compute, batch, task.model, list(par.mesh.devices.flat))
+  step_fn = step_lib.jit_train_step(task, plan)
+  micro, concurrent = plan.micro_batch_size, plan.concurrent_micro_batches
   images = par.put_batch(task.train)
   key = jax.random.key(1)
   start = time.perf_counter()
@@ -162,7 +161,8 @@ def _analysed_flops(config) -> float:
   params = jax.eval_shape(lambda: diffusion.init_params(task.model, jax.random.key(0)))
   tx = optim.make_optimizer(config.optimizer, steps_per_epoch=1000)
   state = jax.eval_shape(lambda p: step_lib.create_train_state(task.model, p, tx), params)
-  step_fn = step_lib.jit_train_step(task, config, parallel.DataParallel(jax.devices()[:1]))
+  plan = execution.plan(config.compute, config.train.batch_size, task.model, jax.devices()[:1])
+  step_fn = step_lib.jit_train_step(task, plan)
   return xla_flops(step_fn, state, task.train, jax.random.key(0))
 
 
@@ -200,7 +200,7 @@ def sample_flops(config, num_images: int) -> float:
 def bench_jax_sample(config, num_images: int, repeats: int, par: parallel.DataParallel) -> dict:
   """The full reverse trajectory (T - 1 learned steps and the fixed one) as one scan."""
   cfg = config.model
-  model = diffusion.make_model(cfg, config.compute.conv)
+  model = diffusion.make_model(cfg, execution.conv_kernel(config.compute.conv))
   params = diffusion.init_params(model, jax.random.key(0))
   sample = sampling.make_sampler(model, num_images=num_images, par=par)
   start = time.perf_counter()
@@ -216,7 +216,7 @@ def bench_jax_sample(config, num_images: int, repeats: int, par: parallel.DataPa
 def bench_jax_eval(config, repeats: int, par: parallel.DataParallel) -> dict:
   """The test-set bound's forward pass (one t per batch), no gradients."""
   cfg, batch = config.model, config.train.batch_size
-  model = diffusion.make_model(cfg, config.compute.conv)
+  model = diffusion.make_model(cfg, execution.conv_kernel(config.compute.conv))
   params = par.put_replicated(diffusion.init_params(model, jax.random.key(0)))
   loss_fn = diffusion.make_loss_fn(model, uniform_noise=STATS.uniform_noise, train=False)
   f = jax.jit(lambda p, x, k: loss_fn(p, data_lib.to_model_units(x, STATS), k)[0])
@@ -282,18 +282,15 @@ def bench_torch(cfg, batch: int, steps: int, num_images: int, compile: bool = Fa
 
 
 def default_configuration(config, rows: dict, sample_images: int) -> dict:
-  """Which rows the entry points' default configuration runs: the training step on
-  parallel.training_devices's choice for a long run (the calibration, here fed
-  this run's own step times unless this machine has an answer cached), sampling
-  and evaluation split over every device."""
-  from dpm_jax import train  # pylint: disable=g-import-not-at-top
-  devices, how = parallel.training_devices(
-      0, num_steps=10**6, signature=train.step_signature(config),
-      time_step=lambda devs: rows[len(devs)]["train"]["step_ms"] / 1e3)
-  forward = parallel.DataParallel.for_batch(sample_images).num_devices
-  return {"train_devices": len(devices), "train_how": how, "sample_devices": forward,
-          "train": rows[len(devices)]["train"], "sample": rows[forward]["sample"],
-          "eval": rows[max(rows)]["eval"]}
+  """Which rows the entry points' default configuration runs (execution.plan): the
+  training step on every device, sampling on the most that divide its images."""
+  from dpm_jax import registry  # pylint: disable=g-import-not-at-top
+  model = registry.of_config(config).make_model(config)
+  train_devices = len(execution.plan(config.compute, config.train.batch_size, model).devices)
+  forward = execution.forward_par(sample_images).num_devices
+  return {"train_devices": train_devices, "train_how": "the execution plan",
+          "sample_devices": forward, "train": rows[train_devices]["train"],
+          "sample": rows[forward]["sample"], "eval": rows[max(rows)]["eval"]}
 
 
 def headline_ratios(results: dict, name: str) -> dict:
@@ -317,8 +314,7 @@ def headline_ratios(results: dict, name: str) -> dict:
         "matmul_peak_gflops"]
     out["default_over_one_device_train"] = (default["train"]["images_per_sec"]
                                             / one["train"]["images_per_sec"])
-    # Below 1 where the calibration's choice (perhaps cached from an earlier run)
-    # lost to the other device count in this run.
+    # Below 1 where the other device count was faster in this run.
     out["default_over_best_train"] = default["train"]["images_per_sec"] / max(
         j["train"]["images_per_sec"] for label, j in entry["jax"].items()
         if label.startswith("auto"))
@@ -332,7 +328,12 @@ def headline_ratios(results: dict, name: str) -> dict:
 
 
 def machine_info() -> dict:
-  cpu = parallel.cpu_model() or platform.processor()
+  cpu = platform.processor()
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+  except OSError:
+    pass
   dev = jax.devices()[0]
   return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
           "jax": jax.__version__, "backend": jax.default_backend(),
@@ -371,6 +372,12 @@ def markdown_table(results: dict) -> str:
     if d:
       lines.append(f"- {name}, the default configuration: training on {d['train_devices']} "
                    f"device(s) ({d['train_how']}), sampling on {d['sample_devices']}")
+      auto = {j["devices"]: j["train"]["images_per_sec"] for label, j in r["jax"].items()
+              if label.startswith("auto")}
+      if len(auto) > 1:
+        best = max(auto, key=auto.get)
+        lines.append(f"- {name}: on this machine, in this run, training was fastest with "
+                     f"--cpu_devices={best} ({auto[best]:.0f} img/s)")
   for key in ("train_speedup_vs_torch", "sample_speedup_vs_torch",
               "train_speedup_vs_torch_compile", "sample_speedup_vs_torch_compile",
               "one_device_peak_fraction", "default_over_one_device_train",
@@ -426,7 +433,7 @@ def main(argv=None):
   impls = [i.strip() for i in args.impls.split(",") if i.strip()]
   names = [m.strip() for m in args.models.split(",") if m.strip()]
   # Before JAX runs anything (it fixes its devices then).
-  parallel.use_cpu_devices(args.cpu_devices or parallel.cpu_devices_for(
+  execution.show_cpu_devices(args.cpu_devices or execution.cpu_devices_for(
       *[v for n in names for v in (setups[n]["batch"], setups[n]["sample"])]))
   counts = []
   for c in args.devices.split(","):
@@ -445,7 +452,7 @@ def main(argv=None):
       for n in counts:
         par = parallel.DataParallel(jax.devices()[:n])
         config = experiment_config(name, quick, impl, s["batch"])
-        label = (f"{impl}->{kernels.resolve(impl)}" if impl == "auto" else impl) + (
+        label = (f"{impl}->{execution.conv_kernel(impl)}" if impl == "auto" else impl) + (
             f" conv, {n} device" + ("s" if n > 1 else ""))
         print(f"[{name}] JAX {label}: train step, batch {s['batch']} ...", flush=True)
         j = {"devices": n, "train": bench_jax_train(config, steps, par)}

@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from dpm_jax import parallel
+from dpm_jax import execution
 
 from . import output_path
 
@@ -42,7 +42,7 @@ def model_config(label: str, batch: int):
 def train_row(label: str, batch: int, steps: int) -> dict:
   from benchmarks import run  # pylint: disable=g-import-not-at-top
   config = model_config(label, batch)
-  r = run.bench_jax_train(config, steps, parallel.DataParallel.for_batch(batch))
+  r = run.bench_jax_train(config, steps, execution.forward_par(batch))
   memory = r.get("xla_argument_mib", 0) + r.get("xla_temp_mib", 0) + r.get("xla_output_mib", 0)
   return {"model": label, "batch_size": batch, "images_per_sec": r["images_per_sec"],
           "step_ms": r["step_ms"], "xla_memory_mib": memory,
@@ -53,7 +53,7 @@ def sample_row(num_images: int, trajectory_length: int) -> dict:
   from benchmarks import run  # pylint: disable=g-import-not-at-top
   config = model_config("mnist", 512)
   config.model.trajectory_length = trajectory_length
-  r = run.bench_jax_sample(config, num_images, 1, parallel.DataParallel.for_batch(num_images))
+  r = run.bench_jax_sample(config, num_images, 1, execution.forward_par(num_images))
   return {"num_images": num_images, "images_per_sec": r["images_per_sec"], "seconds": r["seconds"]}
 
 
@@ -65,7 +65,7 @@ def eval_row(trajectory_length: int, num_images: int) -> dict:
   config.model.trajectory_length = trajectory_length
   task = run.random_task(config, num_images)
   params = diffusion.init_params(task.model, jax.random.key(0))
-  par = parallel.DataParallel.for_batch(num_images)
+  par = execution.forward_par(num_images)
   evaluate.bound_all_t(task, params, task.test, jax.random.key(0), batch_size=num_images, par=par)
   start = time.perf_counter()
   evaluate.bound_all_t(task, params, task.test, jax.random.key(1), batch_size=num_images, par=par)
@@ -126,7 +126,7 @@ def main(argv=None) -> dict:
   batches = (8,) if args.quick else (64, 128, 256, 512, 1024)
   counts = (2,) if args.quick else (8, 16, 32, 64, 128)
   lengths = (10,) if args.quick else (100, 250, 500, 1000)
-  parallel.use_cpu_devices(parallel.cpu_devices_for(*batches, *counts))
+  execution.show_cpu_devices(execution.cpu_devices_for(*batches, *counts))
   from benchmarks import run  # pylint: disable=g-import-not-at-top
   output = args.output or (os.path.join("runs", "scaling_quick.json") if args.quick
                            else output_path("scaling.json", "scaling.json"))

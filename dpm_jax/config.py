@@ -30,7 +30,9 @@ import math
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import ml_collections
+
 from dpm_jax import errors
+from dpm_jax import kernels
 
 # Per-pixel output of the reverse model: (colors, {mu, beta}, n_temporal_basis).
 _POSITIVE_INT_FIELDS = (
@@ -321,7 +323,6 @@ def non_finite_fields(config: ml_collections.ConfigDict, prefix: str = ""):
 # The shared sections.
 
 OPTIMIZERS = ("rmsprop", "adam")
-CONV_KERNELS = ("auto", "xla", "cpu")
 EVAL_METHODS = ("stratified", "one_t")
 MASKS = ("right_half", "left_half", "centre_square", "random_pixels")
 
@@ -364,31 +365,13 @@ def base_config() -> ml_collections.ConfigDict:
   opt.rmsprop_decay = 0.9         # RMSprop's moving-average decay
   opt.rmsprop_eps = 1e-10         # RMSprop's floor on the root mean square
 
-  # How the model runs: never changes what it computes, and may change when
-  # a run is resumed.
+  # How the model runs (dpm_jax.execution): never what it computes, and may change
+  # when a run is resumed.
   config.compute = compute = ml_collections.ConfigDict()
-  # The convolution kernel (dpm_jax.kernels): 'auto' (the CPU kernel on the
-  # CPU, XLA's convolution elsewhere), 'xla' or 'cpu'.
-  compute.conv = "auto"
-  # Each device's gradient accumulated over micro-batches of this size (the
-  # same gradient up to float rounding): -1 = 64 when the model's convolutions
-  # run the CPU kernel and a device's part of the batch is larger, where it
-  # is faster; 0 = off.
-  compute.micro_batch_size = -1
-  # Micro-batches whose gradients a device computes side by side (XLA's CPU
-  # runtime runs them at once; its convolution keeps to one core): 0 = on a
-  # CPU, the device's share of the cores (cores / training devices), lowered
-  # to a divisor of its micro-batches, 1 elsewhere; N = N, dividing each
-  # device's micro-batches (needs micro-batches).
-  compute.concurrent_micro_batches = 0
-  # CPU devices JAX shows when it runs on the CPU: 0 = one per core, as many
-  # as divide the batch, evaluation and sampling split over them; the
-  # training step on the faster of the first alone and all of them, timed
-  # once per machine for a run of 100 steps or more, else on all
-  # (parallel.training_devices); N = N devices, the training step split over
-  # them too. The entry points'
-  # --cpu_devices flag, when given, wins.
-  compute.cpu_devices = 0
+  compute.conv = "auto"           # convolution kernel: 'auto' (CPU kernel on a CPU, else XLA's), 'xla', 'cpu'
+  compute.micro_batch_size = -1   # gradient accumulated over micro-batches: -1 auto (64 with the CPU kernel), 0 off, N
+  compute.concurrent_micro_batches = 0  # micro-batches a device computes side by side: 0 auto (its cores), N
+  compute.cpu_devices = 0         # on a CPU, devices every batch splits over: 0 all, N the first N (--cpu_devices wins)
 
   config.eval = ev = ml_collections.ConfigDict()
   # 'stratified': num_strata random t per test example, the standard error
@@ -420,7 +403,7 @@ BASE_DOMAINS = {
         "name": choice(*OPTIMIZERS), "learning_rate": real(0, lo_open=True),
         "min_learning_rate": real(0, lo_open=True), "rmsprop_decay": real(0, 1, hi_open=True),
         "rmsprop_eps": real(0)},
-    "compute": {"conv": choice(*CONV_KERNELS), "micro_batch_size": integer(-1),
+    "compute": {"conv": choice("auto", *kernels.CONV_KERNELS), "micro_batch_size": integer(-1),
                 "concurrent_micro_batches": integer(0), "cpu_devices": integer(0)},
     "eval": {"method": choice(*EVAL_METHODS), "num_strata": integer(1), "num_images": integer(0),
              "batch_size": integer(1), "num_batches": integer(2), "seed": integer()},

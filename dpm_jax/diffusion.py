@@ -436,12 +436,13 @@ class DiffusionModel(nn.Module):
                           cfg.trajectory_length, cfg.beta_link)
 
 
-def make_model(model_config: ml_collections.ConfigDict, conv: str = "auto") -> DiffusionModel:
+def make_model(model_config: ml_collections.ConfigDict, conv: str = "xla") -> DiffusionModel:
   """Validates a model config and builds the image model.
 
   Args:
     model_config: the model section of a config (dpm_jax.config).
-    conv: the convolution kernel (config.compute.conv, see dpm_jax.kernels).
+    conv: the convolution kernel, 'xla' or 'cpu' (dpm_jax.kernels; the same
+      function either way).
   """
   return DiffusionModel(config_lib.frozen(model_config), kernels.conv_layer(conv))
 

@@ -26,6 +26,7 @@ import numpy as np
 from dpm_jax import data as data_lib
 from dpm_jax import diffusion
 from dpm_jax import errors
+from dpm_jax import execution
 from dpm_jax import parallel
 
 if TYPE_CHECKING:
@@ -218,7 +219,7 @@ def _placement(params, batch_size: int, par):
   """(params, put): the parameters replicated on par's devices (default: the
   most local devices dividing batch_size) and a function placing a batch
   split over them (a batch they do not divide stays whole)."""
-  par = par or parallel.DataParallel.for_batch(batch_size)
+  par = par or execution.forward_par(batch_size)
   return par.put_replicated(params), (
       lambda batch: par.put_batch(batch) if len(batch) % par.num_devices == 0 else batch)
 

@@ -21,6 +21,7 @@ from dpm_jax import data as data_lib
 from dpm_jax import diffusion
 from dpm_jax import errors
 from dpm_jax import evaluate
+from dpm_jax import execution
 from dpm_jax import experiment
 from dpm_jax import image_folder
 from dpm_jax import plotting
@@ -99,7 +100,7 @@ class ImageExperiment(experiment.Experiment):
     config_lib.check_fields("data", config.data, DATA_DOMAINS)
 
   def make_model(self, config: ml_collections.ConfigDict) -> diffusion.DiffusionModel:
-    return diffusion.make_model(config.model, config.get("compute", {}).get("conv", "auto"))
+    return diffusion.make_model(config.model, execution.conv_kernel(config.compute.conv))
 
   def load_data(self, config: ml_collections.ConfigDict) -> data_lib.Dataset:
     if config.data.source == "folder":

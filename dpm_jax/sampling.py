@@ -31,6 +31,8 @@ import numpy as np
 from dpm_jax import config as config_lib
 from dpm_jax import data as data_lib
 from dpm_jax import networks
+from dpm_jax import errors
+from dpm_jax import execution
 from dpm_jax import parallel
 
 
@@ -107,8 +109,8 @@ def make_sampler(model: nn.Module, *, num_images: int,
   T = model.config.trajectory_length
   shape = (num_images,) + tuple(shape or model.data_shape)
   record = jnp.asarray(list(record_t) or [-2], jnp.int32)
-  par = par or parallel.DataParallel.for_batch(num_images)
-  par.check_batch_size(num_images, "num_images")
+  par = par or execution.forward_par(num_images)
+  execution.check_batch_divides(num_images, par.num_devices, "num_images")
   split = par.constrain_batch
   length = max(1, min(steps_per_call, T - 1))
 

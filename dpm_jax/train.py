@@ -12,7 +12,6 @@ dpm_jax.rundir's.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import time
 from typing import NamedTuple, Optional, Sequence
@@ -28,11 +27,11 @@ from dpm_jax import data as data_lib
 from dpm_jax import diffusion
 from dpm_jax import errors
 from dpm_jax import evaluate as evaluate_lib
+from dpm_jax import execution
 from dpm_jax import experiment as experiment_lib
 from dpm_jax import metrics as metrics_lib
 from dpm_jax import optim
 from dpm_jax import outputs
-from dpm_jax import parallel
 from dpm_jax import plotting
 from dpm_jax import registry
 from dpm_jax import rundir
@@ -44,8 +43,6 @@ from dpm_jax import table1
 # The periodic actions that a stop signal may interrupt; redone on resume.
 INTERRUPTIBLE = ("eval", "samples")
 PENDING_FILE = "pending_actions.json"
-# The devices the training step was split over when the run started (CPU, auto).
-SPLIT_FILE = "training_split.json"
 
 
 class RunKeys(NamedTuple):
@@ -78,10 +75,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: Optional[str]
     dataset: the stored examples (dpm_jax.data.Dataset, e.g. data.from_arrays);
       loaded from config.data if None.
     devices: the devices the batch is split over (evaluation too); if None,
-      the training step's are chosen by parallel.training_devices (on a CPU,
-      for a long run, the faster of one device and all; every device
-      elsewhere) and recorded in <workdir>/training_split.json for resuming,
-      and evaluation and sampling split over every device.
+      the execution plan's (dpm_jax.execution).
     resume_verified: if the newest checkpoint is corrupt, resume from the
       newest that verifies (the corrupt ones are moved aside), not fail.
 
@@ -99,9 +93,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: Optional[str]
   """
   experiment = registry.validate(config)
   maybe_initialize_distributed()
-  step_lib.check_compute(config, experiment.make_model(config),
-                         [len(devices)] if devices is not None else
-                         parallel.training_device_counts(config.compute.cpu_devices))
+  plan = execution.plan(config.compute, config.train.batch_size, experiment.make_model(config),
+                        devices)
+  report(f"Execution plan: {plan.describe()}.")
   workdir = workdir or create_workdir(config)
   free = rundir.prepare_workdir(workdir)  # before loading data and compiling
   # One writer: process 0 holds the lock (the others of a multi-host job share the workdir).
@@ -111,18 +105,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: Optional[str]
       stop.cleanups.append(lock.release)
     manager = rundir.make_manager(workdir, config.train.keep_checkpoints)
     try:
-      return _train(config, experiment, workdir, manager, dataset, devices, resume_verified,
+      return _train(config, experiment, workdir, manager, dataset, plan, resume_verified,
                     free, stop)
     finally:
       rundir.close_quietly(manager)
 
 
-def _train(config, experiment, workdir, manager, dataset, devices, resume_verified, free,
+def _train(config, experiment, workdir, manager, dataset, plan, resume_verified, free,
            stop) -> step_lib.TrainState:
   """The loop of train_and_evaluate, in a locked workdir with its checkpoint manager."""
   cfg = config.train
-  forward = parallel.DataParallel(devices)  # evaluation: every device unless given
-  forward.check_batch_size(cfg.batch_size)
+  par = plan.par
   dataset = dataset if dataset is not None else experiment.load_data(config)
   steps_per_epoch, num_steps = schedule_steps(config, len(dataset.train))
   tx = optim.make_optimizer(config.optimizer, steps_per_epoch)
@@ -136,16 +129,12 @@ def _train(config, experiment, workdir, manager, dataset, devices, resume_verifi
                                    process_index=jax.process_index(),
                                    process_count=jax.process_count(),
                                    workers=config.data.get("workers", 0))
-  first = next(batches)
-  batches = itertools.chain([first], batches)
-  par, how, train_step = training_par(config, workdir, task, state, first, keys.train,
-                                      devices, num_steps - start)
-  par.check_batch_size(cfg.batch_size)
+  train_step = step_lib.jit_train_step(task, plan)
   state = par.put_replicated(state)
   meta = write_run_files(config, workdir, task)
   saver = safety.Saver(manager, workdir, meta, task)
   schedule = optim.learning_rate_schedule(config.optimizer, steps_per_epoch)
-  evaluator = evaluate_lib.make_test_evaluator(task, config.eval, forward, key=keys.eval)
+  evaluator = evaluate_lib.make_test_evaluator(task, config.eval, par, key=keys.eval)
   sampler = sampling.make_sampler(task.model, num_images=cfg.sample_num_images)
   throughput = metrics_lib.Throughput(cfg.batch_size)
   actions = {  # the interruptible periodic actions: (when, what) -> metrics
@@ -153,7 +142,7 @@ def _train(config, experiment, workdir, manager, dataset, devices, resume_verifi
           evaluator, state, step, task.unit, stop, task.experiment.eval_summary)),
       "samples": (cfg.sample_every_steps, lambda step, state: write_samples(
           task, sampler, state, step, workdir, keys.sample, stop))}
-  log_start(task, config, par, how, start, num_steps, state, workdir, free)
+  log_start(task, config, start, num_steps, state, workdir, free)
   t_start = time.time()
   with metrics_lib.MetricWriter(workdir, start) as writer:
     finish_pending(workdir, start, state, actions, writer, num_steps, task.unit)
@@ -364,52 +353,6 @@ def interrupt(saver, stop, workdir, step, state, record=None, pending=()) -> err
                         "rerun the same command to resume.", signum)
 
 
-def training_par(config, workdir, task, state, batch, key, devices, steps_to_go):
-  """(DataParallel, how chosen, the jitted step) of the training step: on the given
-  devices, else on the split this run recorded when it started (a resumed run
-  repeats it), else on parallel.training_devices's choice, recorded in
-  <workdir>/training_split.json. `batch` is the first batch (numpy), which a
-  calibration times the step on."""
-  def chosen(devs, how):
-    par = parallel.DataParallel(devs)
-    return par, how, steps.get(len(devs)) or step_lib.jit_train_step(task, config, par)
-
-  steps = {}  # the calibration's compiled steps, by device count
-  if devices is not None:
-    return chosen(devices, "as given")
-  auto = config.compute.cpu_devices == 0
-  # A missing or damaged record: chosen again.
-  recorded = outputs.read_json_object(os.path.join(workdir, SPLIT_FILE)) if auto else {}
-  if 1 <= recorded.get("devices", 0) <= jax.device_count():
-    return chosen(jax.devices()[:recorded["devices"]], "as when this run started")
-
-  def time_step(devs):  # on copies: the step donates the state it is given
-    p = parallel.DataParallel(devs)
-    step_fn = steps[len(devs)] = step_lib.jit_train_step(task, config, p)
-    s, b = p.put_replicated(jax.device_get(state)), p.put_local_batch(
-        batch, config.train.batch_size)
-    times = []
-    for _ in range(1 + parallel.CALIBRATION_REPEATS):  # the first compiles
-      t0 = time.perf_counter()
-      s, m = step_fn(s, b, key)
-      jax.block_until_ready((s, m))
-      times.append(time.perf_counter() - t0)
-    return float(np.median(times[1:]))
-
-  devs, how = parallel.training_devices(config.compute.cpu_devices, num_steps=steps_to_go,
-                                       time_step=time_step, signature=step_signature(config))
-  if auto and jax.process_index() == 0 and jax.default_backend() == "cpu":
-    outputs.write_json(os.path.join(workdir, SPLIT_FILE), {"devices": len(devs), "how": how})
-  return chosen(devs, how)
-
-
-def step_signature(config: ml_collections.ConfigDict) -> dict:
-  """What the training step's program depends on (the key of a calibration)."""
-  return {"experiment": registry.name_of(config), "batch_size": config.train.batch_size,
-          "model": config.model.to_dict(), "compute": config.compute.to_dict(),
-          "optimizer": config.optimizer.name}
-
-
 def write_run_files(config, workdir, task) -> dict:
   """config.json and data_stats.json; returns the metadata saved with checkpoints."""
   data = task.data.record()
@@ -445,12 +388,11 @@ def report(line: str) -> None:
     print(line, flush=True)
 
 
-def log_start(task, config, par, how, start, num_steps, state, workdir, free):
+def log_start(task, config, start, num_steps, state, workdir, free):
   report(
       f"Training {task.experiment.name} ({task.model.__class__.__name__}) on {task.name}: "
       f"{len(task.train)} train / {len(task.test)} test examples, batch "
-      f"{config.train.batch_size} on {par.num_devices} device(s) ({how}; {jax.process_count()} "
-      f"process(es); {step_lib.describe_micro_batching(config, task.model, par.num_devices)}), "
+      f"{config.train.batch_size}, "
       f"steps {start}..{num_steps}, {diffusion.count_params(state.params)} "
       f"parameters, workdir {workdir} ({free / 2**20:.0f} MiB free, "
       f"{rundir.state_nbytes(state) / 2**20:.1f} MiB a checkpoint)")

@@ -217,19 +217,16 @@ def _drop_closed_event_loop(unraisable) -> None:
 
 def define_cpu_devices(values: flags.FlagValues) -> None:
   flags.DEFINE_integer(
-      "cpu_devices", None, "When JAX runs on the CPU: the CPU devices it shows. 0: one per "
-      "core, as many as divide the batch; sampling and evaluation split their batch over "
-      "them, training on the faster of the first alone and all (timed once per machine "
-      "for runs of 100 steps or more); N > 0: N devices, training split over them too. "
-      "No effect on GPUs and TPUs. Default: config.compute.cpu_devices when training, "
-      "else 0.", lower_bound=0, flag_values=values)
+      "cpu_devices", None, "When JAX runs on the CPU: the CPU devices it shows, every batch "
+      "split over them. 0: one per core, as many as divide the batch; N > 0: N. No effect "
+      "on GPUs and TPUs. Default: config.compute.cpu_devices when training, else 0.", lower_bound=0, flag_values=values)
 
 
 def use_cpu_devices(values: flags.FlagValues, *batch_sizes: int, configured: int = 0) -> None:
   """Shows JAX --cpu_devices (else `configured`) CPU devices, before JAX runs anything."""
-  from dpm_jax import parallel  # pylint: disable=g-import-not-at-top
+  from dpm_jax import execution  # pylint: disable=g-import-not-at-top
   count = configured if values.cpu_devices is None else values.cpu_devices
-  parallel.use_cpu_devices(count or parallel.cpu_devices_for(*batch_sizes))
+  execution.show_cpu_devices(count or execution.cpu_devices_for(*batch_sizes))
 
 
 def define_run_flags(values: flags.FlagValues) -> None:
@@ -294,7 +291,7 @@ def train_main(values: flags.FlagValues, program_experiment: str) -> None:
     return
   experiment = registry.validate(config)
   use_cpu_devices(values, config.train.batch_size, configured=config.compute.cpu_devices)
-  if values.cpu_devices is not None:  # the flag wins (parallel.training_devices)
+  if values.cpu_devices is not None:  # the flag wins
     config.compute.cpu_devices = values.cpu_devices
   workdir = values.workdir or train.create_workdir(config)
   train.train_and_evaluate(config, workdir, resume_verified=values.resume_verified)

@@ -39,8 +39,6 @@ for _flag in ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitte
   _name = _flag.split("=")[0]
   if _name not in os.environ.get("XLA_FLAGS", "") and _xla_knows(_name[2:]):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
-# Per-machine measurements (dpm_jax.parallel.cache_dir) stay out of the user's home.
-os.environ.setdefault("DPM_JAX_CACHE_DIR", os.path.join(tempfile.gettempdir(), "dpm_jax_test_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402

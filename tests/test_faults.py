@@ -174,7 +174,7 @@ def test_a_checkpoint_that_verifies_but_does_not_fit_is_not_called_corrupt(run_c
      "compute.concurrent_micro_batches must be a non-negative integer"),
     # Relations to the batch and the devices, checked before the workdir is made.
     ("compute.micro_batch_size=5", "micro_batch_size=5 must be -1 (auto), 0 (off) or divide the "
-     "per-device batch 32"),
+     "per-device batch 16"),
     ("compute.concurrent_micro_batches=2", "concurrent_micro_batches=2 needs micro-batches"),
     ("model.dropout_rate=1.0", "model.dropout_rate must lie in [0, 1)"),
     ("data.dequantization=half", "data.dequantization must be one of ('bin', 'reference')"),
@@ -190,13 +190,13 @@ def test_config_values_outside_their_domain_are_one_line_before_anything_runs(
   assert not (tmp_path / "run").exists()
 
 
-def test_micro_batches_that_fit_one_of_the_device_counts_name_the_one_they_fit(tmp_path):
-  # Batch 32: on one device 4 micro-batches of 8, on each of two devices 2.
+def test_micro_batches_are_checked_against_the_plan_before_anything_is_written(tmp_path):
+  # Batch 32 on two devices: 2 micro-batches of 8 each; on one device (--cpu_devices=1), 4.
   code, _, err = call(mnist_program.PROGRAM.run, [
       "m", "--config=test", "--config.compute.micro_batch_size=8",
       "--config.compute.concurrent_micro_batches=4", f"--workdir={tmp_path / 'run'}"])
   one_line_error(code, err, "concurrent_micro_batches=4 must be 0 (auto) or divide the 2 "
-                 "micro-batches", "on 2 devices", "--cpu_devices=1")
+                 "micro-batches", "16 examples per device")
   assert not (tmp_path / "run").exists()
 
 

@@ -13,7 +13,7 @@ import pytest
 from jax import lax
 from jax.test_util import check_grads
 
-from dpm_jax import kernels, networks
+from dpm_jax import errors, execution, kernels, networks
 from dpm_jax.kernels import cpu_conv
 # (batch, height, width, c_in, c_out, filter size)
 SHAPES = [
@@ -137,12 +137,14 @@ def test_check_grads_cpu_layer_float64(monkeypatch):
 
 
 def test_resolve():
-  assert kernels.resolve("auto") == ("cpu" if jax.default_backend() == "cpu" else "xla")
-  assert kernels.resolve("xla") == "xla" and kernels.resolve("cpu") == "cpu"
+  assert execution.conv_kernel("auto") == ("cpu" if jax.default_backend() == "cpu" else "xla")
+  assert execution.conv_kernel("xla") == "xla" and execution.conv_kernel("cpu") == "cpu"
   assert kernels.conv_layer("xla") is kernels.conv_layer_xla
   assert kernels.conv_layer("cpu") is cpu_conv.conv_layer
-  with pytest.raises(ValueError, match="conv kernel must be one of"):
-    kernels.resolve("fft")
+  with pytest.raises(errors.UserError, match="compute.conv must be one of"):
+    execution.conv_kernel("fft")
+  with pytest.raises(ValueError, match="conv kernel must be 'xla' or 'cpu'"):
+    kernels.conv_layer("auto")
 
 
 def test_xla_layer_is_plain_lax_conv():

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import ROOT, image_task
 from dpm_jax import data, diffusion, evaluate, parallel, rundir, sampling, train
-from dpm_jax import errors
+from dpm_jax import errors, execution
 from experiments.configs import test as test_config
 from runs import small_digits, train_small
 
@@ -103,18 +103,18 @@ def test_training_on_two_devices_matches_one(tmp_path):
 
 
 def test_cpu_devices_for():
-  assert parallel.cpu_devices_for(512, 500, 36, cores=2) == 2
-  assert parallel.cpu_devices_for(512, 500, 36, cores=8) == 4
-  assert parallel.cpu_devices_for(200, 16, cores=16) == 8
-  assert parallel.cpu_devices_for(7, cores=4) == 1
-  assert parallel.cpu_devices_for(12, cores=1) == 1
+  assert execution.cpu_devices_for(512, 500, 36, cores=2) == 2
+  assert execution.cpu_devices_for(512, 500, 36, cores=8) == 4
+  assert execution.cpu_devices_for(200, 16, cores=16) == 8
+  assert execution.cpu_devices_for(7, cores=4) == 1
+  assert execution.cpu_devices_for(12, cores=1) == 1
 
 
 @pytest.mark.slow
 def test_use_cpu_devices_before_jax_starts():
   script = ("import jax\nfrom dpm_jax import parallel\n"
-            "print(parallel.use_cpu_devices(2), jax.device_count())\n"
-            "print(parallel.use_cpu_devices(3), jax.device_count())\n")
+            "print(execution.show_cpu_devices(2), jax.device_count())\n"
+            "print(execution.show_cpu_devices(3), jax.device_count())\n")
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   res = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=120)
@@ -122,21 +122,41 @@ def test_use_cpu_devices_before_jax_starts():
   # The second call comes after JAX started: it keeps the two devices, with a warning.
   assert res.stdout.split() == ["2", "2", "0", "2"]
   assert "Keeping JAX's 2 CPU devices (asked for 3)" in res.stderr
-  with pytest.raises(parallel.errors.UserError, match="at least 1"):
-    parallel.use_cpu_devices(0)
+  with pytest.raises(errors.UserError, match="at least 1"):
+    execution.show_cpu_devices(0)
 
 
-def test_a_run_keeps_the_split_it_started_with(tmp_path):
-  """With compute.cpu_devices=0 (auto) a short run splits over both devices and records
-  it; a run that recorded another split (e.g. a calibration's one device) resumes on it."""
+def test_the_plan_splits_every_batch_and_records_nothing(tmp_path, monkeypatch):
+  """compute.cpu_devices=0 splits training over both devices, =1 over the first; the plan
+  is decided from the settings alone: nothing is timed, cached or written for it."""
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
   config = test_config.get_config()
   config.train.update(num_steps=2, eval_every_steps=0, sample_every_steps=0)
   small = small_digits()
-  fresh, recorded = tmp_path / "fresh", tmp_path / "recorded"
-  state = train.train_and_evaluate(config, str(fresh), dataset=small)
+  state = train.train_and_evaluate(config, str(tmp_path / "all"), dataset=small)
   assert len(state.step.sharding.device_set) == 2
-  assert json.loads((fresh / "training_split.json").read_text())["devices"] == 2
-  recorded.mkdir()
-  (recorded / "training_split.json").write_text(json.dumps({"devices": 1, "how": "a test"}))
-  state = train.train_and_evaluate(config, str(recorded), dataset=small)
+  config.compute.cpu_devices = 1
+  state = train.train_and_evaluate(config, str(tmp_path / "one"), dataset=small)
   assert len(state.step.sharding.device_set) == 1
+  assert not (tmp_path / "cache").exists()
+  assert not any(name.endswith("split.json") for name in os.listdir(tmp_path / "all"))
+
+
+def test_plan(monkeypatch):
+  config = test_config.get_config()
+  model = diffusion.make_model(config.model, "cpu")
+  plan = execution.plan(config.compute, 512, model)
+  assert (len(plan.devices), plan.conv, plan.micro_batch_size) == (2, "cpu", 64)
+  monkeypatch.setattr(execution, "usable_cores", lambda: 2)
+  assert execution.plan(config.compute, 512, model).concurrent_micro_batches == 1
+  assert "2 CPU device(s)" in plan.describe() and "micro-batches of 64" in plan.describe()
+  config.compute.cpu_devices = 1
+  one = execution.plan(config.compute, 512, model)
+  assert len(one.devices) == 1 and one.concurrent_micro_batches == 2
+  assert "micro-batches of 64, 2 side by side" in one.describe()
+  config.compute.cpu_devices = 3
+  with pytest.raises(errors.UserError, match="cpu_devices=3 exceeds the 2 CPU devices"):
+    execution.plan(config.compute, 512, model)
+  config.compute.cpu_devices = 0
+  with pytest.raises(errors.UserError, match="train.batch_size=7 is not divisible by the 2"):
+    execution.plan(config.compute, 7, model)

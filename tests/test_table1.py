@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from dpm_jax import diffusion, swiss_roll
+from dpm_jax import diffusion, execution, swiss_roll
 from dpm_jax.kernels import readout
 from experiments.configs import heartbeat as heartbeat_config
 
@@ -51,7 +51,7 @@ def test_heartbeat_config_trains_on_stratified_batches_read_out_in_blocks():
   assert config.model.t_sampling == "stratified" and batch % (T - 1) == 0
   assert config.compute.micro_batch_size == -1
   model = heartbeat.make_model(config.model)
-  assert parallel.micro_batch_size(config.compute.micro_batch_size, batch, 1, model) == 0
+  assert execution.micro_batch_size(config.compute.micro_batch_size, batch, 1, model) == 0
   assert readout.reads_in_blocks(batch, T, stratified=True)
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import ROOT
 from dpm_jax import config as config_lib, data as data_lib, metrics, optim, parallel, registry
-from dpm_jax import errors
+from dpm_jax import errors, execution
 from dpm_jax import rundir, train
 from experiments.configs import test as test_config
 from runs import digits
@@ -378,34 +378,34 @@ def test_micro_batch_resolution():
   cpu = diffusion.make_model(test_config.get_config().model, "cpu")
   xla = diffusion.make_model(test_config.get_config().model, "xla")
   assert kernels.runs_cpu_conv(cpu) and not kernels.runs_cpu_conv(xla)
-  assert parallel.micro_batch_size(-1, 512, 1, cpu) == 64
-  assert parallel.micro_batch_size(-1, 512, 1, xla) == 0
-  assert parallel.micro_batch_size(-1, 512, 2, cpu) == 64  # per device: 256
-  assert parallel.micro_batch_size(-1, 128, 2, cpu) == 0   # per device: 64
-  assert parallel.micro_batch_size(-1, 32, 1, cpu) == 0
+  assert execution.micro_batch_size(-1, 512, 1, cpu) == 64
+  assert execution.micro_batch_size(-1, 512, 1, xla) == 0
+  assert execution.micro_batch_size(-1, 512, 2, cpu) == 64  # per device: 256
+  assert execution.micro_batch_size(-1, 128, 2, cpu) == 0   # per device: 64
+  assert execution.micro_batch_size(-1, 32, 1, cpu) == 0
   # A model without convolutions takes its batch whole (the heartbeat's blocked readout).
-  assert parallel.micro_batch_size(-1, 7996, 1, heartbeat.make_model(heartbeat.model_config())) == 0
-  assert parallel.micro_batch_size(128, 512, 2, cpu) == 128
+  assert execution.micro_batch_size(-1, 7996, 1, heartbeat.make_model(heartbeat.model_config())) == 0
+  assert execution.micro_batch_size(128, 512, 2, cpu) == 128
   with pytest.raises(errors.UserError, match="must be -1 \\(auto\\), 0 \\(off\\) or divide"):
-    parallel.micro_batch_size(100, 512, 1, cpu)
+    execution.micro_batch_size(100, 512, 1, cpu)
 
 
 def test_concurrent_micro_batch_resolution(monkeypatch):
-  monkeypatch.setattr(parallel, "usable_cores", lambda: 2)
+  monkeypatch.setattr(execution, "usable_cores", lambda: 2)
   # Auto: a device's share of the cores, dividing its micro-batches.
-  assert parallel.concurrent_micro_batches(0, 64, 512, 1) == 2   # 8 micro-batches, 2 cores
-  assert parallel.concurrent_micro_batches(0, 64, 512, 2) == 1   # one core per device
-  assert parallel.concurrent_micro_batches(0, 0, 512, 1) == 1    # no micro-batches
-  assert parallel.concurrent_micro_batches(0, 64, 192, 1) == 1   # 3 micro-batches
-  monkeypatch.setattr(parallel, "usable_cores", lambda: 16)
-  assert parallel.concurrent_micro_batches(0, 64, 512, 1) == 8
-  assert parallel.concurrent_micro_batches(0, 64, 512, 4) == 2   # 2 micro-batches, 4 cores each
-  assert parallel.concurrent_micro_batches(0, 64, 1536, 3) == 4  # 8 micro-batches, 5 cores each
-  assert parallel.concurrent_micro_batches(4, 64, 512, 1) == 4
+  assert execution.concurrent_micro_batches(0, 64, 512, 1) == 2   # 8 micro-batches, 2 cores
+  assert execution.concurrent_micro_batches(0, 64, 512, 2) == 1   # one core per device
+  assert execution.concurrent_micro_batches(0, 0, 512, 1) == 1    # no micro-batches
+  assert execution.concurrent_micro_batches(0, 64, 192, 1) == 1   # 3 micro-batches
+  monkeypatch.setattr(execution, "usable_cores", lambda: 16)
+  assert execution.concurrent_micro_batches(0, 64, 512, 1) == 8
+  assert execution.concurrent_micro_batches(0, 64, 512, 4) == 2   # 2 micro-batches, 4 cores each
+  assert execution.concurrent_micro_batches(0, 64, 1536, 3) == 4  # 8 micro-batches, 5 cores each
+  assert execution.concurrent_micro_batches(4, 64, 512, 1) == 4
   with pytest.raises(errors.UserError, match="=3 must be 0 \\(auto\\) or divide the 8"):
-    parallel.concurrent_micro_batches(3, 64, 512, 1)
+    execution.concurrent_micro_batches(3, 64, 512, 1)
   with pytest.raises(errors.UserError, match="=2 needs micro-batches"):
-    parallel.concurrent_micro_batches(2, 0, 512, 1)
+    execution.concurrent_micro_batches(2, 0, 512, 1)
 
 
 def test_config_changes_on_resume_name_every_field_and_which_may_change():

@@ -10,7 +10,7 @@ compute it:
 
 `conv_layer(name)` returns the layer function; the network takes it at
 construction (`networks.MLPConvDense(config, conv_layer=...)`), so the kernel
-is chosen once, by `config.compute.conv`, and never changes the parameters or
+is chosen once, by the execution plan (dpm_jax.execution), and never changes the parameters or
 the function computed (tests/test_kernels.py).
 """
 
@@ -24,18 +24,9 @@ import jax.numpy as jnp
 
 from dpm_jax.kernels import cpu_conv
 
-CONV_KERNELS = ("auto", "xla", "cpu")
+CONV_KERNELS = ("xla", "cpu")
 
 ConvLayer = Callable[..., jax.Array]
-
-
-def resolve(name: str) -> str:
-  """'auto' is 'cpu' on the CPU backend and 'xla' elsewhere."""
-  if name not in CONV_KERNELS:
-    raise ValueError(f"conv kernel must be one of {CONV_KERNELS}, got {name!r}")
-  if name == "auto":
-    return "cpu" if jax.default_backend() == "cpu" else "xla"
-  return name
 
 
 def conv_layer_xla(x, kernel, bias, negative_slope: float = 0.05):
@@ -55,11 +46,12 @@ def conv_layer_xla(x, kernel, bias, negative_slope: float = 0.05):
   return jnp.where(y > 0, y, negative_slope * y)
 
 
-def conv_layer(name: str = "auto") -> ConvLayer:
-  """The convolution layer function of a kernel name (see the module docstring)."""
-  if resolve(name) == "xla":
-    return conv_layer_xla
-  return cpu_conv.conv_layer
+def conv_layer(name: str = "xla") -> ConvLayer:
+  """The convolution layer function of a kernel name, 'xla' or 'cpu' (compute.conv's
+  'auto' is resolved by dpm_jax.execution)."""
+  if name not in CONV_KERNELS:
+    raise ValueError(f"conv kernel must be 'xla' or 'cpu', got {name!r}")
+  return conv_layer_xla if name == "xla" else cpu_conv.conv_layer
 
 
 def runs_cpu_conv(model) -> bool:

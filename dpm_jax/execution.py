@@ -1,0 +1,228 @@
+"""How a run executes: its devices, the batch's split, micro-batches and the convolution kernel.
+
+Decided once, by `plan(compute, batch_size, model)`, from config.compute and
+the devices JAX shows, before a run writes anything; the run's first log line
+states it (`Plan.describe`). Nothing here changes what is computed: results
+equal the one-device results up to float summation order, so a run may
+resume with another plan. This is the one module that asks which backend JAX
+runs on.
+
+The rule:
+  devices      every device JAX shows; on a CPU, compute.cpu_devices = N > 0
+               takes the first N. The entry points show JAX one CPU device
+               per core, as many as divide the batch (`show_cpu_devices`):
+               XLA's CPU convolution runs on one core per device, so devices
+               are how a CPU's cores all work on one step. Training,
+               evaluation and sampling all split their batch over them.
+  convolution  compute.conv = 'auto': the CPU kernel on a CPU (its chunked
+               backward pass is several times faster there), XLA's elsewhere.
+  micro-batch  compute.micro_batch_size = -1 (auto): 64 where the CPU kernel
+               runs and a device's part of the batch is a larger multiple of
+               64 (the kernel's buffers stay in cache), else none.
+  side by side compute.concurrent_micro_batches = 0 (auto): on a CPU, a
+               device's share of the cores, lowered to a divisor of its
+               micro-batches (XLA's CPU runtime runs independent gradients at
+               once); 1 elsewhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Optional, Sequence
+
+from absl import logging
+import jax
+import ml_collections
+
+from dpm_jax import errors
+from dpm_jax import kernels
+from dpm_jax import parallel
+
+# The micro-batch that keeps the CPU convolution kernel's buffers in cache.
+CPU_MICRO_BATCH = 64
+
+
+def on_cpu() -> bool:
+  """Whether JAX runs on the CPU (no GPU or TPU)."""
+  return jax.default_backend() == "cpu"
+
+
+def conv_kernel(name: str) -> str:
+  """compute.conv resolved: 'auto' is 'cpu' on a CPU and 'xla' elsewhere."""
+  if name not in ("auto",) + kernels.CONV_KERNELS:
+    raise errors.UserError(f"compute.conv must be one of {('auto',) + kernels.CONV_KERNELS}, "
+                           f"got {name!r}.")
+  if name == "auto":
+    return "cpu" if on_cpu() else "xla"
+  return name
+
+
+def usable_cores() -> int:
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    return os.cpu_count() or 1
+
+
+def largest_divisor_at_most(n: int, limit: int) -> int:
+  """The largest d in 1..limit dividing n (every d divides 0)."""
+  return max(d for d in range(1, max(1, limit) + 1) if n % d == 0)
+
+
+def cpu_devices_for(*batch_sizes: int, cores: Optional[int] = None) -> int:
+  """The most CPU devices, at most one per core, that divide every batch size."""
+  cores = usable_cores() if cores is None else cores
+  return largest_divisor_at_most(math.gcd(*map(int, batch_sizes)), cores)
+
+
+def show_cpu_devices(count: int) -> int:
+  """Has JAX show `count` CPU devices; call before JAX runs anything.
+
+  An explicit XLA_FLAGS=--xla_force_host_platform_device_count=N wins. Only
+  the CPU backend is affected: on a GPU or TPU the accelerators remain the
+  devices. Returns the count set, or 0 when XLA_FLAGS decides or JAX has
+  already started (then with a warning, the devices unchanged).
+
+  Raises:
+    errors.UserError: a count below 1.
+  """
+  if count < 1:
+    raise errors.UserError(f"cpu_devices={count} must be at least 1.")
+  if "--xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    return 0
+  try:
+    jax.config.update("jax_num_cpu_devices", count)
+  except RuntimeError as err:  # JAX has already started its backends
+    if on_cpu() and jax.local_device_count() != count:
+      logging.warning("Keeping JAX's %d CPU devices (asked for %d): %s",
+                      jax.local_device_count(), count, err)
+    return 0
+  return count
+
+
+def micro_batch_size(requested: int, batch_size: int, num_devices: int, model) -> int:
+  """compute.micro_batch_size resolved: -1 (auto) is 64 where it pays (module docstring), else 0.
+
+  Raises:
+    errors.UserError: a size that does not divide the per-device batch.
+  """
+  if requested == -1:
+    per_device = batch_size // num_devices
+    fits = per_device > CPU_MICRO_BATCH and per_device % CPU_MICRO_BATCH == 0
+    return CPU_MICRO_BATCH if kernels.runs_cpu_conv(model) and fits else 0
+  if requested < 0 or (requested and batch_size % (requested * num_devices)):
+    raise errors.UserError(
+        f"compute.micro_batch_size={requested} must be -1 (auto), 0 (off) or divide the "
+        f"per-device batch {batch_size // num_devices}.")
+  return requested
+
+
+def concurrent_micro_batches(requested: int, micro_batch: int, batch_size: int,
+                             num_devices: int) -> int:
+  """compute.concurrent_micro_batches resolved: micro-batches a device computes side by side.
+
+  0 (auto): on a CPU, the largest divisor of a device's micro-batch count that
+  is at most the device's share of the cores; 1 elsewhere, and without
+  micro-batches. N > 0: N, which must divide each device's micro-batches.
+
+  Raises:
+    errors.UserError: N > 1 without micro-batches, or not dividing them.
+  """
+  per_device = batch_size // num_devices
+  count = per_device // micro_batch if micro_batch else 1
+  if requested == 0:
+    if not on_cpu():
+      return 1
+    local = max(1, num_devices // jax.process_count())
+    return largest_divisor_at_most(count, max(1, usable_cores() // local))
+  if requested > 1 and not micro_batch:
+    raise errors.UserError(
+        f"compute.concurrent_micro_batches={requested} needs micro-batches, and "
+        f"compute.micro_batch_size resolves to 0 (off) for {per_device} examples per "
+        "device; set compute.micro_batch_size, or concurrent_micro_batches to 0 (auto).")
+  if requested < 0 or count % requested:
+    raise errors.UserError(
+        f"compute.concurrent_micro_batches={requested} must be 0 (auto) or divide the "
+        f"{count} micro-batches of a device (micro-batches of {micro_batch}, "
+        f"{per_device} examples per device).")
+  return requested
+
+
+def check_batch_divides(batch_size: int, num_devices: int,
+                        what: str = "train.batch_size") -> None:
+  """Raises errors.UserError unless num_devices divides the batch."""
+  if batch_size % num_devices:
+    raise errors.UserError(
+        f"{what}={batch_size} is not divisible by the {num_devices} devices; choose a "
+        "multiple of the device count, or another count (--cpu_devices, "
+        "compute.cpu_devices on a CPU).")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """How a run executes.
+
+  Attributes:
+    devices: the devices every batch is split over.
+    conv: the convolution kernel, 'cpu' or 'xla' (dpm_jax.kernels).
+    micro_batch_size: examples per micro-batch per device; 0 for none.
+    concurrent_micro_batches: micro-batches a device computes side by side.
+  """
+  devices: tuple
+  conv: str
+  micro_batch_size: int
+  concurrent_micro_batches: int
+
+  @property
+  def par(self) -> parallel.DataParallel:
+    return parallel.DataParallel(list(self.devices))
+
+  def describe(self) -> str:
+    """The plan in words, for the run's first log line."""
+    micro = (f"micro-batches of {self.micro_batch_size}"
+             + (f", {self.concurrent_micro_batches} side by side"
+                if self.concurrent_micro_batches > 1 else "")
+             if self.micro_batch_size else "no micro-batches")
+    return (f"{len(self.devices)} {self.devices[0].platform.upper()} device(s) in "
+            f"{jax.process_count()} process(es), the {self.conv} convolution, {micro}")
+
+
+def plan(compute: ml_collections.ConfigDict, batch_size: int, model,
+         devices: Optional[Sequence[jax.Device]] = None) -> Plan:
+  """The execution plan of a run (the module docstring's rule).
+
+  Args:
+    compute: config.compute.
+    batch_size: the training batch, over all devices.
+    model: the model (whether its convolutions run the CPU kernel).
+    devices: the devices to use instead of the rule's.
+
+  Raises:
+    errors.UserError: settings that do not fit the batch or the devices, each
+      naming the setting and a fix.
+  """
+  if devices is None:
+    devices = jax.devices()
+    n = compute.cpu_devices
+    if n and on_cpu() and jax.process_count() == 1:
+      if n > len(devices):
+        raise errors.UserError(
+            f"compute.cpu_devices={n} exceeds the {len(devices)} CPU devices JAX shows; "
+            f"use --cpu_devices={n} (the entry points show that many), or at most "
+            f"{len(devices)}.")
+      devices = devices[:n]
+  devices = tuple(devices)
+  check_batch_divides(batch_size, len(devices))
+  micro = micro_batch_size(compute.micro_batch_size, batch_size, len(devices), model)
+  concurrent = concurrent_micro_batches(compute.concurrent_micro_batches, micro, batch_size,
+                                        len(devices))
+  return Plan(devices, conv_kernel(compute.conv), micro, concurrent)
+
+
+def forward_par(batch_size: int) -> parallel.DataParallel:
+  """Devices for forward-only work of `batch_size` examples (sampling, evaluation from a
+  run): the most local devices whose count divides it."""
+  devices = jax.local_devices()
+  return parallel.DataParallel(devices[:largest_divisor_at_most(batch_size, len(devices))])
