@@ -38,10 +38,10 @@ def make_jpegs(folder: str, n: int, size: int) -> None:
 
 def loader_rate(folder: str, mode: str, workers: int, batch: int, steps: int) -> dict:
   """Images/s of the training stream, after its first batch (worker start-up)."""
-  from dpm_jax import data, registry  # pylint: disable=g-import-not-at-top
-  config = registry.get("cifar10").default_config()
+  from dpm_jax import data, images  # pylint: disable=g-import-not-at-top
+  config = images.CIFAR10.default_config()
   config.data.update(source="folder", dir=folder, folder_mode=mode, workers=workers)
-  dataset = registry.get("cifar10").load_data(config)
+  dataset = images.CIFAR10.load_data(config)
   start = time.perf_counter()
   stream = data.train_batches(dataset.train, batch, 0, 0, workers=workers)
   next(stream)

@@ -94,7 +94,7 @@ def main(argv=None) -> dict:
   state = par.put_replicated(step_lib.create_train_state(task.model, params, tx))
   step_fn = step_lib.jit_train_step(task, execution.plan(config.compute, args.batch, task.model,
                                                           jax.devices()[:args.devices]))
-  images, key = par.put_batch(task.train), jax.random.key(1)
+  images, key = par.put_batch(task.data.train), jax.random.key(1)
   compiled = step_fn.lower(state, images, key).compile()
   kinds = op_kinds(compiled.as_text())
   for _ in range(2):

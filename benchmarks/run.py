@@ -48,14 +48,14 @@ import numpy as np
 from dpm_jax import data as data_lib
 from dpm_jax import diffusion
 from dpm_jax import execution
-from dpm_jax import experiment
+from dpm_jax import experiment as experiment_lib
 from dpm_jax import optim
 from dpm_jax import parallel
 from dpm_jax import registry
 from dpm_jax import sampling
 from dpm_jax import step as step_lib
 
-from . import output_path
+from . import output_path, shipped_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STATS = data_lib.DataStats(scale=3.25, shift=-0.42, uniform_noise=3.25 / 255)
@@ -84,7 +84,7 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
 
 def experiment_config(name: str, quick: bool, conv: str = "auto", batch: int = 512):
   """The experiment config of a model preset, with the given convolution kernel."""
-  config = registry.get(name).default_config()
+  config = shipped_config(name)
   config.compute.conv = conv
   config.train.batch_size = batch
   if quick:
@@ -92,12 +92,13 @@ def experiment_config(name: str, quick: bool, conv: str = "auto", batch: int = 5
   return config
 
 
-def random_task(config, batch: int) -> experiment.Task:
+def random_task(config, batch: int) -> experiment_lib.Task:
   """The image task of a config on random uint8 images (the benchmark's data)."""
   m = config.model
   images = np.random.default_rng(0).integers(
       0, 256, (batch, m.spatial_width, m.spatial_width, m.n_colors), dtype=np.uint8)
-  return registry.build(config, data_lib.Dataset(images, images, "random"), STATS.to_dict())
+  return experiment_lib.build(registry.of_config(config), config,
+                             data_lib.Dataset(images, images, "random"), STATS.to_dict())
 
 
 def bench_jax_train(config, steps: int, par: parallel.DataParallel) -> dict:
@@ -110,7 +111,7 @@ def bench_jax_train(config, steps: int, par: parallel.DataParallel) -> dict:
   plan = execution.plan(config.compute, batch, task.model, list(par.mesh.devices.flat))
   step_fn = step_lib.jit_train_step(task, plan)
   micro, concurrent = plan.micro_batch_size, plan.concurrent_micro_batches
-  images = par.put_batch(task.train)
+  images = par.put_batch(task.data.train)
   key = jax.random.key(1)
   start = time.perf_counter()
   compiled = step_fn.lower(state, images, key).compile()
@@ -163,7 +164,7 @@ def _analysed_flops(config) -> float:
   state = jax.eval_shape(lambda p: step_lib.create_train_state(task.model, p, tx), params)
   plan = execution.plan(config.compute, config.train.batch_size, task.model, jax.devices()[:1])
   step_fn = step_lib.jit_train_step(task, plan)
-  return xla_flops(step_fn, state, task.train, jax.random.key(0))
+  return xla_flops(step_fn, state, task.data.train, jax.random.key(0))
 
 
 def xla_flops(jitted, *args) -> float:

@@ -63,12 +63,13 @@ def eval_row(trajectory_length: int, num_images: int) -> dict:
   from dpm_jax import diffusion, evaluate  # pylint: disable=g-import-not-at-top
   config = model_config("mnist", num_images)
   config.model.trajectory_length = trajectory_length
+  config.eval.num_strata = min(config.eval.num_strata, trajectory_length - 1)
   task = run.random_task(config, num_images)
   params = diffusion.init_params(task.model, jax.random.key(0))
   par = execution.forward_par(num_images)
-  evaluate.bound_all_t(task, params, task.test, jax.random.key(0), batch_size=num_images, par=par)
+  evaluate.bound_all_t(task, params, task.data.test, jax.random.key(0), batch_size=num_images, par=par)
   start = time.perf_counter()
-  evaluate.bound_all_t(task, params, task.test, jax.random.key(1), batch_size=num_images, par=par)
+  evaluate.bound_all_t(task, params, task.data.test, jax.random.key(1), batch_size=num_images, par=par)
   seconds = time.perf_counter() - start
   return {"T": trajectory_length, "num_images": num_images, "seconds": seconds,
           "seconds_per_image": seconds / num_images}

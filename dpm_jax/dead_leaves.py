@@ -15,7 +15,7 @@ training examples are crops of fresh draws and the final bound is on larger,
 fresh images (final_eval.image_size).
 
 The model is the multi-scale convolutional network alone (paper Fig. D.1,
-images.ConvolutionalImageExperiment), T = 1000 (paper Appendix D.2.1).
+images.CONVOLUTIONAL), T = 1000 (paper Appendix D.2.1).
 """
 
 from __future__ import annotations
@@ -34,13 +34,23 @@ from dpm_jax import images
 from dpm_jax import plotting
 from dpm_jax import sampling
 
-DATA_DOMAINS = {
-    "source": config_lib.choice("dead_leaves"), "dataset": config_lib.choice("dead_leaves"),
-    "draw_size": config_lib.integer(1), "r_min": config_lib.real(0, lo_open=True),
-    "r_max": config_lib.real(0, lo_open=True), "exponent": config_lib.real(1, lo_open=True),
-    "examples_per_epoch": config_lib.integer(1), "num_test": config_lib.integer(2),
-    "scale_from": config_lib.choice(*images.SCALE_FROM),
-    "dequantization": config_lib.choice(*images.DEQUANTIZATIONS)}
+C = config_lib
+DATA = C.Section(
+    source=("dead_leaves", C.choice("dead_leaves"), "drawn afresh from (seed, index): no fixed "
+            "training set"),
+    dataset=("dead_leaves", C.choice("dead_leaves"), "the generator"),
+    draw_size=(128, C.integer(1), "drawn images' width: training and testing take its tiles"),
+    r_min=(1.0, C.real(0, lo_open=True), "smallest radius, pixels (a choice: the paper gives "
+           "none)"),
+    r_max=(32.0, C.real(0, lo_open=True), "largest radius, pixels (a choice: the paper gives "
+           "none)"),
+    exponent=(3.0, C.real(1, lo_open=True), "radius density r^-exponent: 3 is scale invariant "
+              "(Lee et al. 2001)"),
+    examples_per_epoch=(100000, C.integer(1), "training examples an 'epoch' counts (the "
+                        "learning-rate decay)"),
+    num_test=(512, C.integer(2), "held-out examples (fixed draws) of the periodic bound"),
+    **images.UNITS,
+)
 # The test examples' and the final report's draws, apart from the training draws.
 TEST_SEED_OFFSET, REPORT_SEED_OFFSET = 1_000_003, 2_000_003
 
@@ -162,77 +172,52 @@ class DeadLeavesImages(data_lib.Examples):
     return data_lib.prefetch(ds, workers)
 
 
-class DeadLeavesExperiment(images.ConvolutionalImageExperiment):
-  """Dead leaves (Table 1): the convolution-only model on fresh crops."""
+def check_data(config: ml_collections.ConfigDict) -> None:
+  """The draws' size against the training crops and the final report's images."""
+  d = config.data
+  for what, w in (("model.spatial_width", config.model.spatial_width),
+                  ("final_eval.image_size", config.final_eval.image_size)):
+    if d.draw_size % w:
+      raise errors.UserError(
+          f"data.draw_size={d.draw_size} must be a multiple of {what}={w}: the examples are "
+          "its tiles.")
+  if d.r_min >= d.r_max:
+    raise errors.UserError(f"data.r_min={d.r_min} must be below data.r_max={d.r_max}.")
 
-  def __init__(self):
+
+def load_data(config: ml_collections.ConfigDict) -> data_lib.Dataset:
+  d, width = config.data, config.model.spatial_width
+  train = DeadLeavesImages(d, width, config.seed, d.examples_per_epoch)
+  test = DeadLeavesImages(d, width, config.seed + TEST_SEED_OFFSET, d.num_test)
+  return data_lib.Dataset(train, test, "dead_leaves", {
+      "source": "dead_leaves", "drawn": "afresh from (seed, index)",
+      **{k: d[k] for k in ("draw_size", "r_min", "r_max", "exponent")}})
+
+
+def report_examples(config: ml_collections.ConfigDict, num: int, seed: int) -> np.ndarray:
+  """Tiles of final_eval.image_size of fresh draw_size draws (as training's, larger)."""
+  fresh = DeadLeavesImages(config.data, config.final_eval.image_size,
+                           config.seed + REPORT_SEED_OFFSET + seed, num)
+  return fresh[:num]
+
+
+def figures(task, params: Any, examples: np.ndarray, workdir: str, key) -> list:
+  """Figure 4: fresh training-size draws beside samples drawn at the report's larger size."""
+  n = 4
+  samples = sampling.generate(task.model, params, task.units, "sample", key, num_images=n,
+                              image_size=examples.shape[1:3])["samples"]
+  size = examples.shape[1]
+  return [plotting.save_image_panels(
+      [examples[:n] / 255.0, samples],
+      [f"data: fresh draws, {size} px", f"samples, {size} px (trained on "
+       f"{task.model.config.spatial_width} px crops)"], os.path.join(workdir, "figure4.png"),
+      ncols=2)]
+
+
+DEAD_LEAVES = images.ImageExperiment(
+    "dead_leaves", "dead leaves of Table 1 and Figure 4 (occluding discs)",
+    model_defaults=dict(images.CONVOLUTIONAL, trajectory_length=1000),  # paper Appendix D.2.1
+    data=DATA, load=load_data, check_data=check_data,
     # arXiv 1503.03585 v8, Table 1: bits per pixel.
-    super().__init__("dead_leaves", "dead leaves of Table 1 and Figure 4 (occluding discs)",
-                     {"K_bits": 1.489, "K_minus_L_null_bits": 3.536})
-
-  def default_config(self) -> ml_collections.ConfigDict:
-    config = super().default_config()
-    config.data = data = ml_collections.ConfigDict()
-    data.source = "dead_leaves"     # drawn afresh from (seed, index): no fixed training set
-    data.dataset = "dead_leaves"
-    data.draw_size = 128            # drawn images' width: training and testing take its tiles
-    data.r_min = 1.0                # smallest radius, pixels (a choice: the paper gives none)
-    data.r_max = 32.0               # largest radius, pixels (a choice: the paper gives none)
-    data.exponent = 3.0             # radius density r^-3: scale invariant (Lee et al. 2001)
-    data.examples_per_epoch = 100000  # training examples an "epoch" counts (the lr decay)
-    data.num_test = 512             # held-out examples (fixed draws) of the periodic bound
-    data.scale_from = "train_set"   # 'train_set': a fixed sample of 1000 training examples
-    data.dequantization = "bin"     # 'bin' (one 8-bit bin) | 'reference' ((1/255)/scale)
-    config.model.trajectory_length = 1000  # T (paper Appendix D.2.1)
-    return config
-
-  def tiny_config(self) -> ml_collections.ConfigDict:
-    config = super().tiny_config()
-    config.data.update(draw_size=32, r_max=8.0, num_test=32, examples_per_epoch=640)
-    return config
-
-  def validate(self, config: ml_collections.ConfigDict) -> None:
-    config_lib.validate_model_config(config.model)
-    d = config.data
-    config_lib.check_fields("data", d, DATA_DOMAINS)
-    width = config.model.spatial_width
-    for what, w in (("model.spatial_width", width),
-                    ("final_eval.image_size", config.final_eval.image_size)):
-      if d.draw_size % w:
-        raise errors.UserError(
-            f"data.draw_size={d.draw_size} must be a multiple of {what}={w}: the examples are "
-            "its tiles.")
-    if d.r_min >= d.r_max:
-      raise errors.UserError(f"data.r_min={d.r_min} must be below data.r_max={d.r_max}.")
-    super().validate_final(config)
-
-  def load_data(self, config: ml_collections.ConfigDict) -> data_lib.Dataset:
-    d, width = config.data, config.model.spatial_width
-    train = DeadLeavesImages(d, width, config.seed, d.examples_per_epoch)
-    test = DeadLeavesImages(d, width, config.seed + TEST_SEED_OFFSET, d.num_test)
-    return data_lib.Dataset(train, test, "dead_leaves", {
-        "source": "dead_leaves", "drawn": "afresh from (seed, index)",
-        **{k: d[k] for k in ("draw_size", "r_min", "r_max", "exponent")}})
-
-  def report_data(self, config: ml_collections.ConfigDict, num: int, seed: int) -> np.ndarray:
-    """Tiles of final_eval.image_size of fresh draw_size draws (as training's, larger)."""
-    d = config.data
-    fresh = DeadLeavesImages(d, config.final_eval.image_size,
-                             config.seed + REPORT_SEED_OFFSET + seed, num)
-    return fresh[:num]
-
-  def figures(self, task, params: Any, examples: np.ndarray, workdir: str, key) -> list:
-    """Figure 4: fresh training-size draws beside samples drawn at the report's larger size."""
-    stats = data_lib.DataStats.from_dict(task.stats)
-    n = 4
-    samples = sampling.generate(task.model, params, stats, "sample", key, num_images=n,
-                                image_size=examples.shape[1:3])["samples"]
-    size = examples.shape[1]
-    return [plotting.save_image_panels(
-        [examples[:n] / 255.0, samples],
-        [f"data: fresh draws, {size} px", f"samples, {size} px (trained on "
-         f"{task.model.config.spatial_width} px crops)"], os.path.join(workdir, "figure4.png"),
-        ncols=2)]
-
-
-DEAD_LEAVES = DeadLeavesExperiment()
+    report=images.Report({"K_bits": 1.489, "K_minus_L_null_bits": 3.536}, "fresh",
+                         report_examples, figures))

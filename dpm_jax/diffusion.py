@@ -17,10 +17,7 @@ A model is a Flax module with
   `unit_dims`   dimensions per reported unit (the colour channels of a pixel,
                 or every dimension of a sequence or a point);
   `process(dtype)`                  the forward process, from its parameters;
-  `reverse(x_t, t, deterministic)`  the reverse kernel p(x_{t-1} | x_t); the
-                                    loss adds `t_stratified=True` when its t
-                                    is a stratified draw (stratified_t), a
-                                    fact a model may use to run faster.
+  `reverse(x_t, t, deterministic)`  the reverse kernel p(x_{t-1} | x_t).
 The per-t KL (`kl_at_t`), the bound (`bound_terms`) and `make_loss_fn` are
 written once against that, and so are the sampler (dpm_jax.sampling), the
 evaluations (dpm_jax.evaluate) and the training loop.
@@ -190,8 +187,7 @@ def kl_multiplier(config: ml_collections.ConfigDict) -> int:
 
 
 def kl_at_t(model: nn.Module, params: PyTree, x_0: jax.Array, t: jax.Array, noise: PyTree, *,
-            deterministic: bool = True, rngs: Optional[dict] = None,
-            t_stratified: bool = False) -> tuple[jax.Array, Any]:
+            deterministic: bool = True, rngs: Optional[dict] = None) -> tuple[jax.Array, Any]:
   """KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) per dimension, in nats.
 
   The chain of paper eq. 14's summand: x_t from the forward process, the
@@ -203,7 +199,6 @@ def kl_at_t(model: nn.Module, params: PyTree, x_0: jax.Array, t: jax.Array, nois
     t: time step(s), scalar or (B,), float.
     noise: the forward process's noise, shape of x_0 (Process.draw_noise).
     deterministic, rngs: dropout off, or its keys.
-    t_stratified: t is a stratified draw over the batch (stratified_t).
 
   Returns:
     (kl, process): kl of x_0's shape, and the forward process.
@@ -211,8 +206,7 @@ def kl_at_t(model: nn.Module, params: PyTree, x_0: jax.Array, t: jax.Array, nois
   process = model.apply(params, x_0.dtype, method="process")
   x_t = process.q_sample(x_0, t, noise)
   q = process.posterior(x_0, x_t, t)
-  extra = {"t_stratified": True} if t_stratified else {}
-  p = model.apply(params, x_t, t, deterministic, method="reverse", rngs=rngs, **extra)
+  p = model.apply(params, x_t, t, deterministic, method="reverse", rngs=rngs)
   return process.kl(q, p), process
 
 
@@ -331,7 +325,6 @@ def make_loss_fn(model: nn.Module, *, uniform_noise: float = 0.0,
   T = cfg.trajectory_length
   multiplier = kl_multiplier(cfg)
   per_example_t = cfg.t_sampling in ("per_example", "stratified")
-  stratified = cfg.t_sampling == "stratified"
   deterministic = not train or cfg.dropout_rate == 0.0
 
   def draw_one(rng, x_0):
@@ -354,8 +347,7 @@ def make_loss_fn(model: nn.Module, *, uniform_noise: float = 0.0,
     x_0 = dequantize(x_0, per_example["uniform"], uniform_noise)
     kl, process = kl_at_t(model, params, x_0, t.astype(x_0.dtype), per_example["noise"],
                           deterministic=deterministic,
-                          rngs=None if deterministic else {"dropout": key},
-                          t_stratified=stratified)
+                          rngs=None if deterministic else {"dropout": key})
     terms = bound_terms(kl, process, x_0, multiplier=multiplier, unit_dims=model.unit_dims)
     return {**terms, "kl_nats": jnp.mean(kl), "t_mean": jnp.mean(t.astype(jnp.float32))}
 
@@ -421,9 +413,8 @@ class DiffusionModel(nn.Module):
     """Z: per-pixel basis coefficients, (B, H, W, n_colors * 2 * J)."""
     return self.network(x, deterministic)
 
-  def reverse(self, x_t, t, deterministic: bool = True, t_stratified: bool = False):
-    """Mean and standard deviation of the reverse step at t (t_stratified: unused)."""
-    del t_stratified
+  def reverse(self, x_t, t, deterministic: bool = True):
+    """Mean and standard deviation of the reverse step at t."""
     cfg = self.config
     # The readout at t is folded into the network's last layer (see
     # schedule.folded_readout): the same values as reading out network_output.

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from dpm_jax import data as data_lib
+from dpm_jax import config as config_lib
 from dpm_jax import diffusion
 from dpm_jax import errors
 from dpm_jax import execution
@@ -35,19 +35,6 @@ if TYPE_CHECKING:
 LN2 = diffusion.LN2
 # The random stream of the stratified estimate's t draws, beside the per-stratum keys.
 T_STREAM = 2**31 - 1
-
-
-def nll_bits_per_dim(cost_bits_per_pixel, stats: data_lib.DataStats, n_colors: int):
-  """-(K - L_null) in bits per pixel -> NLL bound in bits per dimension on 8-bit data.
-
-  Per dimension in model units the bound is -log p(x) <= cost * ln2 / n_colors
-  + H(1) nats. Pixels were mapped to model units by x * scale / 255 + shift,
-  so a density on 0..255 units is lower by log(255 / scale). With the
-  dequantisation one 8-bit bin wide this bounds the discrete log likelihood.
-  """
-  nats = (np.asarray(cost_bits_per_pixel) * LN2 / n_colors
-          + 0.5 * (1.0 + math.log(2.0 * math.pi)) + math.log(255.0 / stats.scale))
-  return nats / LN2
 
 
 def _poll(should_stop: Optional[Callable[[], bool]]) -> None:
@@ -102,11 +89,11 @@ def _one_t_losses(task, examples, batch_size, *, seed=0):
   around) and the key fold_in(key, i).
   """
   order = np.random.default_rng(seed).permutation(len(examples))
-  loss_fn = diffusion.make_loss_fn(task.model, uniform_noise=task.uniform_noise, train=False)
+  loss_fn = diffusion.make_loss_fn(task.model, uniform_noise=task.units.uniform_noise, train=False)
 
   @jax.jit
   def eval_step(params, batch, rng):
-    return loss_fn(params, task.prepare(batch), rng)[0]
+    return loss_fn(params, task.units.to_model(batch), rng)[0]
 
   def losses(params, num_batches, key, put=None, should_stop=None):
     out = []
@@ -128,9 +115,9 @@ def kl_per_example(task, params, x_0, t, key):
   """
   k_noise, k_unif = jax.random.split(key)
   noise = task.model.Process.draw_noise(k_noise, x_0.shape, x_0.dtype)
-  if task.uniform_noise:
+  if task.units.uniform_noise:
     x_0 = diffusion.dequantize(x_0, jax.random.uniform(k_unif, x_0.shape, x_0.dtype),
-                               task.uniform_noise)
+                               task.units.uniform_noise)
   kl, process = diffusion.kl_at_t(task.model, params, x_0, t.astype(x_0.dtype), noise)
   return jnp.mean(kl, axis=tuple(range(1, kl.ndim))), process
 
@@ -158,17 +145,17 @@ def make_test_evaluator(task: experiment_lib.Task, eval_config: ml_collections.C
         too small.
 
   Returns fn(params, should_stop=None) -> {'eval/loss', 'eval/loss_stderr',
-  ...} plus task.eval_extras; should_stop() is polled between batches (a stop
+  ...} plus task.units.extras; should_stop() is polled between batches (a stop
   raises Stopped). The same keys and examples are used at every evaluation,
   so successive values differ only by the model.
   """
-  test = task.test
+  test = task.data.test
   batch_size = _eval_batch_size(eval_config.batch_size, len(test), par.num_devices)
   method = eval_config.method
 
   def record(values, extra):
     mean, stderr = _mean_stderr(values)
-    extras = {"eval/" + k: v for k, v in task.eval_extras(mean, stderr).items()}
+    extras = {"eval/" + k: v for k, v in task.units.extras(mean, stderr).items()}
     return {"eval/loss": mean, "eval/loss_stderr": stderr, **extras, **extra}
 
   if method == "one_t":
@@ -183,11 +170,8 @@ def make_test_evaluator(task: experiment_lib.Task, eval_config: ml_collections.C
 
   if method != "stratified":
     raise ValueError(f"eval.method must be 'stratified' or 'one_t', got {method!r}")
-  # Whole batches of a fixed shuffled order, so every call has one shape.
-  n = min(eval_config.num_images or len(test), len(test))
-  n = max(batch_size, n - n % batch_size)
-  order = np.random.default_rng(eval_config.seed).permutation(len(test))
-  examples = test[np.take(order, np.arange(n), mode="wrap")]
+  examples = test_examples(test, eval_config.num_images, batch_size, eval_config.seed)
+  n = len(examples)
   stratified_bits = _stratified_bits_fn(task, eval_config.num_strata)
 
   def evaluate(params, should_stop=None):
@@ -199,17 +183,34 @@ def make_test_evaluator(task: experiment_lib.Task, eval_config: ml_collections.C
   return evaluate
 
 
+def test_examples(test: np.ndarray, num_images: int, batch_size: int, seed: int) -> np.ndarray:
+  """The examples of a test bound: num_images (0: all) of a fixed shuffled order (seed),
+  rounded down to whole batches (at least one, wrapping around), so that every batch has
+  one shape."""
+  n = min(num_images or len(test), len(test))
+  n = max(batch_size, n - n % batch_size)
+  order = np.random.default_rng(seed).permutation(len(test))
+  return test[np.take(order, np.arange(n), mode="wrap")]
+
+
+# The estimators' defaults are config.eval's (one default per setting).
+_EVAL = {name: field.default for name, field in config_lib.EVAL.items()}
+
+
 def bound_one_t(task: experiment_lib.Task, params: Any, examples: np.ndarray, key: jax.Array, *,
-                num_batches: int = 200, batch_size: int = 100, par=None,
+                num_batches: int = _EVAL["num_batches"], batch_size: int = _EVAL["batch_size"],
+                seed: int = _EVAL["seed"], par=None,
                 should_stop: Optional[Callable[[], bool]] = None):
   """The reference code's test-set estimate: many batches, one random t each.
 
-  The standard error is across batches, as the reference code's. `par`: the
+  Batch i takes batch_size examples of a fixed shuffled order (seed). The
+  standard error is across batches, as the reference code's. `par`: the
   devices each batch is split over (default: see _placement).
   """
   batch_size = min(batch_size, len(examples))
   params, put = _placement(params, batch_size, par)
-  losses = _one_t_losses(task, examples, batch_size)(params, num_batches, key, put, should_stop)
+  losses = _one_t_losses(task, examples, batch_size, seed=seed)(params, num_batches, key, put,
+                                                                should_stop)
   return _summary(task, params, losses, extra={
       "per_batch": losses, "num_batches": num_batches,
       "num_images": int(min(len(examples), num_batches * batch_size))})
@@ -225,7 +226,7 @@ def _placement(params, batch_size: int, par):
 
 
 def bound_all_t(task: experiment_lib.Task, params: Any, examples: np.ndarray, key: jax.Array, *,
-                batch_size: int = 100, par: Optional[parallel.DataParallel] = None,
+                batch_size: int = _EVAL["batch_size"], par: Optional[parallel.DataParallel] = None,
                 progress: Optional[Callable[[int, int], None]] = None,
                 should_stop: Optional[Callable[[], bool]] = None) -> dict:
   """The bound summed over every t = 1 .. T-1 for each example.
@@ -249,7 +250,7 @@ def bound_all_t(task: experiment_lib.Task, params: Any, examples: np.ndarray, ke
 
   @jax.jit
   def per_batch(params, batch, bkey):
-    x_0 = task.prepare(batch)
+    x_0 = task.units.to_model(batch)
 
     def body(total, t):
       kl, process = kl_per_example(task, params, x_0, jnp.full((x_0.shape[0],), t),
@@ -290,7 +291,7 @@ def _stratified_bits_fn(task, num_strata: int):
 
   @jax.jit
   def per_batch(params, batch, bkey):
-    x_0 = task.prepare(batch)
+    x_0 = task.units.to_model(batch)
     n = x_0.shape[0]
 
     def body(total, k):
@@ -315,7 +316,7 @@ def _stratified_bits_fn(task, num_strata: int):
 
 
 def bound_stratified(task: experiment_lib.Task, params: Any, examples: np.ndarray, key: jax.Array, *,
-                     num_strata: int = 10, batch_size: int = 100,
+                     num_strata: int = _EVAL["num_strata"], batch_size: int = _EVAL["batch_size"],
                      par: Optional[parallel.DataParallel] = None,
                      should_stop: Optional[Callable[[], bool]] = None) -> dict:
   """A cheaper unbiased estimate: one t in each of num_strata strata of {1..T-1}.
@@ -342,13 +343,13 @@ def _summary(task, params, bits_per_example, extra):
   """The bound's report: -(K - L_null) per unit with its standard error, K and L_null."""
   mean, stderr = _mean_stderr(bits_per_example)
   l_null = null_bits(task, params)
-  unit = task.unit
+  unit = task.experiment.unit
   out = {f"neg_K_minus_L_null_bits_per_{unit}": mean, "neg_K_minus_L_null_stderr": stderr,
          f"K_minus_L_null_bits_per_{unit}": -mean,
          "K_bits": l_null - mean, "K_bits_stderr": stderr, "L_null_bits": l_null,
          "K_minus_L_null_bits": -mean, "K_minus_L_null_bits_stderr": stderr, "unit": unit,
          "num_images": int(np.size(bits_per_example))}
-  out.update(task.eval_extras(mean, stderr))
+  out.update(task.units.extras(mean, stderr))
   out.update(extra)  # may override num_images
   return out
 

@@ -1,25 +1,22 @@
-"""What an experiment provides: the declared interface that the loop, the bound,
-the sampler and every entry point use.
+"""What an experiment provides, and what it is bound to for a run.
 
 An experiment (the 2015 image model on MNIST, binomial diffusion of the
-heartbeat, the Swiss roll, ...) is an `Experiment`: its config sections and
-their checks, its model, its data and how a batch of it becomes x_0, its
-dequantisation width, the unit of its bound, the sampling modes it supports
-and how it writes them, its figures, and the paper's numbers where there
-are any. Experiments are found by name in dpm_jax.registry, and nowhere
-else: the training loop, `experiments.sample`, `experiments.evaluate`,
-`--print_config`, `dpm-jax` and the notebook all ask the registry.
+heartbeat, the Swiss roll, ...) is an `Experiment`: static facts as data
+(its name, the unit of its bound, its sampling modes, the paper's numbers,
+the meaning of its config fields) and eight methods: its config and the
+checks of its model and data sections, its model, its data, how stored
+examples map to model units, its pictures, its sampling modes and, for the
+paper's Table 1, its final report. The training loop, the bound and the
+sampler take an experiment object; only dpm_jax.registry and the entry
+points know the list of them.
 
-`Experiment.build(config, dataset, stats)` binds one to a config and data: a
-`Task`, what the training loop, dpm_jax.evaluate and dpm_jax.sampling take.
+`build(experiment, config, dataset, units)` binds one to a config and data:
+a `Task`.
 """
 
 from __future__ import annotations
 
-import abc
 import dataclasses
-import inspect
-import os
 from typing import Any, Mapping, Optional, Sequence
 
 import flax.linen as nn
@@ -34,152 +31,103 @@ from dpm_jax import errors
 from dpm_jax import sampling
 
 
-class Experiment(abc.ABC):
+@dataclasses.dataclass(frozen=True)
+class Units:
+  """How stored examples map to model units: here the identity (data stored as the
+  model sees them, continuous: no dequantisation). Saved with every checkpoint,
+  so that a resumed, sampled or evaluated run uses the same map.
+
+  Attributes:
+    uniform_noise: the dequantisation width in model units (0: none).
+  """
+  uniform_noise: float = 0.0
+
+  def to_model(self, batch) -> jax.Array:
+    """A batch of stored examples -> x_0 in model units (jittable)."""
+    return jnp.asarray(batch, jnp.float32)
+
+  def to_output(self, x) -> np.ndarray:
+    """Model units -> the units samples are saved in."""
+    return np.asarray(x)
+
+  def extras(self, mean: float, stderr: float) -> dict:
+    """More metrics of a test bound (mean, stderr in bits per unit), each named for what
+    it is."""
+    del mean, stderr
+    return {}
+
+  def summary(self, record: Mapping) -> str:
+    """extras' metrics (in `record`, prefixed 'eval/' or not) as words for the progress
+    line, starting with '; ' ('' for none)."""
+    del record
+    return ""
+
+  def to_dict(self) -> dict:
+    return {}
+
+
+class Experiment:
   """One experiment: what differs between the paper's models and data sets.
 
-  Attributes (class or instance):
-    name: the registry's key, and `config.experiment`.
+  Attributes:
+    name: its name (`config.experiment`, the registry's key).
     description: one line, for listings.
     unit: what the bound is reported per: 'pixel' (colour channels summed),
       'sequence' or 'point'.
     sampling_modes: the modes of `generate` ('sample' always).
-    paper: the paper's Table 1 numbers (`K_bits`, `K_minus_L_null_bits`), or
-      None where the paper has none.
-    final_report: whether training ends with the bound exact over t on
-      `report_data` and `figures` (dpm_jax.table1), written to eval.json.
-    report_source: what report_data are: 'fresh' draws, or 'held_out' examples.
+    paper: the paper's Table 1 numbers (`K_bits`, `K_minus_L_null_bits`), or None.
+    report_source: the examples of the final report (dpm_jax.table1): 'fresh'
+      draws or 'held_out' ones; None: training has no final report.
+    help: {"section.field": meaning} of every field of its config.
   """
   name: str
   description: str
   unit: str
   sampling_modes: Sequence[str] = ("sample",)
   paper: Optional[Mapping[str, float]] = None
-  final_report: bool = False
-  report_source: str = "fresh"  # the final report's examples: 'fresh' draws or 'held_out' ones
+  report_source: Optional[str] = None
+  help: Mapping[str, str] = {}
 
-  # --- config --------------------------------------------------------------
-
-  @abc.abstractmethod
   def default_config(self) -> ml_collections.ConfigDict:
-    """The full config: config_lib.base_config() with this experiment's model and
-    data sections and the recipe's defaults (experiments/configs/<name>.py starts here)."""
+    """Every field at its default: the shared sections (config_lib.base_config) with this
+    experiment's model and data sections (experiments/configs/<name>.py starts here)."""
+    raise NotImplementedError
 
-  @abc.abstractmethod
-  def tiny_config(self) -> ml_collections.ConfigDict:
-    """A seconds-long version on a CPU (a small model, few steps): for tests, the
-    notebook's smoke mode and a first look (`--config=<name>:tiny`)."""
-
-  def variant(self, name: str) -> ml_collections.ConfigDict:
-    """The config of a named variant ('tiny'); the `arg` of `--config=<file>:<arg>`.
-
-    Raises:
-      errors.UserError: an unknown variant.
-    """
-    if name == "tiny":
-      return self.tiny_config()
-    raise errors.UserError(f"The {self.name} config has no variant {name!r}; its variants: "
-                                 "'tiny' (e.g. --config=" + self.name + ":tiny).")
-
-  @abc.abstractmethod
   def validate(self, config: ml_collections.ConfigDict) -> None:
     """Checks the model and data sections and their relations with the others.
 
     Raises:
       errors.UserError: naming the first field outside its domain.
     """
+    raise NotImplementedError
 
-  def config_sources(self) -> list:
-    """Source files whose comments describe this experiment's fields (--print_config):
-    dpm_jax/config.py, then the modules of this experiment's classes, the most
-    derived last."""
-    classes = [c for c in reversed(type(self).__mro__)
-               if issubclass(c, Experiment) and c is not Experiment]
-    files = [inspect.getsourcefile(config_lib)] + [inspect.getsourcefile(c) for c in classes]
-    return list(dict.fromkeys(files))
-
-  # --- model ---------------------------------------------------------------
-
-  @abc.abstractmethod
   def make_model(self, config: ml_collections.ConfigDict) -> nn.Module:
     """The model (dpm_jax.diffusion's module docstring) of a validated config."""
+    raise NotImplementedError
 
-  # --- data ----------------------------------------------------------------
-
-  @abc.abstractmethod
   def load_data(self, config: ml_collections.ConfigDict) -> data_lib.Dataset:
     """The stored examples config.data names, with their provenance.
 
     Raises:
-      errors.UserError: data that cannot be found or read (one line, with the fix).
+      errors.UserError: data that cannot be found or read (the message says the fix).
     """
-
-  def check_data(self, config: ml_collections.ConfigDict, dataset: data_lib.Dataset) -> None:
-    """Raises errors.UserError if the examples do not fit the model (their shape)."""
-    shape = tuple(self.make_model(config).data_shape)
-    if tuple(dataset.train.shape[1:]) != shape:
-      raise errors.UserError(
-          f"The data's examples are {tuple(dataset.train.shape[1:])} but the model expects "
-          f"{shape}.")
-
-  def data_stats(self, config: ml_collections.ConfigDict, dataset: data_lib.Dataset) -> dict:
-    """How stored examples map to model units, as JSON-able data (saved with the run)."""
-    del config, dataset
-    return {}
-
-  def prepare(self, batch, stats: Mapping) -> jax.Array:
-    """A batch of stored examples -> x_0 in model units (jittable)."""
-    del stats
-    return jnp.asarray(batch, jnp.float32)
-
-  def uniform_noise(self, stats: Mapping) -> float:
-    """The dequantisation width in model units (0: continuous data, none)."""
-    del stats
-    return 0.0
-
-  def eval_extras(self, config: ml_collections.ConfigDict, stats: Mapping, mean: float,
-                  stderr: float) -> dict:
-    """More metrics of a test bound (mean, stderr in bits per unit), each named for what it is."""
-    del config, stats, mean, stderr
-    return {}
-
-  def eval_summary(self, record: Mapping) -> str:
-    """eval_extras' metrics (in `record`, prefixed 'eval/' or not) as words for the
-    progress line, starting with '; ' ('' for none)."""
-    del record
-    return ""
-
-  def report_data(self, config: ml_collections.ConfigDict, num: int, seed: int) -> np.ndarray:
-    """`num` examples for the final report's bound (fresh draws where the data has a generator).
-
-    Raises:
-      errors.UserError: the experiment has no final report.
-    """
-    del config, num, seed
-    raise errors.UserError(f"The {self.name} experiment has no final report.")
-
-  def reference_values(self, config: ml_collections.ConfigDict) -> dict:
-    """Values to print beside the paper's: e.g. the data's true log likelihood."""
-    del config
-    return {}
-
-  # --- outputs -------------------------------------------------------------
-
-  def write_samples(self, samples: np.ndarray, path: str, stats: Mapping) -> str:
-    """Writes a picture of samples (model units) to `path`; returns it."""
     raise NotImplementedError
 
-  def write_picture(self, out: Mapping, path: str, stats: Mapping) -> str:
-    """A picture of `generate`'s output (output units) at `path`; returns it."""
-    return self.write_samples(np.asarray(out["samples"]), path, stats)
+  def units(self, config: ml_collections.ConfigDict, dataset: Optional[data_lib.Dataset] = None,
+            saved: Optional[Mapping] = None) -> Units:
+    """How stored examples map to model units: computed from the training set, or a
+    run's saved map (Units.to_dict)."""
+    del config, dataset, saved
+    return Units()
 
-  def to_output_units(self, x: np.ndarray, stats: Mapping) -> np.ndarray:
-    """Model units -> the units samples are saved in (.npz): [0, 1] pixels for images."""
-    del stats
-    return np.asarray(x)
+  def write_picture(self, out: Mapping, path: str, units: Units) -> str:
+    """A picture of `generate`'s output (output units; 'samples' at least) at `path`."""
+    raise NotImplementedError
 
   def generate(self, task: "Task", params: Any, mode: str, key: jax.Array, *, num_images: int,
                record_t: Sequence[int] = (), skip_first_step: bool = False,
-               true_examples: Optional[np.ndarray] = None, should_stop=None,
+               true_examples: Optional[np.ndarray] = None, image: Optional[str] = None,
+               image_size: Optional[Sequence[int]] = None, should_stop=None,
                **options) -> dict:
     """Samples in one of `sampling_modes`, in output units.
 
@@ -191,6 +139,8 @@ class Experiment(abc.ABC):
       record_t: time steps whose states to return too (sampling.make_sampler).
       skip_first_step: stop at x_0, as the reference sampler.
       true_examples: stored examples to condition on (conditional modes).
+      image: an image file to condition on instead (image experiments).
+      image_size: the samples' (H, W), for models of any size (image experiments).
       should_stop: polled between chunks of the trajectory; a stop raises
         errors.Stopped.
       **options: the mode's settings (e.g. denoise_sigma).
@@ -200,55 +150,33 @@ class Experiment(abc.ABC):
       given, and the conditional modes' 'true' and 'observed'.
 
     Raises:
-      errors.UserError: a mode this experiment does not declare.
+      errors.UserError: a mode, an image or a size this experiment does not support.
     """
     del true_examples, options
     check_mode(self, mode)
+    if image is not None or image_size is not None:
+      raise errors.UserError(f"The {self.name} experiment samples at its data's size only and "
+                             "conditions on no image files.")
     sampler = sampling.make_sampler(task.model, num_images=num_images, record_t=record_t,
                                     skip_first_step=skip_first_step)
     result = sampler(params, key, should_stop=should_stop)
     samples, states = result if record_t else (result, None)
-    out = {"samples": self.to_output_units(samples, task.stats),
+    out = {"samples": task.units.to_output(samples),
            "record_t": np.asarray(list(record_t), np.int32)}
     if states is not None:
-      out["states"] = self.to_output_units(states, task.stats)
+      out["states"] = task.units.to_output(states)
     return out
 
-  def check_size(self, config: ml_collections.ConfigDict, size: Sequence[int]) -> None:
-    """Raises errors.UserError unless the model samples examples of this size."""
-    del config
-    raise errors.UserError(f"The {self.name} experiment samples at its data's size only, "
-                           f"not {tuple(size)}.")
+  def final_report(self, task: "Task", run, should_stop=None) -> dict:
+    """The final report of a finished run (dpm_jax.table1): the bound exact over t,
+    eval.json and figures in the run directory.
 
-  def load_image(self, config: ml_collections.ConfigDict, path: str) -> np.ndarray:
-    """An image file as an example to condition on (image experiments)."""
-    del config
-    raise errors.UserError(f"The {self.name} experiment has no images to read {path} into.")
-
-  def figures(self, task: "Task", params: Any, examples: np.ndarray, workdir: str,
-              key: jax.Array) -> list:
-    """The final report's figures (files in workdir); returns their paths."""
-    del task, params, examples, workdir, key
-    return []
-
-  # --- binding -------------------------------------------------------------
-
-  def build(self, config: ml_collections.ConfigDict, dataset: Optional[data_lib.Dataset] = None,
-            stats: Optional[Mapping] = None) -> "Task":
-    """This experiment bound to a config and data.
-
-    Args:
-      config: a config of this experiment (validated here).
-      dataset: the stored examples; loaded from config.data if None.
-      stats: a run's saved data_stats; computed from the training set if None.
+    Raises:
+      errors.UserError: the experiment has no final report.
     """
-    self.validate(config)
-    dataset = dataset if dataset is not None else self.load_data(config)
-    if len(dataset.train):
-      self.check_data(config, dataset)
-    if stats is None:
-      stats = self.data_stats(config, dataset)
-    return Task(self, config, self.make_model(config), dataset, dict(stats))
+    del task, run, should_stop
+    raise errors.UserError(f"The {self.name} experiment has no final report; evaluate it with "
+                           "experiments.evaluate.")
 
 
 def check_mode(experiment: Experiment, mode: str) -> None:
@@ -256,6 +184,37 @@ def check_mode(experiment: Experiment, mode: str) -> None:
     raise errors.UserError(
         f"The {experiment.name} experiment samples in the mode(s) "
         f"{', '.join(experiment.sampling_modes)}, not {mode!r}.")
+
+
+def validate(experiment: Experiment, config: ml_collections.ConfigDict) -> None:
+  """Checks a whole config of this experiment: the shared sections and its own.
+
+  Raises:
+    errors.UserError: naming the first field outside its domain.
+  """
+  if config.get("experiment") != experiment.name:
+    raise errors.UserError(f"The config is one of the {config.get('experiment')!r} experiment, "
+                           f"not of {experiment.name!r}.")
+  config_lib.validate_base(config)
+  experiment.validate(config)
+
+
+def with_defaults(experiment: Experiment, config: ml_collections.ConfigDict
+                  ) -> ml_collections.ConfigDict:
+  """A saved run's config with the fields it lacks (added since it was saved) at their
+  defaults, which keep the earlier behaviour."""
+  config = ml_collections.ConfigDict(config.to_dict())
+
+  def fill(into, defaults):
+    for key, value in defaults.items():
+      if key not in into:
+        into[key] = value
+      elif isinstance(value, ml_collections.ConfigDict) and isinstance(
+          into[key], ml_collections.ConfigDict):
+        fill(into[key], value)
+
+  fill(config, experiment.default_config())
+  return config
 
 
 @dataclasses.dataclass
@@ -267,44 +226,40 @@ class Task:
     config: the run's config.
     model: the model.
     data: the stored examples (data_lib.Dataset).
-    stats: how stored examples map to model units (JSON-able; saved with
-      every checkpoint, so a resumed run uses the same map).
+    units: how stored examples map to model units.
   """
   experiment: Experiment
   config: ml_collections.ConfigDict
   model: nn.Module
   data: data_lib.Dataset
-  stats: dict
+  units: Units
 
-  @property
-  def train(self) -> np.ndarray:
-    return self.data.train
 
-  @property
-  def test(self) -> np.ndarray:
-    return self.data.test
+def build(experiment: Experiment, config: ml_collections.ConfigDict,
+          dataset: Optional[data_lib.Dataset] = None, saved_units: Optional[Mapping] = None
+          ) -> Task:
+  """An experiment bound to a config and data.
 
-  @property
-  def name(self) -> str:
-    return self.data.name
+  Args:
+    experiment: the experiment.
+    config: a config of this experiment (validated here).
+    dataset: the stored examples; loaded from config.data if None.
+    saved_units: a run's saved Units.to_dict(); computed from the training set if None.
 
-  @property
-  def unit(self) -> str:
-    return self.experiment.unit
-
-  @property
-  def uniform_noise(self) -> float:
-    return self.experiment.uniform_noise(self.stats)
-
-  def prepare(self, batch) -> jax.Array:
-    return self.experiment.prepare(batch, self.stats)
-
-  def eval_extras(self, mean: float, stderr: float) -> dict:
-    return self.experiment.eval_extras(self.config, self.stats, mean, stderr)
-
-  def write_samples(self, samples, path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    return self.experiment.write_samples(np.asarray(samples), path, self.stats)
+  Raises:
+    errors.UserError: an invalid config, or examples whose shape the model does not take.
+  """
+  validate(experiment, config)
+  model = experiment.make_model(config)
+  dataset = dataset if dataset is not None else experiment.load_data(config)
+  shape = tuple(model.data_shape)
+  if len(dataset.train) and tuple(dataset.train.shape[1:]) != shape:
+    raise errors.UserError(
+        f"The data's examples are {tuple(dataset.train.shape[1:])} but the model expects "
+        f"{shape}; set the model's size (model.spatial_width, model.n_colors for images) "
+        "to the data's, or choose the matching config (experiments/configs/).")
+  units = experiment.units(config, dataset if saved_units is None else None, saved_units)
+  return Task(experiment, config, model, dataset, units)
 
 
 def empty_dataset(experiment: Experiment, config: ml_collections.ConfigDict) -> data_lib.Dataset:

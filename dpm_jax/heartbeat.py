@@ -30,6 +30,7 @@ import numpy as np
 from dpm_jax import binomial
 from dpm_jax import config as config_lib
 from dpm_jax import errors
+from dpm_jax import experiment
 from dpm_jax import plotting
 from dpm_jax import sampling
 from dpm_jax import schedule
@@ -43,26 +44,27 @@ OFFSETS = ("forward", "none")
 SIGMOID_INIT = nn.initializers.variance_scaling(9.0, "fan_in", "truncated_normal")
 
 
+MODEL = config_lib.Section(
+    sequence_length=(20, config_lib.integer(1), "bins per sequence"),
+    period=(5, config_lib.integer(1), "a 1 every `period` bins"),
+    n_hidden=(50, config_lib.integer(1), "sigmoid units per hidden layer, shared over t"),
+    n_layers=(3, config_lib.integer(1), "hidden layers"),
+    p=(0.2, config_lib.real(0, 1, lo_open=True, hi_open=True),
+       "the stationary distribution's rate: the data's mean"),
+    reverse_offset=("forward", config_lib.choice(*OFFSETS),
+                    "'forward': the readout added to the logit of the forward kernel's "
+                    "rate; 'none': the rate read out directly"),
+    **config_lib.LOSS.with_defaults(trajectory_length=2000, t_sampling="per_example"),
+)
+
+
 def model_config() -> ml_collections.ConfigDict:
-  """The paper's heartbeat model."""
-  cfg = ml_collections.ConfigDict()
-  cfg.sequence_length = 20        # bins per sequence
-  cfg.period = 5                  # a 1 every `period` bins
-  cfg.trajectory_length = 2000    # T, the binomial diffusion steps
-  cfg.n_hidden = 50               # sigmoid units per hidden layer, shared over t
-  cfg.n_layers = 3                # hidden layers
-  cfg.p = 0.2                     # the stationary distribution's rate: the data's mean
-  cfg.reverse_offset = "forward"  # 'forward': readout + logit(forward rate); 'none'
-  config_lib.add_loss_fields(cfg)
-  return cfg
+  """The paper's heartbeat model: T = 2000 steps of binomial diffusion."""
+  return MODEL.config()
 
 
 def validate_model_config(cfg) -> None:
-  config_lib.validate_loss_fields(cfg)
-  for name in ("sequence_length", "period", "n_hidden", "n_layers"):
-    config_lib.check_value(f"model.{name}", cfg[name], config_lib.integer(1))
-  config_lib.check_value("model.p", cfg.p, config_lib.real(0, 1, lo_open=True, hi_open=True))
-  config_lib.check_value("model.reverse_offset", cfg.reverse_offset, config_lib.choice(*OFFSETS))
+  MODEL.check("model", cfg)
   if cfg.period > cfg.sequence_length:
     raise errors.UserError(
         f"model.period={cfg.period} exceeds model.sequence_length={cfg.sequence_length}: a "
@@ -93,14 +95,13 @@ class PerStepDense(nn.Module):
   init_scale: float = 0.01
 
   @nn.compact
-  def __call__(self, h, t, t_stratified: bool = False):
+  def __call__(self, h, t):
     kernel = self.param("kernel", nn.initializers.normal(self.init_scale),
                         (self.trajectory_length, h.shape[-1], self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros,
                       (self.trajectory_length, self.features), jnp.float32)
     t = jnp.broadcast_to(jnp.asarray(t).astype(jnp.int32), h.shape[:1])
-    return readout.per_step_readout(h, t, kernel.astype(h.dtype), bias.astype(h.dtype),
-                                    stratified=t_stratified)
+    return readout.per_step_readout(h, t, kernel.astype(h.dtype), bias.astype(h.dtype))
 
 
 class HeartbeatModel(nn.Module):
@@ -122,13 +123,13 @@ class HeartbeatModel(nn.Module):
     return binomial.BinomialDiffusion(jnp.asarray(beta, dtype), jnp.asarray(cfg.p, dtype))
 
   @nn.compact
-  def reverse(self, x_t, t, deterministic: bool = True, t_stratified: bool = False):
+  def reverse(self, x_t, t, deterministic: bool = True):
     del deterministic
     cfg = self.config
     h = x_t
     for i in range(cfg.n_layers):
       h = jax.nn.sigmoid(nn.Dense(cfg.n_hidden, kernel_init=SIGMOID_INIT, name=f"dense{i}")(h))
-    z = PerStepDense(cfg.sequence_length, cfg.trajectory_length, name="readout")(h, t, t_stratified)
+    z = PerStepDense(cfg.sequence_length, cfg.trajectory_length, name="readout")(h, t)
     if cfg.reverse_offset == "forward":
       rate = self.process(x_t.dtype).forward_rate(x_t, t)
       z = z + schedule.logit(jnp.clip(rate, binomial.EPS, 1.0 - binomial.EPS))
@@ -143,40 +144,49 @@ def make_model(cfg) -> HeartbeatModel:
   return HeartbeatModel(ml_collections.FrozenConfigDict(cfg))
 
 
-class HeartbeatExperiment(table1.GeneratedDataExperiment):
+class HeartbeatExperiment(experiment.Experiment):
   """The binary heartbeat of Table 1: binomial diffusion, bits per sequence."""
   name = "heartbeat"
   description = "the binary heartbeat of Table 1 (binomial diffusion)"
   unit = "sequence"
   paper = {"K_bits": -2.414, "K_minus_L_null_bits": 12.024}  # arXiv 1503.03585 v8, Table 1
+  report_source = "fresh"
+  help = table1.generated_help(MODEL)
 
-  def model_config(self) -> ml_collections.ConfigDict:
-    return model_config()
+  def default_config(self) -> ml_collections.ConfigDict:
+    return table1.generated_config(self.name, model_config())
 
-  def validate_model(self, cfg: ml_collections.ConfigDict) -> None:
-    validate_model_config(cfg)
-
-  def tiny_model(self, cfg: ml_collections.ConfigDict) -> None:
-    cfg.update(trajectory_length=20, n_hidden=8, t_sampling="stratified")
+  def validate(self, config: ml_collections.ConfigDict) -> None:
+    validate_model_config(config.model)
+    table1.validate_generated(self.name, config)
 
   def make_model(self, config: ml_collections.ConfigDict) -> HeartbeatModel:
     return make_model(config.model)
 
-  def sample_data(self, config: ml_collections.ConfigDict, n: int, seed: int) -> np.ndarray:
-    return sample_data(n, seed, config.model)
+  def load_data(self, config: ml_collections.ConfigDict):
+    return table1.generated_dataset(self.name, config,
+                                    lambda n, seed: sample_data(n, seed, config.model))
 
-  def reference_values(self, config: ml_collections.ConfigDict) -> dict:
-    return {"true_log_likelihood_bits": true_log_likelihood_bits(config.model)}
-
-  def write_samples(self, samples: np.ndarray, path: str, stats) -> str:
+  def write_picture(self, out, path: str, units) -> str:
     """Sequences as rows of black (1) and white (0) bins."""
-    return plotting.save_binary_rows(np.asarray(samples), path)
+    return plotting.save_binary_rows(np.asarray(out["samples"]), path)
 
-  def figures(self, task, params, examples: np.ndarray, workdir: str, key) -> list:
-    """Samples beside data (samples.png)."""
-    samples = sampling.make_sampler(task.model, num_images=20)(params, key)
-    return [plotting.save_binary_panels([examples[:20], np.asarray(samples)],
-                                        ["data", "samples"], os.path.join(workdir, "samples.png"))]
+  def final_report(self, task, run, should_stop=None) -> dict:
+    """The bound on fresh sequences beside the data's true log likelihood; samples beside
+    data (samples.png)."""
+    config = run.config
+    fe = config.final_eval
+
+    def figures(task, params, examples, workdir, key):
+      samples = sampling.make_sampler(task.model, num_images=20)(params, key)
+      return [plotting.save_binary_panels([examples[:20], np.asarray(samples)],
+                                          ["data", "samples"],
+                                          os.path.join(workdir, "samples.png"))]
+
+    fresh = sample_data(fe.num_examples, table1.REPORT_SEED_OFFSET + fe.seed, config.model)
+    return table1.final_report(
+        task, run, fresh, figures, should_stop=should_stop,
+        reference={"true_log_likelihood_bits": true_log_likelihood_bits(config.model)})
 
 
 HEARTBEAT = HeartbeatExperiment()

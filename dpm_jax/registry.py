@@ -1,13 +1,14 @@
-"""The experiments, by name: the only way the code finds one.
+"""The experiments, by name: what the entry points and `open_run` use to find one.
 
   registry.get("heartbeat")          the Experiment (dpm_jax.experiment)
   registry.of_config(config)         the Experiment a config (or a saved run's config) names
-  registry.build(config, dataset)    its Task: model, data, map to model units
+  registry.open_run(workdir)         a run directory's parameters, config and experiment
 
-Adding an experiment is one module (an Experiment subclass), one entry in
-EXPERIMENTS below and one config, experiments/configs/<name>.py (plus
-experiments/<name>.py for `python -m experiments.<name>`); registering it
-puts it in the tests' matrix (tests/test_matrix.py) and in `dpm-jax train`.
+Adding an experiment is one module (an Experiment), one entry in EXPERIMENTS
+below and one config, experiments/configs/<name>.py; registering it puts it
+in the tests' matrix (tests/test_matrix.py) and in `dpm-jax train`. The
+training loop, the bound and the sampler take an experiment object and never
+import this module.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from typing import Mapping, Optional
 
 import ml_collections
 
-from dpm_jax import config as config_lib
 from dpm_jax import data as data_lib
 from dpm_jax import dead_leaves
 from dpm_jax import errors
@@ -31,10 +31,6 @@ from dpm_jax import texture
 EXPERIMENTS: Mapping[str, experiment_lib.Experiment] = {
     e.name: e for e in (images.MNIST, images.CIFAR10, heartbeat.HEARTBEAT, swiss_roll.SWISS_ROLL,
                         dead_leaves.DEAD_LEAVES, texture.TEXTURE)}
-
-
-def names() -> tuple:
-  return tuple(EXPERIMENTS)
 
 
 def get(name: str) -> experiment_lib.Experiment:
@@ -66,50 +62,18 @@ def of_config(config: ml_collections.ConfigDict) -> experiment_lib.Experiment:
   return get(name_of(config))
 
 
-def upgrade(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """A saved run's config with the fields of this version that it lacks (the
-  `experiment` field, and fields added since, at their defaults, which keep the
-  earlier behaviour)."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  name = name_of(config)
-
-  def fill(into, defaults):
-    for key, value in defaults.items():
-      if key not in into:
-        into[key] = value
-      elif isinstance(value, ml_collections.ConfigDict) and isinstance(
-          into[key], ml_collections.ConfigDict):
-        fill(into[key], value)
-
-  fill(config, get(name).default_config())
-  config.experiment = name
-  return config
-
-
-def validate(config: ml_collections.ConfigDict) -> experiment_lib.Experiment:
-  """Checks a whole config (shared sections and the experiment's); returns its experiment."""
-  experiment = of_config(config)
-  config_lib.validate_base(config)
-  experiment.validate(config)
-  return experiment
-
-
-def build(config: ml_collections.ConfigDict, dataset: Optional[data_lib.Dataset] = None,
-          stats: Optional[Mapping] = None) -> experiment_lib.Task:
-  """The Task of a config: its experiment bound to the data (loaded if None) and stats."""
-  return of_config(config).build(config, dataset, stats)
-
-
 def open_run(workdir: str, step: Optional[int] = None):
-  """(run, experiment) of a run directory: its parameters and config (upgraded to
-  this version's fields) at `step` (default: the latest).
+  """(run, experiment) of a run directory: its parameters and config (with the fields
+  added since it was saved, at their defaults) at `step` (default: the latest).
 
   Raises:
     errors.UserError: no run there, or a checkpoint that does not verify.
   """
   run = rundir.load_run(workdir, step)
-  run.config = upgrade(run.config)
-  return run, of_config(run.config)
+  experiment = of_config(run.config)
+  run.config = experiment_lib.with_defaults(experiment, run.config)
+  run.config.experiment = experiment.name
+  return run, experiment
 
 
 def run_data(run: rundir.Run, experiment: experiment_lib.Experiment) -> data_lib.Dataset:
@@ -127,8 +91,8 @@ def run_data(run: rundir.Run, experiment: experiment_lib.Experiment) -> data_lib
         f"The run in {run.workdir} was trained on arrays given from Python "
         f"({recorded.get('name')!r}: {recorded.get('num_train')} train / "
         f"{recorded.get('num_test')} test examples), which no file holds; sample or evaluate it "
-        "from Python with the same arrays: registry.build(run.config, dataset, run.stats) "
-        "(README, 'From Python').")
+        "from Python with the same arrays: experiment.build(experiment, run.config, dataset, "
+        "run.stats).")
   dataset = experiment.load_data(run.config)
   if recorded.get("fingerprint") not in (None, data_lib.fingerprint(dataset)):
     raise errors.UserError(

@@ -332,9 +332,9 @@ class Run:
   """What sampling and evaluation need from a run directory.
 
   Attributes:
-    config: the run's config, as saved (registry.upgrade fills newer fields).
+    config: the run's config, as saved (experiment.with_defaults fills newer fields).
     params: the parameters, numpy arrays.
-    stats: how stored examples map to model units (Task.stats).
+    stats: how stored examples map to model units (experiment.Units.to_dict).
     step: the checkpoint's step.
     workdir: the run directory.
     data: what the run recorded of its data (data.Dataset.record), or None
@@ -354,6 +354,7 @@ def load_run(workdir: str, step: Optional[int] = None) -> Run:
     raise errors.UserError(
         f"No checkpoints in {checkpoint_dir(workdir)}; point --workdir at a run "
         "directory made by the training entry point (python -m experiments.mnist).")
+  quiet_orbax_logs()  # a read-only manager's notices are not faults
   manager = make_manager(workdir, max_to_keep=None, read_only=True)
   try:
     if step is None:

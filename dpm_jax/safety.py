@@ -141,10 +141,10 @@ class Saver:
 
   def __init__(self, manager, workdir: str, meta: dict, task):
     self.manager, self.workdir, self.meta = manager, workdir, meta
-    loss_fn = diffusion.make_loss_fn(task.model, uniform_noise=task.uniform_noise, train=True)
-    probe = task.train[:PROBE_EXAMPLES]
+    loss_fn = diffusion.make_loss_fn(task.model, uniform_noise=task.units.uniform_noise, train=True)
+    probe = task.data.train[:PROBE_EXAMPLES]
     self._probe_loss = jax.jit(
-        lambda params: loss_fn(params, task.prepare(probe), jax.random.key(0))[0])
+        lambda params: loss_fn(params, task.units.to_model(probe), jax.random.key(0))[0])
 
   def healthy(self, state) -> bool:
     return (not int(state.nonfinite_streak) and bool(step_lib.all_finite(state))

@@ -197,7 +197,7 @@ def inpaint_mask(kind: str, spatial_width: int, n_colors: int = 1, *, height: Op
     box: (x, y, width, height) of the unknown region, for kind='box'.
 
   Raises:
-    ValueError: an unknown kind, or a box that is empty or leaves the image.
+    errors.UserError: an unknown kind, or a box that is empty or leaves the image.
   """
   w, h = spatial_width, height or spatial_width
   mask = np.zeros((h, w, n_colors), bool)
@@ -214,12 +214,12 @@ def inpaint_mask(kind: str, spatial_width: int, n_colors: int = 1, *, height: Op
   elif kind == "box":
     x, y, bw, bh = (int(v) for v in box)
     if bw < 1 or bh < 1 or x < 0 or y < 0 or x + bw > w or y + bh > h:
-      raise ValueError(f"The box (x={x}, y={y}, width={bw}, height={bh}) must lie within the "
+      raise errors.UserError(f"The box (x={x}, y={y}, width={bw}, height={bh}) must lie within the "
                        f"{w} x {h} image and not be empty.")
     mask[:] = True
     mask[y:y + bh, x:x + bw] = False
   else:
-    raise ValueError(f"Unknown mask {kind!r}; choose one of {MASKS + ('box',)}.")
+    raise errors.UserError(f"Unknown mask {kind!r}; choose one of {MASKS + ('box',)}.")
   return mask
 
 
@@ -304,15 +304,15 @@ def generate(model: nn.Module, params: Any, stats: data_lib.DataStats, mode: str
     reverse trajectory starts from (the paper's Figure 5).
 
   Raises:
-    ValueError: an unknown mode, too few true images, a noise level <= 0 (the
+    errors.UserError: an unknown mode, too few true images, a noise level <= 0 (the
       observation would be exact: its Gaussian has no width) or a factor
       that does not divide the image width.
   """
   if mode not in MODES:
-    raise ValueError(f"Unknown mode {mode!r}; choose one of {MODES}.")
+    raise errors.UserError(f"Unknown mode {mode!r}; choose one of {MODES}.")
   for name, value in (("denoise_sigma", denoise_sigma), ("superres_noise", superres_noise)):
     if not value > 0:
-      raise ValueError(f"{name} must be > 0 (the observation's noise), got {value}.")
+      raise errors.UserError(f"{name} must be > 0 (the observation's noise), got {value}.")
   cfg = model.config
   if true_images is not None:
     image_size = true_images.shape[1:3]
@@ -322,7 +322,7 @@ def generate(model: nn.Module, params: Any, stats: data_lib.DataStats, mode: str
   cond, log_r = {}, None
   if mode != "sample":
     if true_images is None or len(true_images) < num_images:
-      raise ValueError(f"mode {mode!r} needs {num_images} true images.")
+      raise errors.UserError(f"mode {mode!r} needs {num_images} true images.")
     x_true = data_lib.to_model_units(true_images[:num_images], stats)
     out["true"] = data_lib.to_pixels(x_true, stats)
     k_obs = jax.random.fold_in(key, OBSERVATION_STREAM)
@@ -338,7 +338,8 @@ def generate(model: nn.Module, params: Any, stats: data_lib.DataStats, mode: str
       out["observed"] = data_lib.to_pixels(y, stats)
     else:
       if h % superres_factor or w % superres_factor:
-        raise ValueError(f"superres_factor {superres_factor} does not divide the image size.")
+        raise errors.UserError(f"superres_factor={superres_factor} does not divide the {w} x {h} "
+                               "image.")
       y_low = (networks.mean_pool(x_true, superres_factor)
                + superres_noise * jax.random.normal(k_obs, (num_images, h // superres_factor,
                                                             w // superres_factor, cfg.n_colors)))

@@ -70,11 +70,11 @@ def jit_train_step(task, plan: execution.Plan) -> Callable:
   """The jitted, data-parallel train step of a task (dpm_jax.experiment.Task), run as
   the execution plan says: what the loop and the benchmark run."""
   par = plan.par
-  loss_fn = diffusion.make_loss_fn(task.model, uniform_noise=task.uniform_noise, train=True)
+  loss_fn = diffusion.make_loss_fn(task.model, uniform_noise=task.units.uniform_noise, train=True)
   loss_and_grad = parallel.make_loss_and_grad(loss_fn, micro_batch_size=plan.micro_batch_size,
                                               concurrent_micro_batches=plan.concurrent_micro_batches,
                                               mesh=par.mesh)
-  return jax.jit(make_train_step(loss_and_grad, task.prepare), donate_argnums=(0,),
+  return jax.jit(make_train_step(loss_and_grad, task.units.to_model), donate_argnums=(0,),
                  in_shardings=(par.replicated, par.batch_sharding, par.replicated),
                  out_shardings=(par.replicated, par.replicated))
 

@@ -18,7 +18,7 @@ noise (the reparameterised forward sample).
 
 With unit-variance data K is at most -H(X_1), the entropy of the data after
 the first forward step: the roll's thickness, noise_std and beta_1, bound
-what any model can reach (README, "The paper's Table 1").
+what any model can reach.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import numpy as np
 
 from dpm_jax import config as config_lib
 from dpm_jax import diffusion
+from dpm_jax import experiment
 from dpm_jax import plotting
 from dpm_jax import sampling
 from dpm_jax import schedule
@@ -44,29 +45,27 @@ from dpm_jax.heartbeat import PerStepDense
 THETA_RANGE = (1.5 * math.pi, 4.5 * math.pi)
 
 
+MODEL = config_lib.Section(
+    noise_std=(0.0, config_lib.real(0), "the data's noise, in the roll's raw units (before "
+               "scaling)"),
+    n_hidden=(64, config_lib.integer(1), "radial basis functions; the paper's 16 reach about "
+              "1.6 bits per point in a CPU's training budget, 64 its 2.35"),
+    step1_beta=(1e-6, config_lib.real(0, 1, lo_open=True, hi_open=True),
+                "beta_1, fixed: with unit-variance data it bounds K from above"),
+    learn_beta=(True, config_lib.BOOLEAN, "learn beta_2..T (paper section 2.4.1); False: the "
+                "reference code's 1 / linspace(T, 2, T), fixed"),
+    beta_link=("logit", config_lib.choice(*config_lib.BETA_LINKS),
+               "the reverse variance's link to beta_t: 'logit' or 'log'"),
+    **config_lib.LOSS.with_defaults(trajectory_length=40, t_sampling="per_example"),
+)
+
+
 def model_config() -> ml_collections.ConfigDict:
-  cfg = ml_collections.ConfigDict()
-  cfg.noise_std = 0.0             # the data's noise, in the roll's raw units (before scaling)
-  cfg.trajectory_length = 40      # T, the Gaussian diffusion steps
-  # Radial basis functions. The paper's 16 reach about 1.6 bits per point in
-  # this project's training budget (README, "The paper's Table 1"); 64 reach
-  # its 2.35.
-  cfg.n_hidden = 64
-  cfg.step1_beta = 1e-6           # beta_1, fixed: it bounds K from above (README)
-  cfg.learn_beta = True           # False: the reference code's 1 / linspace(T, 2, T), fixed
-  cfg.beta_link = "logit"         # the learned schedule's link: 'logit' or 'log'
-  config_lib.add_loss_fields(cfg)
-  return cfg
+  return MODEL.config()
 
 
 def validate_model_config(cfg) -> None:
-  config_lib.validate_loss_fields(cfg)
-  config_lib.check_value("model.n_hidden", cfg.n_hidden, config_lib.integer(1))
-  config_lib.check_value("model.step1_beta", cfg.step1_beta,
-                         config_lib.real(0, 1, lo_open=True, hi_open=True))
-  config_lib.check_value("model.noise_std", cfg.noise_std, config_lib.real(0))
-  config_lib.check_value("model.learn_beta", cfg.learn_beta, config_lib.BOOLEAN)
-  config_lib.check_value("model.beta_link", cfg.beta_link, config_lib.choice(*config_lib.BETA_LINKS))
+  MODEL.check("model", cfg)
 
 
 def _raw_roll(n: int, rng: np.random.Generator, noise_std: float) -> np.ndarray:
@@ -167,10 +166,10 @@ class SwissRollModel(nn.Module):
   def process(self, dtype=jnp.float32) -> diffusion.GaussianDiffusion:
     return diffusion.GaussianDiffusion(self.beta_arr(dtype), self.config.beta_link)
 
-  def reverse(self, x_t, t, deterministic: bool = True, t_stratified: bool = False):
+  def reverse(self, x_t, t, deterministic: bool = True):
     del deterministic
     cfg = self.config
-    z = self.readout(self.rbf(x_t), t, t_stratified)
+    z = self.readout(self.rbf(x_t), t)
     beta_t = schedule.at_t(self.beta_arr(x_t.dtype), t)
     return diffusion.reverse_kernel(x_t, z[:, :2], z[:, 2:], beta_t, cfg.trajectory_length,
                                     cfg.beta_link)
@@ -184,65 +183,72 @@ def make_model(cfg) -> SwissRollModel:
   return SwissRollModel(ml_collections.FrozenConfigDict(cfg))
 
 
-class SwissRollExperiment(table1.GeneratedDataExperiment):
+class SwissRollExperiment(experiment.Experiment):
   """The two-dimensional Swiss roll of Figure 1 and Table 1: bits per point."""
   name = "swiss_roll"
   description = "the Swiss roll of Figure 1 and Table 1 (2-D Gaussian diffusion)"
   unit = "point"
   paper = {"K_bits": 2.35, "K_minus_L_null_bits": 6.45}  # arXiv 1503.03585 v8, Table 1
+  report_source = "fresh"
+  help = table1.generated_help(MODEL)
 
-  def model_config(self) -> ml_collections.ConfigDict:
-    return model_config()
+  def default_config(self) -> ml_collections.ConfigDict:
+    return table1.generated_config(self.name, model_config())
 
-  def validate_model(self, cfg: ml_collections.ConfigDict) -> None:
-    validate_model_config(cfg)
-
-  def tiny_model(self, cfg: ml_collections.ConfigDict) -> None:
-    cfg.update(trajectory_length=10, n_hidden=8)
+  def validate(self, config: ml_collections.ConfigDict) -> None:
+    validate_model_config(config.model)
+    table1.validate_generated(self.name, config)
 
   def make_model(self, config: ml_collections.ConfigDict) -> SwissRollModel:
     return make_model(config.model)
 
-  def sample_data(self, config: ml_collections.ConfigDict, n: int, seed: int) -> np.ndarray:
-    return sample_data(n, seed, config.model)
+  def load_data(self, config: ml_collections.ConfigDict):
+    return table1.generated_dataset(self.name, config,
+                                    lambda n, seed: sample_data(n, seed, config.model))
 
-  def reference_values(self, config: ml_collections.ConfigDict) -> dict:
-    """The data's true log likelihood per point; None (JSON null) for a noiseless roll,
-    a curve without a density."""
-    value = true_log_likelihood_bits(config.model)
-    return {"true_log_likelihood_bits": value if math.isfinite(value) else None}
+  def write_picture(self, out, path: str, units) -> str:
+    return plotting.save_scatter(np.asarray(out["samples"]), path, "samples")
 
-  def write_samples(self, samples: np.ndarray, path: str, stats) -> str:
-    return plotting.save_scatter(np.asarray(samples), path, "samples")
+  def final_report(self, task, run, should_stop=None) -> dict:
+    """The bound on fresh points beside the data's true log likelihood (None, JSON null,
+    for a noiseless roll: a curve without a density); Figure 1 and samples."""
+    config = run.config
+    fe = config.final_eval
+    fresh = sample_data(fe.num_examples, table1.REPORT_SEED_OFFSET + fe.seed, config.model)
+    true_ll = true_log_likelihood_bits(config.model)
+    return table1.final_report(
+        task, run, fresh, figures, should_stop=should_stop,
+        reference={"true_log_likelihood_bits": true_ll if math.isfinite(true_ll) else None})
 
-  def figures(self, task, params, examples: np.ndarray, workdir: str, key) -> list:
-    """The paper's Figure 1 (figure1.png): forward and reverse trajectories at t = 0,
-    T/2 and T, and the learned drift mu(x_t, t) - x_t; and samples.png."""
-    model = task.model
-    T = model.config.trajectory_length
-    columns = [0, T // 2, T - 1]
-    x0 = jnp.asarray(examples[:2000])
-    noise = jax.random.normal(jax.random.fold_in(key, 1), x0.shape)
-    g = np.linspace(-2.2, 2.2, 15)
-    grid = jnp.asarray(np.stack(np.meshgrid(g, g), -1).reshape(-1, 2), jnp.float32)
-    learned = [1] + columns[1:]  # step 0's reverse kernel is fixed: the first learned one
 
-    @jax.jit
-    def forward_and_drift(params):
-      process = model.apply(params, method="process")
-      forward = [process.q_sample(x0, jnp.asarray(float(t)), noise) for t in columns]
-      drift = [model.apply(params, grid, jnp.full((grid.shape[0],), float(t)),
-                           method="reverse")[0] - grid for t in learned]
-      return forward, drift
+def figures(task, params, examples: np.ndarray, workdir: str, key) -> list:
+  """The paper's Figure 1 (figure1.png): forward and reverse trajectories at t = 0,
+  T/2 and T, and the learned drift mu(x_t, t) - x_t; and samples.png."""
+  model = task.model
+  T = model.config.trajectory_length
+  columns = [0, T // 2, T - 1]
+  x0 = jnp.asarray(examples[:2000])
+  noise = jax.random.normal(jax.random.fold_in(key, 1), x0.shape)
+  g = np.linspace(-2.2, 2.2, 15)
+  grid = jnp.asarray(np.stack(np.meshgrid(g, g), -1).reshape(-1, 2), jnp.float32)
+  learned = [1] + columns[1:]  # step 0's reverse kernel is fixed: the first learned one
 
-    forward, drift = jax.tree.map(np.asarray, forward_and_drift(params))
-    drift = [(np.asarray(grid), d) for d in drift]
-    sampler = sampling.make_sampler(model, num_images=2000, record_t=(-1, T // 2, T - 1))
-    _, states = sampler(params, key)
-    reverse = [np.asarray(s) for s in states]
-    return [plotting.save_figure_1(forward, reverse, drift, ["t = 0", "t = T/2", "t = T"],
-                                   os.path.join(workdir, "figure1.png")),
-            plotting.save_scatter(reverse[0], os.path.join(workdir, "samples.png"), "samples")]
+  @jax.jit
+  def forward_and_drift(params):
+    process = model.apply(params, method="process")
+    forward = [process.q_sample(x0, jnp.asarray(float(t)), noise) for t in columns]
+    drift = [model.apply(params, grid, jnp.full((grid.shape[0],), float(t)),
+                         method="reverse")[0] - grid for t in learned]
+    return forward, drift
+
+  forward, drift = jax.tree.map(np.asarray, forward_and_drift(params))
+  drift = [(np.asarray(grid), d) for d in drift]
+  sampler = sampling.make_sampler(model, num_images=2000, record_t=(-1, T // 2, T - 1))
+  _, states = sampler(params, key)
+  reverse = [np.asarray(s) for s in states]
+  return [plotting.save_figure_1(forward, reverse, drift, ["t = 0", "t = T/2", "t = T"],
+                                 os.path.join(workdir, "figure1.png")),
+          plotting.save_scatter(reverse[0], os.path.join(workdir, "samples.png"), "samples")]
 
 
 SWISS_ROLL = SwissRollExperiment()

@@ -21,7 +21,6 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from dpm_jax import data as data_lib
 from dpm_jax import image_folder
 from dpm_jax import images
 from dpm_jax import plotting
@@ -30,58 +29,39 @@ from dpm_jax import sampling
 TEXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "textures")
 
 
-class TextureExperiment(images.ConvolutionalImageExperiment):
-  """A texture (Table 1's bark row, Figure 5): the convolution-only model on crops."""
-  report_source = "held_out"
+def report_examples(config: ml_collections.ConfigDict, num: int, seed: int) -> np.ndarray:
+  """Held-out crops of final_eval.image_size, at fixed places."""
+  return image_folder.held_out(config.data, width=config.final_eval.image_size,
+                               n_colors=config.model.n_colors, count=num,
+                               seed=image_folder.TEST_CROP_SEED + seed)[:num]
 
-  def __init__(self):
+
+def figures(task, params: Any, examples: np.ndarray, workdir: str, key) -> list:
+  """Figure 5: a held-out region three crops wide, its central third replaced by
+  noise, and that centre inpainted (paper section 2.5)."""
+  del examples
+  config, m = task.config, task.config.model
+  region = image_folder.held_out(config.data, width=3 * m.spatial_width, n_colors=m.n_colors,
+                                 count=1)[:1]
+  size = region.shape[1]
+  n = 2
+  out = sampling.generate(task.model, params, task.units, "inpaint", key, num_images=n,
+                          true_images=np.repeat(region, n, 0), mask_kind="box",
+                          box=sampling.central_box(size, size))
+  return [plotting.save_image_panels(
+      [out["true"][:1], out["observed"][:1], out["samples"]],
+      [f"held out, {size} px", "centre: noise", f"centre inpainted ({n} draws)"],
+      os.path.join(workdir, "figure5.png"), ncols=n)]
+
+
+TEXTURE = images.ImageExperiment(
+    "texture", "a texture (gravel; the paper's bark row and Figure 5)",
+    # T = 500, as the paper's bark (Appendix D.2.1).
+    model_defaults=dict(images.CONVOLUTIONAL, trajectory_length=500),
+    data_defaults=dict(source="folder", dir=TEXTURES, folder_mode="crops",
+                       crops_per_image=10000, test_crops=512, holdout_fraction=0.25),
+    load=lambda config: image_folder.load(config.data, width=config.model.spatial_width,
+                                          n_colors=config.model.n_colors, seed=config.seed),
     # arXiv 1503.03585 v8, Table 1, bark: bits per pixel.
-    super().__init__("texture", "a texture (gravel; the paper's bark row and Figure 5)",
-                     {"K_bits": -0.55, "K_minus_L_null_bits": 1.5})
-
-  def default_config(self) -> ml_collections.ConfigDict:
-    config = super().default_config()
-    d = config.data
-    d.source = "folder"
-    d.dir = TEXTURES                # the bundled gravel photograph (or a folder of yours)
-    d.folder_mode = "crops"
-    d.crops_per_image = 10000       # training crops an "epoch" counts (the lr decay)
-    d.test_crops = 512              # held-out crops of the periodic bound
-    d.holdout_fraction = 0.25       # the held-out right-hand quarter of a single image
-    config.model.trajectory_length = 500  # T, as the paper's bark (Appendix D.2.1)
-    return config
-
-  def tiny_config(self) -> ml_collections.ConfigDict:
-    config = super().tiny_config()
-    config.data.update(crops_per_image=640, test_crops=32)
-    return config
-
-  def load_data(self, config: ml_collections.ConfigDict) -> data_lib.Dataset:
-    return image_folder.load(config.data, width=config.model.spatial_width,
-                             n_colors=config.model.n_colors, seed=config.seed)
-
-  def report_data(self, config: ml_collections.ConfigDict, num: int, seed: int) -> np.ndarray:
-    """Held-out crops of final_eval.image_size, at fixed places."""
-    m = config.model
-    return image_folder.held_out(config.data, width=config.final_eval.image_size,
-                                 n_colors=m.n_colors, count=num,
-                                 seed=image_folder.TEST_CROP_SEED + seed)[:num]
-
-  def figures(self, task, params: Any, examples: np.ndarray, workdir: str, key) -> list:
-    """Figure 5: a held-out region three crops wide, its central third replaced by
-    noise, and that centre inpainted (paper section 2.5)."""
-    config, m = task.config, task.config.model
-    region = image_folder.held_out(config.data, width=3 * m.spatial_width, n_colors=m.n_colors,
-                                   count=1)[:1]
-    size = region.shape[1]
-    n = 2
-    out = sampling.generate(task.model, params, data_lib.DataStats.from_dict(task.stats),
-                            "inpaint", key, num_images=n, true_images=np.repeat(region, n, 0),
-                            mask_kind="box", box=sampling.central_box(size, size))
-    return [plotting.save_image_panels(
-        [out["true"][:1], out["observed"][:1], out["samples"]],
-        [f"held out, {size} px", "centre: noise", f"centre inpainted ({n} draws)"],
-        os.path.join(workdir, "figure5.png"), ncols=n)]
-
-
-TEXTURE = TextureExperiment()
+    report=images.Report({"K_bits": -0.55, "K_minus_L_null_bits": 1.5}, "held_out",
+                         report_examples, figures))

@@ -1,7 +1,8 @@
 """The training loop: `train_and_evaluate(config, workdir)`.
 
-Data flows one way: config -> experiment (dpm_jax.registry) -> task (model,
-data) -> loss_fn -> train step (dpm_jax.step) -> checkpoints and metrics.
+Data flows one way: config -> experiment -> task (model, data, units) ->
+loss_fn -> train step (dpm_jax.step) -> checkpoints and metrics. The loop
+takes an experiment object (dpm_jax.experiment) and knows no list of them.
 Randomness is derived, never stored: the batch of step s is a function of
 (seed, s) and the step's key is fold_in(base_key, s), so a run resumed from
 any checkpoint repeats the uninterrupted run exactly. What keeps a run safe
@@ -33,12 +34,10 @@ from dpm_jax import metrics as metrics_lib
 from dpm_jax import optim
 from dpm_jax import outputs
 from dpm_jax import plotting
-from dpm_jax import registry
 from dpm_jax import rundir
 from dpm_jax import safety
 from dpm_jax import sampling
 from dpm_jax import step as step_lib
-from dpm_jax import table1
 
 # The periodic actions that a stop signal may interrupt; redone on resume.
 INTERRUPTIBLE = ("eval", "samples")
@@ -62,15 +61,17 @@ def is_time(step: int, every: int, last_step: int) -> bool:
   return bool(every) and (step % every == 0 or step == last_step)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: Optional[str] = None,
+def train_and_evaluate(experiment: experiment_lib.Experiment, config: ml_collections.ConfigDict,
+                       workdir: Optional[str] = None,
                        *, dataset: Optional[data_lib.Dataset] = None,
                        devices: Optional[Sequence[jax.Device]] = None,
                        resume_verified: bool = False) -> step_lib.TrainState:
   """Trains the model of `config`, resuming from workdir's checkpoints.
 
   Args:
-    config: an experiment config (experiments/configs/, or
-      registry.get(name).default_config()).
+    experiment: the experiment (e.g. dpm_jax.images.MNIST; dpm_jax.registry finds one by
+      name).
+    config: a config of it (experiments/configs/<name>.py, or experiment.default_config()).
     workdir: the run directory; a new one under config.output_dir if None.
     dataset: the stored examples (dpm_jax.data.Dataset, e.g. data.from_arrays);
       loaded from config.data if None.
@@ -91,7 +92,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: Optional[str]
     errors.UserError: the workdir cannot be written, is full or is in use.
     errors.UserError: a checkpoint is corrupt or does not fit the config.
   """
-  experiment = registry.validate(config)
+  experiment_lib.validate(experiment, config)
   maybe_initialize_distributed()
   plan = execution.plan(config.compute, config.train.batch_size, experiment.make_model(config),
                         devices)
@@ -119,13 +120,15 @@ def _train(config, experiment, workdir, manager, dataset, plan, resume_verified,
   dataset = dataset if dataset is not None else experiment.load_data(config)
   steps_per_epoch, num_steps = schedule_steps(config, len(dataset.train))
   tx = optim.make_optimizer(config.optimizer, steps_per_epoch)
-  task, state, start = restore_or_create(config, workdir, manager, tx, dataset, resume_verified)
+  task, state, start = restore_or_create(experiment, config, workdir, manager, tx, dataset,
+                                         resume_verified)
   if start >= num_steps:
     report(f"This run is complete: step {start} of {num_steps}, in {os.path.abspath(workdir)} "
            "(metrics.jsonl, samples/, checkpoints/). Raise --config.train.num_steps to train on.")
     return state
   keys = run_keys(config.seed)
-  batches = data_lib.train_batches(task.train, cfg.batch_size, config.seed, start,
+  unit = experiment.unit
+  batches = data_lib.train_batches(task.data.train, cfg.batch_size, config.seed, start,
                                    process_index=jax.process_index(),
                                    process_count=jax.process_count(),
                                    workers=config.data.get("workers", 0))
@@ -139,27 +142,27 @@ def _train(config, experiment, workdir, manager, dataset, plan, resume_verified,
   throughput = metrics_lib.Throughput(cfg.batch_size)
   actions = {  # the interruptible periodic actions: (when, what) -> metrics
       "eval": (cfg.eval_every_steps, lambda step, state: evaluate_test(
-          evaluator, state, step, task.unit, stop, task.experiment.eval_summary)),
+          evaluator, state, step, unit, stop, task.units.summary)),
       "samples": (cfg.sample_every_steps, lambda step, state: write_samples(
           task, sampler, state, step, workdir, keys.sample, stop))}
   log_start(task, config, start, num_steps, state, workdir, free)
   t_start = time.time()
   with metrics_lib.MetricWriter(workdir, start) as writer:
-    finish_pending(workdir, start, state, actions, writer, num_steps, task.unit)
+    finish_pending(workdir, start, state, actions, writer, num_steps, unit)
     for step in range(start + 1, num_steps + 1):
       batch = par.put_local_batch(next(batches), cfg.batch_size)
       state, step_metrics = train_step(state, batch, keys.train)
       throughput.tick()
       if step == start + 1:
         stop.arm()  # from now on a stop signal saves this step before exiting
-        report_first_step(step, num_steps, step_metrics, cfg.log_every_steps, task.unit)
+        report_first_step(step, num_steps, step_metrics, cfg.log_every_steps, unit)
       check_finite(state, step, num_steps, cfg.max_nonfinite_steps, saver)
       rundir.check_save_errors(manager, workdir)
       record = {}
       if is_time(step, cfg.log_every_steps, num_steps):
         record.update(train_metrics(state, step_metrics, schedule, step, throughput))
         metrics_lib.log_progress(step, num_steps, steps_per_epoch, record,
-                                 time.time() - t_start, step - start, task.unit)
+                                 time.time() - t_start, step - start, unit)
         state = reset_accumulators(state)
       if step == num_steps or is_time(step, cfg.checkpoint_every_steps, num_steps):
         saver.save(step, state)
@@ -171,27 +174,11 @@ def _train(config, experiment, workdir, manager, dataset, plan, resume_verified,
       if record:
         writer.write(step, record)
       if is_time(step, cfg.eval_every_steps, num_steps):
-        plot_curves(workdir, task.unit)
+        plot_curves(workdir, unit)
       if stop.should_stop():
         raise interrupt(saver, stop, workdir, step, state)
   rundir.check_save_errors(manager, workdir, wait=True)  # the last save, cause first
   return state
-
-
-def final_report(workdir: str, should_stop=None) -> dict:
-  """The final report of a finished run of a Table 1 experiment (dpm_jax.table1):
-  the bound exact over t on fresh data, eval.json and figures.
-
-  Raises:
-    errors.UserError: the run's experiment has no final report.
-  """
-  run, experiment = registry.open_run(workdir)
-  if not experiment.final_report:
-    raise errors.UserError(f"The {experiment.name} experiment has no final "
-                                          "report; evaluate it with experiments.evaluate.")
-  task = experiment.build(run.config, experiment_lib.empty_dataset(experiment, run.config),
-                          run.stats)
-  return table1.final_report(task, run, should_stop=should_stop)
 
 
 # ----------------------------------------------------------------------------
@@ -235,7 +222,9 @@ def write_samples(task, sampler, state, step, workdir, key, stop) -> dict:
     if not np.all(np.isfinite(np.asarray(samples))):
       logging.warning("step %d: the samples are not finite; no picture written.", step)
       return {}
-    path = task.write_samples(samples, samples_path(workdir, step))
+    path = samples_path(workdir, step)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    task.experiment.write_picture({"samples": task.units.to_output(samples)}, path, task.units)
     logging.info("step %d: %d samples -> %s", step, len(samples), path)
   return {}
 
@@ -282,7 +271,7 @@ def finish_pending(workdir, start, state, actions, writer, num_steps, unit) -> N
 # Restoring, and what a run writes.
 
 
-def restore_or_create(config, workdir, manager, tx, dataset, resume_verified=False):
+def restore_or_create(experiment, config, workdir, manager, tx, dataset, resume_verified=False):
   """(task, state, start step): from the newest checkpoint, or new at step 0.
 
   A checkpoint made with settings that may not change (config_lib.FIXED_ON_RESUME)
@@ -290,11 +279,9 @@ def restore_or_create(config, workdir, manager, tx, dataset, resume_verified=Fal
   resume_verified: resume from the newest checkpoint that restores and
   verifies, moving newer, corrupt ones to <workdir>/checkpoints_corrupt/.
   """
-  experiment = registry.of_config(config)
-
   def restore_step(step):
     meta = rundir.read_meta(manager, step)
-    saved = registry.upgrade(rundir.config_from_dict(meta["config"]))
+    saved = experiment_lib.with_defaults(experiment, rundir.config_from_dict(meta["config"]))
     changes = config_lib.changes(rundir.config_to_dict(saved), rundir.config_to_dict(config))
     error = config_lib.resume_error(changes, workdir)
     if error:
@@ -302,7 +289,7 @@ def restore_or_create(config, workdir, manager, tx, dataset, resume_verified=Fal
     for change in changes:
       logging.info("Resuming with a changed setting: %s", change)
     check_same_data(meta.get("data"), dataset, workdir)
-    task = experiment.build(config, dataset, meta["data_stats"])
+    task = experiment_lib.build(experiment, config, dataset, meta["data_stats"])
     target = jax.eval_shape(lambda: step_lib.create_train_state(
         task.model, diffusion.init_params(task.model, jax.random.key(0)), tx))
     return task, rundir.restore(manager, step, target)[0]
@@ -314,7 +301,7 @@ def restore_or_create(config, workdir, manager, tx, dataset, resume_verified=Fal
     restored = None if start is None else restore_step(start)
   if start is None:
     report(f"No checkpoint in {rundir.checkpoint_dir(workdir)}: starting at step 0.")
-    task = experiment.build(config, dataset)
+    task = experiment_lib.build(experiment, config, dataset)
     params = diffusion.init_params(task.model, run_keys(config.seed).init)
     return task, step_lib.create_train_state(task.model, params, tx), 0
   report(f"Resumed from step {start} in {workdir}")
@@ -358,8 +345,10 @@ def write_run_files(config, workdir, task) -> dict:
   data = task.data.record()
   if jax.process_index() == 0:
     outputs.write_json(os.path.join(workdir, "config.json"), rundir.config_to_json(config))
-    outputs.write_json(os.path.join(workdir, "data_stats.json"), {**task.stats, "data": data})
-  return {"config": rundir.config_to_dict(config), "data_stats": task.stats, "data": data}
+    outputs.write_json(os.path.join(workdir, "data_stats.json"),
+                       {**task.units.to_dict(), "data": data})
+  return {"config": rundir.config_to_dict(config), "data_stats": task.units.to_dict(),
+          "data": data}
 
 
 def schedule_steps(config: ml_collections.ConfigDict, n_train: int) -> tuple[int, int]:
@@ -371,7 +360,7 @@ def schedule_steps(config: ml_collections.ConfigDict, n_train: int) -> tuple[int
 
 def create_workdir(config: ml_collections.ConfigDict) -> str:
   """runs/dpm_<experiment><suffix>-<yymmddTHHMMSS>, as the seed's create_log_dir."""
-  name = f"dpm_{registry.name_of(config)}{config.suffix}" + time.strftime("-%y%m%dT%H%M%S")
+  name = f"dpm_{config.experiment}{config.suffix}" + time.strftime("-%y%m%dT%H%M%S")
   return os.path.join(os.path.expanduser(config.output_dir), name)
 
 
@@ -390,8 +379,8 @@ def report(line: str) -> None:
 
 def log_start(task, config, start, num_steps, state, workdir, free):
   report(
-      f"Training {task.experiment.name} ({task.model.__class__.__name__}) on {task.name}: "
-      f"{len(task.train)} train / {len(task.test)} test examples, batch "
+      f"Training {task.experiment.name} ({task.model.__class__.__name__}) on {task.data.name}: "
+      f"{len(task.data.train)} train / {len(task.data.test)} test examples, batch "
       f"{config.train.batch_size}, "
       f"steps {start}..{num_steps}, {diffusion.count_params(state.params)} "
       f"parameters, workdir {workdir} ({free / 2**20:.0f} MiB free, "

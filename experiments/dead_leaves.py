@@ -8,14 +8,12 @@ the paper's), kl_per_t_fresh.png and figure4.png (fresh images beside samples
 of their size).
 """
 
-from . import launch
-
-PROGRAM = launch.training_program("experiments.dead_leaves", __doc__, "dead_leaves")
+from . import common
 
 
-def run() -> None:
-  PROGRAM.cli()
+def run(argv) -> int:
+  return common.training_run("dead_leaves", __doc__, argv)
 
 
 if __name__ == "__main__":
-  run()
+  common.cli(run)

@@ -7,14 +7,12 @@ bits per sequence, on fresh sequences, exact over t), samples.png and
 kl_per_t.png.
 """
 
-from . import launch
-
-PROGRAM = launch.training_program("experiments.heartbeat", __doc__, "heartbeat")
+from . import common
 
 
-def run() -> None:
-  PROGRAM.cli()
+def run(argv) -> int:
+  return common.training_run("heartbeat", __doc__, argv)
 
 
 if __name__ == "__main__":
-  run()
+  common.cli(run)

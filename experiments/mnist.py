@@ -1,16 +1,14 @@
 """Trains the 2015 diffusion model on MNIST.
 
-  python -m experiments.mnist --config=experiments/configs/mnist.py --workdir=runs/mnist
+python -m experiments.mnist --config=experiments/configs/mnist.py --workdir=runs/mnist
 """
 
-from . import launch
-
-PROGRAM = launch.training_program("experiments.mnist", __doc__, "mnist")
+from . import common
 
 
-def run() -> None:
-  PROGRAM.cli()
+def run(argv) -> int:
+  return common.training_run("mnist", __doc__, argv)
 
 
 if __name__ == "__main__":
-  run()
+  common.cli(run)

@@ -17,12 +17,12 @@ from absl import flags
 
 from dpm_jax import config as config_lib
 from dpm_jax import errors
-from . import launch
+from . import common
 
 
 def define(values: flags.FlagValues, argv) -> None:
   del argv
-  launch.define_run_flags(values)
+  common.define_run_flags(values)
   flags.DEFINE_string("mode", "sample", "What to generate: sample, or one of the conditional "
                       "modes the experiment supports (images: inpaint, denoise, superres).",
                       flag_values=values)
@@ -75,57 +75,48 @@ def main(values: flags.FlagValues) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from dpm_jax import experiment, outputs, registry, sampling  # pylint: disable=g-import-not-at-top
-  launch.use_cpu_devices(values, values.num_images)
-  run, exp = registry.open_run(values.workdir, values.step)
+  common.show_cpu_devices(values, values.num_images)
+  run_, exp = registry.open_run(values.workdir, values.step)
   experiment.check_mode(exp, values.mode)
-  cfg, n = run.config, values.num_images
+  cfg, n = run_.config, values.num_images
   conditional = values.mode != "sample"
   if values.image_size and conditional:
     raise errors.UserError("--image_size is for --mode=sample; a conditional mode samples at "
-                            "the size of what it conditions on (--image).")
+                           "the size of what it conditions on (--image).")
   if values.box and values.mode != "inpaint":
     raise errors.UserError("--box is for --mode=inpaint.")
   if values.image and not conditional:
     raise errors.UserError("--image is for the conditional modes (inpaint, denoise, superres).")
   from_test = conditional and not values.image
-  dataset = registry.run_data(run, exp) if from_test else experiment.empty_dataset(exp, cfg)
-  task = exp.build(cfg, dataset, run.stats)
-  options, true = {}, None
-  if values.image_size:
-    options["image_size"] = parse_size(values.image_size)
-    exp.check_size(cfg, options["image_size"])
+  dataset = registry.run_data(run_, exp) if from_test else experiment.empty_dataset(exp, cfg)
+  task = experiment.build(exp, cfg, dataset, run_.stats)
+  true = None
+  if from_test:
+    if len(task.data.test) < n:
+      raise errors.UserError(f"--num_images={n} exceeds the run's {len(task.data.test)} test "
+                             "examples.")
+    true = task.data.test[np.random.default_rng(values.seed).permutation(len(task.data.test))[:n]]
+  options = {}
   if conditional:
-    if values.image:
-      true = np.repeat(exp.load_image(cfg, values.image)[None], n, axis=0)
-    elif len(task.test) < n:
-      raise errors.UserError(f"--num_images={n} exceeds the run's {len(task.test)} test "
-                              "examples.")
-    else:
-      true = task.test[np.random.default_rng(values.seed).permutation(len(task.test))[:n]]
-    h, w = true.shape[1:3]
-    box = parse_box(values.box) if values.box else (
-        sampling.central_box(w, h) if values.image else None)
+    box = parse_box(values.box) if values.box else None
     options.update(mask_kind="box" if box else values.mask or cfg.sample.mask, box=box,
                    denoise_sigma=values.denoise_sigma or cfg.sample.denoise_sigma,
                    superres_factor=values.superres_factor, superres_noise=values.superres_noise)
-    if values.mode == "superres" and (h % values.superres_factor or w % values.superres_factor):
-      raise errors.UserError(f"--superres_factor={values.superres_factor} does not divide the "
-                              f"image width {w}" + (f" and height {h}" if h != w else "") + ".")
-    if box and (box[0] + box[2] > w or box[1] + box[3] > h):
-      raise errors.UserError(f"--box={values.box} leaves the {w} x {h} image.")
   record_t = (sampling.default_record_t(cfg.model.trajectory_length,
                                         values.num_intermediate or cfg.sample.num_intermediate)
               if values.intermediate else ())
   skip = cfg.sample.skip_first_step if values.skip_first_step is None else values.skip_first_step
-  out = launch.run_stoppable("sampling", lambda should_stop: exp.generate(
-      task, run.params, values.mode, jax.random.key(values.seed), num_images=n,
-      record_t=record_t, skip_first_step=skip, true_examples=true, should_stop=should_stop,
-      **options))
-  path = output_path(values, run.step)
-  outputs.require_finite(f"{values.mode} of step {run.step}", **out)
-  exp.write_picture(out, path, run.stats)
+  out = common.run_stoppable("sampling", lambda should_stop: exp.generate(
+      task, run_.params, values.mode, jax.random.key(values.seed), num_images=n,
+      record_t=record_t, skip_first_step=skip, true_examples=true, image=values.image,
+      image_size=parse_size(values.image_size) if values.image_size else None,
+      should_stop=should_stop, **options))
+  path = output_path(values, run_.step)
+  outputs.require_finite(f"{values.mode} of step {run_.step}", **out)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  exp.write_picture(out, path, task.units)
   outputs.save_npz(os.path.splitext(path)[0] + ".npz", **out)
-  print(f"{values.mode}: {n} examples from step {run.step} -> {path} (+ .npz)")
+  print(f"{values.mode}: {n} examples from step {run_.step} -> {path} (+ .npz)")
 
 
 def parse_size(text: str) -> tuple:
@@ -150,12 +141,9 @@ def parse_box(text: str) -> tuple:
   return box
 
 
-PROGRAM = launch.Program("experiments.sample", __doc__, define, main)
-
-
-def run() -> None:
-  PROGRAM.cli()
+def run(argv) -> int:
+  return common.run(__doc__, define, main, argv)
 
 
 if __name__ == "__main__":
-  run()
+  common.cli(run)

@@ -7,14 +7,12 @@ bits per point, on fresh points, exact over t), figure1.png (the forward and
 reverse trajectories and the drift) and kl_per_t.png.
 """
 
-from . import launch
-
-PROGRAM = launch.training_program("experiments.swiss_roll", __doc__, "swiss_roll")
+from . import common
 
 
-def run() -> None:
-  PROGRAM.cli()
+def run(argv) -> int:
+  return common.training_run("swiss_roll", __doc__, argv)
 
 
 if __name__ == "__main__":
-  run()
+  common.cli(run)

@@ -8,14 +8,12 @@ the paper's bark row), kl_per_t_fresh.png and figure5.png (a held-out region,
 its centre replaced by noise, the centre inpainted).
 """
 
-from . import launch
-
-PROGRAM = launch.training_program("experiments.texture", __doc__, "texture")
+from . import common
 
 
-def run() -> None:
-  PROGRAM.cli()
+def run(argv) -> int:
+  return common.training_run("texture", __doc__, argv)
 
 
 if __name__ == "__main__":
-  run()
+  common.cli(run)

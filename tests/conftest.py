@@ -74,13 +74,13 @@ def tiny_config():
 
 def image_task(model_cfg, images, stats=None, conv="auto"):
   """The image Task of a model config on given uint8 images (train and test alike)."""
-  from dpm_jax import data as data_lib, registry  # pylint: disable=g-import-not-at-top
-  mnist = registry.get("mnist")
-  config = mnist.default_config()
+  from dpm_jax import data as data_lib, experiment, images as images_lib  # pylint: disable=g-import-not-at-top
+  config = images_lib.MNIST.default_config()
   config.model = model_cfg
   config.compute.conv = conv
-  return mnist.build(config, data_lib.Dataset(images, images, "test"),
-                     None if stats is None else stats.to_dict())
+  config.eval.num_strata = 5  # at most T - 1 of the tiny models
+  return experiment.build(images_lib.MNIST, config, data_lib.Dataset(images, images, "test"),
+                          None if stats is None else stats.to_dict())
 
 
 # The modules that take longest, first: with one worker per core (pytest-xdist,

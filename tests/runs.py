@@ -1,11 +1,23 @@
-"""Small training runs that several test modules share (no JAX device set-up here)."""
+"""Small training runs and configs that several test modules share (no JAX device set-up here)."""
 
 import functools
+import importlib
 
 import jax
 
-from dpm_jax import data, metrics, train
+from dpm_jax import data, metrics, registry
+from dpm_jax import train as train_lib
 from experiments.configs import test as test_config
+
+
+def config(name: str, variant: str = ""):
+  """The config of experiments/configs/<name>.py (its `variant`, e.g. 'tiny')."""
+  return importlib.import_module(f"experiments.configs.{name}").get_config(variant)
+
+
+def train(config_, workdir=None, **kwargs):
+  """train.train_and_evaluate with the experiment the config names."""
+  return train_lib.train_and_evaluate(registry.of_config(config_), config_, workdir, **kwargs)
 
 
 @functools.lru_cache(maxsize=1)
@@ -23,7 +35,7 @@ def small_digits() -> data.Dataset:
 
 def train_small(workdir, devices):
   """Six steps of the tiny config on 128 digits: (parameter leaves, metric records)."""
-  config = test_config.get_config()
-  config.train.update(num_steps=6, log_every_steps=2, eval_every_steps=3)
-  state = train.train_and_evaluate(config, str(workdir), dataset=small_digits(), devices=devices)
+  config_ = test_config.get_config()
+  config_.train.update(num_steps=6, log_every_steps=2, eval_every_steps=3)
+  state = train(config_, str(workdir), dataset=small_digits(), devices=devices)
   return jax.tree.leaves(state.params), metrics.read_metrics(str(workdir))

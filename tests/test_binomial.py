@@ -155,18 +155,21 @@ def test_check_grads_heartbeat_network_float64(offset):
 @pytest.mark.parametrize("B,offset", [(14, 0), (14, 5), (28, 6), (7, 3), (10, 2)])
 def test_per_step_readout_of_stratified_t_in_blocks_equals_the_gather(B, offset):
   """A stratified t, T-1 dividing the batch (or a slice of it): read out block by block,
-  decided from the shape when traced; values and gradients as the gather."""
+  decided from t itself; values and gradients as the gather, also for a t that is not
+  stratified (the other branch)."""
   T = 8
   kernel = jax.random.normal(jax.random.key(0), (T, 5, 3))
   bias = jax.random.normal(jax.random.key(1), (T, 3))
   h = jax.random.normal(jax.random.key(2), (B, 5))
   t = diffusion.stratified_t(offset, T, B)
-  assert readout.reads_in_blocks(B, T, True) == (B % (T - 1) == 0)
-  assert not readout.reads_in_blocks(B, T, False)
+  assert readout.reads_in_blocks(B, T) == (B % (T - 1) == 0)
+  assert bool(readout.is_stratified(t, T))
+  shuffled = jax.random.permutation(jax.random.key(3), t)
+  assert not bool(readout.is_stratified(shuffled, T)) or B <= 2
   loss = lambda fn: jax.jit(jax.value_and_grad(
       lambda h, k, b, t: jnp.sum(jnp.sin(fn(h, t, k, b))), argnums=(0, 1, 2)))
-  blocked = lambda h, t, k, b: readout.per_step_readout(h, t, k, b, stratified=True)
-  parts = [(h, t)] + ([(h[3:10], t[3:10])] if B >= 10 else [])  # a slice is stratified too
+  blocked = readout.per_step_readout
+  parts = [(h, t), (h, shuffled)] + ([(h[3:10], t[3:10])] if B >= 10 else [])  # a slice too
   for hh, tt in parts:
     (v1, g1), (v2, g2) = (loss(fn)(hh, kernel, bias, tt) for fn in (blocked, readout._gathered))
     np.testing.assert_allclose(v1, v2, rtol=1e-5)

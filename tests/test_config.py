@@ -2,27 +2,32 @@
 
 import pytest
 
+import runs
 from dpm_jax import config as config_lib
 from dpm_jax import errors
 from conftest import tiny_model_config
 
 
-def test_presets_validate():
-  for name in config_lib.PRESETS:
-    config_lib.validate_model_config(config_lib.get_model_config(name))
+def test_shipped_image_models_validate():
+  config_lib.validate_model_config(config_lib.get_model_config())
+  for name in ("mnist", "cifar10", "texture", "dead_leaves"):
+    for variant in ("", "tiny"):
+      config_lib.validate_model_config(runs.config(name, variant).model)
 
 
-def test_cifar_preset_is_reference_readme_recipe():
-  cfg = config_lib.get_model_config("cifar10")
+def test_cifar_config_is_reference_readme_recipe():
+  config = runs.config("cifar10")
+  cfg = config.model
   assert (cfg.n_hidden_dense_lower, cfg.n_hidden_dense_lower_output, cfg.n_hidden_conv,
           cfg.n_layers_conv, cfg.n_layers_dense_lower, cfg.n_layers_dense_upper,
           cfg.n_hidden_dense_upper) == (1000, 5, 100, 6, 6, 4, 100)
   assert (cfg.spatial_width, cfg.n_colors) == (32, 3)
+  assert config.train.batch_size == 200
 
 
-def test_unknown_preset():
-  with pytest.raises(ValueError, match="Unknown model preset 'svhn'"):
-    config_lib.get_model_config("svhn")
+def test_unknown_variant():
+  with pytest.raises(errors.UserError, match="The cifar10 config has no variant 'huge'"):
+    runs.config("cifar10", "huge")
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -34,8 +39,8 @@ def test_unknown_preset():
     ("spatial_width", 0, "spatial_width must be a positive integer"),
     ("n_hidden_dense_lower", -5, "n_hidden_dense_lower must be a non-negative integer"),
     ("filter_size", 4, "filter_size must be odd"),
-    ("dropout_rate", 1.0, r"dropout_rate must lie in \[0, 1\)"),
-    ("step1_beta", -0.1, r"step1_beta must lie in \[0, 1\)"),
+    ("dropout_rate", 1.0, r"dropout_rate must be a number in \[0, 1\)"),
+    ("step1_beta", -0.1, r"step1_beta must be a number in \[0, 1\)"),
     ("kl_multiplier", "T+1", "kl_multiplier must be one of"),
     ("beta_link", "probit", "beta_link must be one of"),
     ("t_sampling", "per_pixel", "t_sampling must be one of"),
@@ -58,7 +63,7 @@ def test_dense_output_required_when_dense_pathway_on():
 def test_missing_field():
   cfg = tiny_model_config()
   del cfg["n_scales"]
-  with pytest.raises(errors.UserError, match=r"lacks field\(s\) \['n_scales'\]"):
+  with pytest.raises(errors.UserError, match=r"model section has no field 'n_scales'"):
     config_lib.validate_model_config(cfg)
 
 

@@ -6,6 +6,7 @@ Every registered experiment runs through every entry point in test_matrix.py
 """
 
 import contextlib
+import functools
 import io
 import os
 import re
@@ -16,9 +17,10 @@ import sys
 import numpy as np
 import pytest
 
+import runs
 from conftest import ROOT
 from dpm_jax import registry, train
-from experiments import cli, evaluate as evaluate_program, launch, sample as sample_program
+from experiments import cli, evaluate as evaluate_program, common, sample as sample_program
 
 pytestmark = pytest.mark.slow
 
@@ -39,9 +41,9 @@ def call(fn, argv):
 def run_dir(tmp_path_factory):
   """Four steps of the tiny MNIST config on the embedded digits, which a command reads again."""
   workdir = tmp_path_factory.mktemp("run")
-  config = registry.get("mnist").tiny_config()
+  config = runs.config("mnist", 'tiny')
   config.train.num_steps = 4
-  train.train_and_evaluate(config, str(workdir))
+  runs.train(config, str(workdir))
   return workdir
 
 
@@ -70,13 +72,13 @@ def test_samples_do_not_depend_on_the_device_count(run_dir):
     assert res.returncode == 0, res.stderr[-3000:]
     draws.append(np.load(run_dir / f"devices{devices}.npz")["samples"])
   np.testing.assert_allclose(draws[0], draws[1], atol=1e-4)
-  code, _, err = call(sample_program.PROGRAM.run, ["s", f"--workdir={run_dir}",
+  code, _, err = call(sample_program.run, ["s", f"--workdir={run_dir}",
                                                    "--cpu_devices=-1"])
   assert code == 2 and err.startswith("error: --cpu_devices=-1")
 
 
 def test_a_bare_output_name_goes_into_the_run_directory(run_dir):
-  code, _, err = call(sample_program.PROGRAM.run, ["s", f"--workdir={run_dir}",
+  code, _, err = call(sample_program.run, ["s", f"--workdir={run_dir}",
                                                    "--num_images=2", "--output=bare.png"])
   assert code == 0, err
   assert (run_dir / "bare.png").exists() and (run_dir / "bare.npz").exists()
@@ -84,8 +86,8 @@ def test_a_bare_output_name_goes_into_the_run_directory(run_dir):
 
 
 def test_the_entry_points_name_a_missing_run(tmp_path):
-  for program in (sample_program.PROGRAM, evaluate_program.PROGRAM):
-    code, _, err = call(program.run, ["p", f"--workdir={tmp_path}"])
+  for program in (sample_program.run, evaluate_program.run):
+    code, _, err = call(program, ["p", f"--workdir={tmp_path}"])
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "No checkpoints in" in err and "experiments.mnist" in err
 
@@ -93,7 +95,7 @@ def test_the_entry_points_name_a_missing_run(tmp_path):
 @pytest.mark.parametrize("program", ["mnist", "heartbeat", "sample", "evaluate"])
 def test_help_exits_0_and_lists_the_flags(program):
   import importlib  # pylint: disable=g-import-not-at-top
-  code, out, err = call(importlib.import_module(f"experiments.{program}").PROGRAM.run,
+  code, out, err = call(importlib.import_module(f"experiments.{program}").run,
                         [program, "--help"])
   assert code == 0, err
   assert "--workdir" in out and "flags:" in out
@@ -109,8 +111,8 @@ def test_help_as_a_process_is_quick_and_clean():
 
 
 def test_rerunning_a_finished_run_says_it_is_complete(run_dir):
-  program = launch.training_program("experiments.mnist", "", "mnist")
-  code, out, err = call(program.run, ["m", "--config=mnist:tiny", "--config.train.num_steps=4",
+  program = functools.partial(common.training_run, "mnist", "")
+  code, out, err = call(program, ["m", "--config=mnist:tiny", "--config.train.num_steps=4",
                                       f"--workdir={run_dir}"])
   assert code == 0, err
   assert "This run is complete: step 4 of 4" in out + err

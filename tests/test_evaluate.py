@@ -1,5 +1,6 @@
 """Test-set bounds (one t, all t, stratified), unit conversion, Parzen windows."""
 
+import dataclasses
 import math
 
 import jax
@@ -73,9 +74,14 @@ def test_bits_per_dim_conversion():
   stats = data_lib.DataStats(scale=3.0, shift=-1.0, uniform_noise=3.0 / 255)
   # cost 0: the data is as likely as under N(0, 1) in model units.
   expected = (0.5 * math.log(2 * math.pi * math.e) + math.log(255 / 3.0)) / math.log(2)
-  assert evaluate.nll_bits_per_dim(0.0, stats, 1) == pytest.approx(expected)
+  assert stats.nll_bits_per_dim(0.0) == pytest.approx(expected)
   # Summed over colours in the cost, per dimension in the NLL.
-  assert evaluate.nll_bits_per_dim(-3.0, stats, 3) == pytest.approx(expected - 1.0)
+  colour = dataclasses.replace(stats, n_colors=3)
+  assert colour.nll_bits_per_dim(-3.0) == pytest.approx(expected - 1.0)
+  assert colour.extras(-3.0, 0.3) == {"nll_bpd": pytest.approx(expected - 1.0),
+                                      "nll_bpd_stderr": pytest.approx(0.1)}
+  reference = dataclasses.replace(colour, dequantization="reference")
+  assert set(reference.extras(-3.0, 0.3)) == {"density_bpd", "density_bpd_stderr"}
 
 
 def test_parzen_single_sample_is_a_gaussian_density():

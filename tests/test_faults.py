@@ -25,9 +25,11 @@ import jax
 import numpy as np
 import pytest
 
+import runs
 from conftest import ROOT
 from dpm_jax import config as config_lib, data, evaluate as evaluate_lib, metrics, outputs
 from dpm_jax import errors
+from dpm_jax import experiment as experiment_lib
 from dpm_jax import registry, rundir, safety, train
 from experiments import cli, evaluate as evaluate_program, mnist as mnist_program
 from experiments import sample as sample_program
@@ -52,7 +54,7 @@ def one_line_error(code, err, *fragments):
 
 def tiny(**train_fields):
   """The mnist experiment's tiny config (the programs the other tests compile, too)."""
-  config = registry.get("mnist").tiny_config()
+  config = runs.config("mnist", 'tiny')
   config.train.update(train_fields)
   return config
 
@@ -61,7 +63,7 @@ def tiny(**train_fields):
 def trained(tmp_path_factory):
   """Four steps on the embedded digits, checkpoints at 2 and 4: copy it before changing it."""
   workdir = tmp_path_factory.mktemp("trained")
-  train.train_and_evaluate(tiny(num_steps=4, checkpoint_every_steps=2, eval_every_steps=4),
+  runs.train(tiny(num_steps=4, checkpoint_every_steps=2, eval_every_steps=4),
                            str(workdir))
   return workdir
 
@@ -84,18 +86,18 @@ def steps_on_disk(workdir):
 def test_a_run_on_python_arrays_is_never_evaluated_on_other_data(tmp_path):
   digits = data.load_embedded()  # as arrays from Python: the programs of the other tests
   dataset = data.from_arrays(digits.train, digits.test, name="blobs")
-  train.train_and_evaluate(tiny(num_steps=2), str(tmp_path), dataset=dataset)
-  for program, extra in ((evaluate_program.PROGRAM, []),
-                         (sample_program.PROGRAM, ["--mode=inpaint"])):
-    code, _, err = call(program.run, ["p", f"--workdir={tmp_path}", "--num_images=4", *extra])
+  runs.train(tiny(num_steps=2), str(tmp_path), dataset=dataset)
+  for program, extra in ((evaluate_program.run, []),
+                         (sample_program.run, ["--mode=inpaint"])):
+    code, _, err = call(program, ["p", f"--workdir={tmp_path}", "--num_images=4", *extra])
     one_line_error(code, err, "trained on arrays given from Python", "'blobs'")
   assert not (tmp_path / "eval_stratified_test.json").exists()
-  code, _, err = call(sample_program.PROGRAM.run, ["p", f"--workdir={tmp_path}",
+  code, _, err = call(sample_program.run, ["p", f"--workdir={tmp_path}",
                                                    "--num_images=2"])
   assert code == 0, err  # plain samples need no data
   run, experiment = registry.open_run(str(tmp_path))  # from Python, with the same arrays
-  task = experiment.build(run.config, dataset, run.stats)
-  bound = evaluate_lib.bound_stratified(task, run.params, task.test[:32], jax.random.key(0),
+  task = experiment_lib.build(experiment, run.config, dataset, run.stats)
+  bound = evaluate_lib.bound_stratified(task, run.params, task.data.test[:32], jax.random.key(0),
                                         num_strata=5, batch_size=32)
   assert np.isfinite(bound["K_bits"])
 
@@ -114,16 +116,16 @@ def test_changed_data_files_are_not_taken_for_the_run_s_own(tmp_path):
   config = tiny(num_steps=2)
   config.data.update(source="idx", dir=str(folder))
   workdir = tmp_path / "run"
-  train.train_and_evaluate(config, str(workdir))
-  code, _, err = call(evaluate_program.PROGRAM.run, ["e", f"--workdir={workdir}",
+  runs.train(config, str(workdir))
+  code, _, err = call(evaluate_program.run, ["e", f"--workdir={workdir}",
                                                      "--num_images=32", "--batch_size=32"])
   assert code == 0, err
   write_idx(folder / "t10k-images-idx3-ubyte.gz", digits.test[::-1, :, :, 0])  # reordered
-  code, _, err = call(evaluate_program.PROGRAM.run, ["e", f"--workdir={workdir}"])
+  code, _, err = call(evaluate_program.run, ["e", f"--workdir={workdir}"])
   one_line_error(code, err, "are not the examples the run", "another fingerprint")
   config.train.num_steps = 3
   with pytest.raises(errors.UserError, match="trained on other data"):
-    train.train_and_evaluate(config, str(workdir))
+    runs.train(config, str(workdir))
 
 
 # ----------------------------------------------------------------------------
@@ -135,7 +137,7 @@ def test_resuming_with_another_optimizer_names_every_field_and_moves_nothing(run
                                                                               resume_verified):
   argv = ["m", "--config=test", "--config.optimizer.name=adam",
           "--config.train.num_steps=6", f"--workdir={run_copy}"]
-  code, _, err = call(mnist_program.PROGRAM.run, argv + (["--resume_verified"] * resume_verified))
+  code, _, err = call(mnist_program.run, argv + (["--resume_verified"] * resume_verified))
   one_line_error(code, err, "optimizer.name: checkpoint 'rmsprop', now 'adam'", "may not change",
                  "train.num_steps: checkpoint 4, now 6", "may change")
   assert "corrupt" not in err
@@ -176,14 +178,14 @@ def test_a_checkpoint_that_verifies_but_does_not_fit_is_not_called_corrupt(run_c
     ("compute.micro_batch_size=5", "micro_batch_size=5 must be -1 (auto), 0 (off) or divide the "
      "per-device batch 16"),
     ("compute.concurrent_micro_batches=2", "concurrent_micro_batches=2 needs micro-batches"),
-    ("model.dropout_rate=1.0", "model.dropout_rate must lie in [0, 1)"),
+    ("model.dropout_rate=1.0", "model.dropout_rate must be a number in [0, 1)"),
     ("data.dequantization=half", "data.dequantization must be one of ('bin', 'reference')"),
     ("experiment=mnst", "No experiment 'mnst'; did you mean 'mnist'?"),
     ("optimizer.learning_rate=nan", "config fields must be finite numbers"),
 ])
 def test_config_values_outside_their_domain_are_one_line_before_anything_runs(
     override, message, tmp_path):
-  code, _, err = call(mnist_program.PROGRAM.run, [
+  code, _, err = call(mnist_program.run, [
       "m", "--config=test", f"--config.{override}",
       f"--workdir={tmp_path / 'run'}"])
   one_line_error(code, err, message)
@@ -192,7 +194,7 @@ def test_config_values_outside_their_domain_are_one_line_before_anything_runs(
 
 def test_micro_batches_are_checked_against_the_plan_before_anything_is_written(tmp_path):
   # Batch 32 on two devices: 2 micro-batches of 8 each; on one device (--cpu_devices=1), 4.
-  code, _, err = call(mnist_program.PROGRAM.run, [
+  code, _, err = call(mnist_program.run, [
       "m", "--config=test", "--config.compute.micro_batch_size=8",
       "--config.compute.concurrent_micro_batches=4", f"--workdir={tmp_path / 'run'}"])
   one_line_error(code, err, "concurrent_micro_batches=4 must be 0 (auto) or divide the 2 "
@@ -207,7 +209,7 @@ def test_boundary_values_work_as_their_limit(tmp_path):
                 checkpoint_every_steps=0)
   config.optimizer.update(learning_rate=1e-5, min_learning_rate=1e-5)
   config.eval.num_images = 0
-  train.train_and_evaluate(config, str(tmp_path), dataset=data.from_arrays(
+  runs.train(config, str(tmp_path), dataset=data.from_arrays(
       data.load_embedded().train[:200]))
   records = metrics.read_metrics(str(tmp_path))
   assert [r["step"] for r in records] == [1, 2, 3]
@@ -220,7 +222,7 @@ def test_boundary_values_work_as_their_limit(tmp_path):
     ("sample", ["--num_images=0"], "--num_images=0"),
     ("sample", ["--mode=denoise", "--denoise_sigma=0"], "--denoise_sigma must be > 0"),
     ("sample", ["--mode=superres", "--superres_noise=0"], "--superres_noise must be > 0"),
-    ("sample", ["--mode=superres", "--superres_factor=3"], "does not divide the image width 28"),
+    ("sample", ["--mode=superres", "--superres_factor=3"], "superres_factor=3 does not divide the 28 x 28 image"),
     ("sample", ["--mode=inpaint", "--num_images=501"], "exceeds the run's 500 test examples"),
     ("sample", ["--mode=heal"], "samples in the mode(s) sample, inpaint, denoise, superres"),
     ("sample", ["--step=3"], "No checkpoint at step 3"),
@@ -235,7 +237,7 @@ def test_flag_values_outside_their_domain_are_one_line_and_write_nothing(trained
                                                                           message):
   before = sorted(str(p) for p in trained.rglob("*"))
   module = sample_program if program == "sample" else evaluate_program
-  code, _, err = call(module.PROGRAM.run, [program, f"--workdir={trained}", *args])
+  code, _, err = call(module.run, [program, f"--workdir={trained}", *args])
   one_line_error(code, err, message)
   assert sorted(str(p) for p in trained.rglob("*")) == before
 
@@ -254,7 +256,7 @@ def edit_meta(workdir, step, **stats):
 def test_samples_that_come_out_nan_are_not_written(run_copy):
   edit_meta(run_copy, 4, scale=0.0)  # pixels = (x - shift) / scale: infinite
   for mode in ("sample", "denoise"):
-    code, _, err = call(sample_program.PROGRAM.run, ["s", f"--workdir={run_copy}",
+    code, _, err = call(sample_program.run, ["s", f"--workdir={run_copy}",
                                                      f"--mode={mode}", "--num_images=2"])
     one_line_error(code, err, "NaN or Inf", "nothing was written")
   assert not (run_copy / "samples").exists()
@@ -262,7 +264,7 @@ def test_samples_that_come_out_nan_are_not_written(run_copy):
 
 def test_a_bound_that_comes_out_nan_is_not_written(run_copy):
   edit_meta(run_copy, 4, scale=float("nan"))
-  code, _, err = call(evaluate_program.PROGRAM.run, ["e", f"--workdir={run_copy}",
+  code, _, err = call(evaluate_program.run, ["e", f"--workdir={run_copy}",
                                                      "--num_images=8", "--batch_size=8"])
   one_line_error(code, err, "is not finite", "Nothing was written")
   assert not list(run_copy.glob("eval_*"))
@@ -285,10 +287,10 @@ def test_undefined_values_are_null_in_json_and_metrics(tmp_path):
 def test_reference_dequantization_reports_a_density_not_an_nll_bound(tmp_path):
   config = tiny(num_steps=2, eval_every_steps=2)
   config.data.dequantization = "reference"
-  train.train_and_evaluate(config, str(tmp_path))
+  runs.train(config, str(tmp_path))
   last = metrics.read_metrics(str(tmp_path))[-1]
   assert "eval/density_bpd" in last and not any("nll" in k for k in last)
-  code, out, err = call(evaluate_program.PROGRAM.run, ["e", f"--workdir={tmp_path}",
+  code, out, err = call(evaluate_program.run, ["e", f"--workdir={tmp_path}",
                                                        "--num_images=8", "--batch_size=8"])
   assert code == 0, err
   report = json.loads((tmp_path / "eval_stratified_test.json").read_text())
@@ -312,7 +314,7 @@ def test_a_damaged_deflate_stream_is_the_one_line_data_error(tmp_path):
   path.write_bytes(bytes(raw))
   with pytest.raises(errors.UserError, match=re.escape(str(path))):
     data.load_idx(str(folder))
-  code, _, err = call(mnist_program.PROGRAM.run, [
+  code, _, err = call(mnist_program.run, [
       "m", "--config=test", "--config.data.source=idx", f"--config.data.dir={folder}",
       f"--workdir={tmp_path / 'run'}"])
   one_line_error(code, err, str(path), "damaged")
@@ -365,7 +367,7 @@ def test_another_experiment_s_config_is_one_line_naming_its_program(program, con
   """A program trains its own experiment: another's config names the program to use."""
   workdir = tmp_path / "run"
   module = importlib.import_module(f"experiments.{program}")
-  for fn, argv in ((cli.main, ["train", program]), (module.PROGRAM.run, [f"experiments.{program}"])):
+  for fn, argv in ((cli.main, ["train", program]), (module.run, [f"experiments.{program}"])):
     code, _, err = call(fn, argv + [f"--config={config}", f"--workdir={workdir}"])
     one_line_error(code, err, f"a config of the {named} experiment", f"dpm-jax train {named}")
   assert not workdir.exists()
@@ -416,16 +418,16 @@ def test_a_stop_during_an_action_saves_the_step_and_the_rerun_finishes_it(tmp_pa
                                                                           action):
   config = tiny(num_steps=4, log_every_steps=1, eval_every_steps=2, checkpoint_every_steps=0,
                 sample_every_steps=2, sample_num_images=2)
-  ref = train.train_and_evaluate(config, str(tmp_path / "ref"))
+  ref = runs.train(config, str(tmp_path / "ref"))
   calls = {"eval": (train, "evaluate_test"), "samples": (train, "write_samples")}[action]
   stop_during(monkeypatch, *calls)
   with pytest.raises(errors.Stopped, match=r"SIGTERM: saved step 2") as caught:
-    train.train_and_evaluate(config, str(tmp_path / "run"))
+    runs.train(config, str(tmp_path / "run"))
   assert caught.value.code == 143
   monkeypatch.undo()
   assert steps_on_disk(tmp_path / "run") == [2]
   assert (tmp_path / "run" / train.PENDING_FILE).exists()
-  again = train.train_and_evaluate(config, str(tmp_path / "run"))
+  again = runs.train(config, str(tmp_path / "run"))
   assert not (tmp_path / "run" / train.PENDING_FILE).exists()
   for a, b in zip(jax.tree.leaves(ref.params), jax.tree.leaves(again.params)):
     np.testing.assert_array_equal(a, b)
@@ -439,13 +441,13 @@ def test_a_stop_during_an_action_saves_the_step_and_the_rerun_finishes_it(tmp_pa
 def test_the_evaluations_and_the_sampler_stop_between_batches_and_chunks(trained):
   from dpm_jax import sampling  # pylint: disable=g-import-not-at-top
   run, experiment = registry.open_run(str(trained))
-  task = experiment.build(run.config, registry.run_data(run, experiment), run.stats)
+  task = experiment_lib.build(experiment, run.config, registry.run_data(run, experiment), run.stats)
   polls = []
   stop_after = lambda n: lambda: polls.append(1) or len(polls) > n
   for bound in (evaluate_lib.bound_all_t, evaluate_lib.bound_stratified, evaluate_lib.bound_one_t):
     polls.clear()
     with pytest.raises(errors.Stopped):
-      bound(task, run.params, task.test[:32], jax.random.key(0), batch_size=8,
+      bound(task, run.params, task.data.test[:32], jax.random.key(0), batch_size=8,
             should_stop=stop_after(2))
     assert len(polls) == 3
   polls.clear()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
+import runs
 from dpm_jax import data, dead_leaves, image_folder, registry
 from dpm_jax import errors
 
@@ -161,7 +162,7 @@ def test_dead_leaves_are_covered_discs_drawn_by_seed():
 
 
 def test_dead_leaves_examples_are_tiles_of_fresh_draws():
-  config = registry.get("dead_leaves").tiny_config()
+  config = runs.config("dead_leaves", 'tiny')
   dataset = registry.get("dead_leaves").load_data(config)
   train = dataset.train
   assert train.tiles == 4 and train.example_shape == (16, 16, 1)

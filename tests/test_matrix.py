@@ -20,12 +20,13 @@ import jax
 import numpy as np
 import pytest
 
+import runs
 from dpm_jax import registry, rundir, sampling, train
-from experiments import cli, evaluate as evaluate_program, launch, sample as sample_program
+from experiments import cli, evaluate as evaluate_program, common, sample as sample_program
 
 pytestmark = pytest.mark.slow
 
-NAMES = registry.names()
+NAMES = tuple(registry.EXPERIMENTS)
 # Each registered experiment's tiny config, and the image model on a folder of PNGs
 # that a test makes (data.source='folder'): (case, experiment, its config's overrides).
 DAMAGED = 3
@@ -37,7 +38,7 @@ ALL_MODES = sorted({m for e in registry.EXPERIMENTS.values() for m in e.sampling
 
 def data_context(name):
   """Offline data for an experiment whose config reads tfds: its mock data."""
-  if registry.get(name).tiny_config().data.source == "tfds":
+  if runs.config(name, 'tiny').data.source == "tfds":
     tfds = pytest.importorskip("tensorflow_datasets")
     return tfds.testing.mock_data(num_examples=64)
   return contextlib.nullcontext()
@@ -90,7 +91,7 @@ class Case:
     self.id, self.experiment, self.overrides = case_id, experiment, dict(overrides)
 
   def config(self):
-    config = registry.get(self.experiment).tiny_config()
+    config = runs.config(self.experiment, 'tiny')
     for path, value in self.overrides.items():
       section, field = path.split(".")
       config[section][field] = value
@@ -109,16 +110,16 @@ def trained(request, tmp_path_factory):
     code, _, err = call(cli.main, ["train", name] + train_args(case, workdir, 2))
     assert code == 0, err
     assert rundir.load_run(str(workdir)).step == 2
-    program = importlib.import_module(f"experiments.{name}").PROGRAM  # python -m experiments.<name>
-    code, _, err = call(program.run, [f"experiments.{name}"] + train_args(case, workdir, 3))
+    program = importlib.import_module(f"experiments.{name}").run  # python -m experiments.<name>
+    code, _, err = call(program, [f"experiments.{name}"] + train_args(case, workdir, 3))
     assert code == 0, err
     yield case, workdir
 
 
 def test_every_experiment_has_a_config_and_an_entry_point():
   for name in NAMES:
-    assert os.path.isfile(launch.config_path(name)), name
-    assert os.path.isfile(os.path.join(os.path.dirname(launch.CONFIG_DIR), f"{name}.py")), name
+    assert os.path.isfile(os.path.join(common.CONFIG_DIR, f"{name}.py")), name
+    assert os.path.isfile(os.path.join(os.path.dirname(common.CONFIG_DIR), f"{name}.py")), name
 
 
 def test_resume_equals_the_uninterrupted_run(trained, tmp_path):
@@ -127,7 +128,7 @@ def test_resume_equals_the_uninterrupted_run(trained, tmp_path):
   config = case.config()
   config.train.update(num_steps=3, log_every_steps=1)
   with data_context(name):
-    state = train.train_and_evaluate(config, str(tmp_path))
+    state = runs.train(config, str(tmp_path))
   resumed = rundir.load_run(str(workdir))
   assert resumed.step == 3
   for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(state.params)):
@@ -179,7 +180,7 @@ def test_evaluation_with_every_method(trained, method):
   if method == "all_t":
     argv += ["--parzen_samples=4", "--parzen_validation=16"]  # the sample mode's program
   with data_context(name):
-    code, out, err = call(evaluate_program.PROGRAM.run, ["experiments.evaluate"] + argv)
+    code, out, err = call(evaluate_program.run, ["experiments.evaluate"] + argv)
   assert code == 0, err
   report = strict_json(workdir / f"eval_{method}_test.json")
   assert report["method"] == method and report["step"] == 3 and report["experiment"] == name
@@ -190,7 +191,7 @@ def test_evaluation_with_every_method(trained, method):
     assert (workdir / "kl_per_t_test.png").exists()
     strict_json(workdir / "eval_parzen_test.json")
   # The final report of a Table 1 experiment (fresh data) stays as training wrote it.
-  assert registry.get(name).final_report == (before is not None)
+  assert (registry.get(name).report_source is not None) == (before is not None)
   if before is not None:
     assert final.read_bytes() == before
     assert strict_json(final)["source"] == registry.get(name).report_source
@@ -199,7 +200,7 @@ def test_evaluation_with_every_method(trained, method):
 def test_the_final_report_of_a_table_1_experiment(trained):
   case, workdir = trained
   experiment = registry.get(case.experiment)
-  if not experiment.final_report:
+  if experiment.report_source is None:
     assert not (workdir / "eval.json").exists()
     return
   report = strict_json(workdir / "eval.json")
@@ -219,8 +220,8 @@ def test_the_final_report_of_a_table_1_experiment(trained):
 
 def test_print_config_gives_every_field_its_meaning(trained):
   name = trained[0].experiment
-  program = importlib.import_module(f"experiments.{name}").PROGRAM
-  code, out, err = call(program.run, [f"experiments.{name}", f"--config={name}",
+  program = importlib.import_module(f"experiments.{name}").run
+  code, out, err = call(program, [f"experiments.{name}", f"--config={name}",
                                       "--print_config"])
   assert code == 0, err
   lines = [l for l in out.splitlines() if not l.startswith("#")]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_model_config
+import runs
 from dpm_jax import config as config_lib
 from dpm_jax import diffusion, kernels, networks
 
@@ -33,7 +34,7 @@ def expected_param_count(cfg):
 @pytest.mark.slow
 @pytest.mark.parametrize("preset,count", [("mnist", 1_691_008), ("cifar10", None)])
 def test_preset_shapes_and_parameter_counts(preset, count):
-  cfg = config_lib.get_model_config(preset)
+  cfg = runs.config(preset).model
   model = diffusion.make_model(cfg)
   params = jax.eval_shape(lambda: diffusion.init_params(model, jax.random.key(0)))
   n = diffusion.count_params(params)
@@ -51,7 +52,7 @@ def test_preset_shapes_and_parameter_counts(preset, count):
 
 @pytest.mark.slow
 def test_initialisation_follows_the_reference_code():
-  cfg = config_lib.get_model_config("mnist")
+  cfg = config_lib.get_model_config()
   params = diffusion.init_params(diffusion.make_model(cfg), jax.random.key(0))["params"]["network"]
   kernel = np.asarray(params["mlp_conv"]["layer1"]["kernel_scale0"])
   std = math.sqrt(1.0 / cfg.n_hidden_conv) / cfg.filter_size**2

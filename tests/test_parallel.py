@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+import runs
 from conftest import ROOT, image_task
 from dpm_jax import data, diffusion, evaluate, parallel, rundir, sampling, train
 from dpm_jax import errors, execution
@@ -112,7 +113,7 @@ def test_cpu_devices_for():
 
 @pytest.mark.slow
 def test_use_cpu_devices_before_jax_starts():
-  script = ("import jax\nfrom dpm_jax import parallel\n"
+  script = ("import jax\nfrom dpm_jax import execution\n"
             "print(execution.show_cpu_devices(2), jax.device_count())\n"
             "print(execution.show_cpu_devices(3), jax.device_count())\n")
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
@@ -133,10 +134,10 @@ def test_the_plan_splits_every_batch_and_records_nothing(tmp_path, monkeypatch):
   config = test_config.get_config()
   config.train.update(num_steps=2, eval_every_steps=0, sample_every_steps=0)
   small = small_digits()
-  state = train.train_and_evaluate(config, str(tmp_path / "all"), dataset=small)
+  state = runs.train(config, str(tmp_path / "all"), dataset=small)
   assert len(state.step.sharding.device_set) == 2
   config.compute.cpu_devices = 1
-  state = train.train_and_evaluate(config, str(tmp_path / "one"), dataset=small)
+  state = runs.train(config, str(tmp_path / "one"), dataset=small)
   assert len(state.step.sharding.device_set) == 1
   assert not (tmp_path / "cache").exists()
   assert not any(name.endswith("split.json") for name in os.listdir(tmp_path / "all"))

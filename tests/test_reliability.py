@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 
+import runs
 from conftest import ROOT
 from dpm_jax import errors
 from dpm_jax import rundir, step as step_lib, train
@@ -35,7 +36,7 @@ def config_of(**train_fields):
 def trained(tmp_path_factory):
   """An 8-step run with checkpoints at 4 and 8: copy it before changing it."""
   workdir = tmp_path_factory.mktemp("trained")
-  train.train_and_evaluate(config_of(num_steps=8, checkpoint_every_steps=4, eval_every_steps=8),
+  runs.train(config_of(num_steps=8, checkpoint_every_steps=4, eval_every_steps=8),
                            str(workdir), dataset=digits())
   return workdir
 
@@ -66,7 +67,7 @@ def test_divergence_saves_nothing_and_fails_naming_the_last_good_checkpoint(run)
   config.optimizer.learning_rate = 1e30  # the loss is NaN from the second step on
   with pytest.raises(errors.UserError,
                      match=r"(?s)up to step 17 \(the last, .*last good checkpoint is step 8"):
-    train.train_and_evaluate(config, str(run), dataset=digits())
+    runs.train(config, str(run), dataset=digits())
   # Steps 9, 12 and 15 were not saved, so pruning kept the good ones.
   assert steps_on_disk(run) == [4, 8]
   after = rundir.load_run(str(run))
@@ -101,11 +102,11 @@ def test_byte_flipped_checkpoint_is_an_error_and_resume_verified_skips_it(run):
   _flip_bytes(run / "checkpoints" / "8")
   config = config_of(num_steps=10, checkpoint_every_steps=4)
   with pytest.raises(errors.UserError, match=r"checkpoints/8 is corrupt"):
-    train.train_and_evaluate(config, str(run), dataset=digits())
+    runs.train(config, str(run), dataset=digits())
   with pytest.raises(errors.UserError, match=r"checkpoints/8 is corrupt"):
     rundir.load_run(str(run))
   assert rundir.load_run(str(run), step=4).step == 4
-  state = train.train_and_evaluate(config, str(run), dataset=digits(),
+  state = runs.train(config, str(run), dataset=digits(),
                                    resume_verified=True)
   assert int(state.step) == 10 and steps_on_disk(run) == [4, 8, 10]
   (moved,) = os.listdir(run / "checkpoints_corrupt")
@@ -144,7 +145,7 @@ def test_full_disk_stops_before_saving_with_the_cause(run, monkeypatch):
                       lambda path: usage._replace(free=300 * 1024))
   with pytest.raises(errors.UserError, match=r"(?s)Not enough disk space.*"
                      r"last good checkpoint is step 8"):
-    train.train_and_evaluate(config_of(num_steps=12, checkpoint_every_steps=2), str(run),
+    runs.train(config_of(num_steps=12, checkpoint_every_steps=2), str(run),
                              dataset=digits())
   assert steps_on_disk(run) == [4, 8]
   assert not (run / ".lock").exists()
@@ -168,7 +169,7 @@ def test_failed_background_save_stops_training_at_once(small_disk, monkeypatch):
   monkeypatch.setattr(rundir, "check_space", lambda *args: None)
   with pytest.raises(errors.UserError, match=r"(?s)Saving a checkpoint in .* failed: "
                      r".*No space left on device.*The last good checkpoint is step"):
-    train.train_and_evaluate(config_of(num_steps=40, checkpoint_every_steps=2,
+    runs.train(config_of(num_steps=40, checkpoint_every_steps=2,
                                        keep_checkpoints=50),
                              str(small_disk / "run"), dataset=digits())
   records = [json.loads(line) for line in open(small_disk / "run" / "metrics.jsonl")]
@@ -244,7 +245,7 @@ def test_training_refuses_a_workdir_in_use(tmp_path):
         {"pid": holder.pid, "host": socket.gethostname(), "start_time": None,
          "command": "python -m experiments.mnist"}))
     with pytest.raises(errors.UserError, match=rf"in use by process {holder.pid}"):
-      train.train_and_evaluate(config_of(num_steps=2), str(tmp_path),
+      runs.train(config_of(num_steps=2), str(tmp_path),
                                dataset=digits())
   finally:
     holder.kill()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_model_config
+from dpm_jax import errors
 from dpm_jax import data as data_lib, diffusion, networks, sampling
 from test_diffusion import isotropic_params
 
@@ -60,7 +61,7 @@ def test_inpainting_keeps_known_pixels_exactly(tiny):
     assert not np.allclose(np.asarray(x)[~m], np.asarray(known)[~m])
   right = sampling.inpaint_mask("right_half", 8, 1)
   assert right[:, 4:].all() and not right[:, :4].any()  # the reference mask
-  with pytest.raises(ValueError, match="Unknown mask"):
+  with pytest.raises(errors.UserError, match="Unknown mask"):
     sampling.inpaint_mask("diagonal", 8)
 
 
@@ -159,11 +160,11 @@ def test_generate_modes(tiny, mode):
   if mode == "inpaint":
     m = np.broadcast_to(out["mask"], out["samples"].shape)
     np.testing.assert_allclose(out["samples"][m], out["true"][m], atol=1e-6)
-  with pytest.raises(ValueError, match="needs 4 true images"):
+  with pytest.raises(errors.UserError, match="needs 4 true images"):
     if mode != "sample":
       sampling.generate(model, params, stats, mode, jax.random.key(0), num_images=4)
     else:
-      raise ValueError("needs 4 true images")
+      raise errors.UserError("needs 4 true images")
 
 
 def test_default_record_t():

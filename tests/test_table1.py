@@ -9,6 +9,7 @@ import pytest
 from jax.test_util import check_grads
 
 from dpm_jax import diffusion, execution, swiss_roll
+from dpm_jax import experiment as experiment_lib
 from dpm_jax.kernels import readout
 from experiments.configs import heartbeat as heartbeat_config
 
@@ -41,18 +42,18 @@ def test_swiss_roll_true_log_likelihood_against_monte_carlo_on_a_wide_roll():
 
 def test_heartbeat_config_trains_on_stratified_batches_read_out_in_blocks():
   """The default batch covers every t equally and is read out in blocks
-  (dpm_jax.kernels.readout), decided when traced: T-1 divides the batch, and a model
+  (dpm_jax.kernels.readout): T-1 divides the batch, and a model
   without convolutions takes it whole (no micro-batches), with nothing switched off
   in the config."""
   from dpm_jax import heartbeat, parallel, registry  # pylint: disable=g-import-not-at-top
   config = heartbeat_config.get_config()
-  registry.validate(config)
+  experiment_lib.validate(registry.of_config(config), config)
   T, batch = config.model.trajectory_length, config.train.batch_size
   assert config.model.t_sampling == "stratified" and batch % (T - 1) == 0
   assert config.compute.micro_batch_size == -1
   model = heartbeat.make_model(config.model)
   assert execution.micro_batch_size(config.compute.micro_batch_size, batch, 1, model) == 0
-  assert readout.reads_in_blocks(batch, T, stratified=True)
+  assert readout.reads_in_blocks(batch, T)
 
 
 def small_swiss_roll(**overrides):

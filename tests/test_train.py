@@ -15,9 +15,11 @@ import numpy as np
 import optax
 import pytest
 
+import runs
 from conftest import ROOT
 from dpm_jax import config as config_lib, data as data_lib, metrics, optim, parallel, registry
-from dpm_jax import errors, execution
+from dpm_jax import errors
+from dpm_jax import experiment as experiment_lib, execution
 from dpm_jax import rundir, train
 from experiments.configs import test as test_config
 from runs import digits
@@ -56,7 +58,7 @@ def deterministic_metrics(workdir):
 def trained_run(tmp_path_factory):
   """A 10-step run on 96 digits, with a sample grid: copy it before changing it."""
   workdir = tmp_path_factory.mktemp("trained")
-  state = train.train_and_evaluate(tiny_config(num_steps=10, sample_every_steps=10),
+  state = runs.train(tiny_config(num_steps=10, sample_every_steps=10),
                                    str(workdir), dataset=digits())
   return workdir, state
 
@@ -153,7 +155,7 @@ def test_train_and_evaluate_on_embedded_digits(trained_run):
 def test_training_lowers_the_bound(tmp_path):
   config = tiny_config(num_steps=150, log_every_steps=50, eval_every_steps=150,
                        checkpoint_every_steps=150, learning_rate=3e-3)
-  train.train_and_evaluate(config, str(tmp_path), dataset=digits())
+  runs.train(config, str(tmp_path), dataset=digits())
   losses = [r["train/loss"] for r in metrics.read_metrics(str(tmp_path)) if "train/loss" in r]
   assert losses[-1] < losses[0] - 0.2, losses
 
@@ -162,12 +164,12 @@ def test_training_lowers_the_bound(tmp_path):
 def test_resume_in_process_equals_uninterrupted(tmp_path):
   ds = digits()
   full = tiny_config(num_steps=12, checkpoint_every_steps=4, log_every_steps=3, eval_every_steps=6)
-  a = train.train_and_evaluate(full, str(tmp_path / "a"), dataset=ds)
+  a = runs.train(full, str(tmp_path / "a"), dataset=ds)
   first = tiny_config(num_steps=5, checkpoint_every_steps=4, log_every_steps=3, eval_every_steps=6)
-  train.train_and_evaluate(first, str(tmp_path / "b"), dataset=ds)  # saves 4 and 5
+  runs.train(first, str(tmp_path / "b"), dataset=ds)  # saves 4 and 5
   # Rewind to step 4, as if killed just after that checkpoint.
   shutil.rmtree(tmp_path / "b" / "checkpoints" / "5")
-  b = train.train_and_evaluate(full, str(tmp_path / "b"), dataset=ds)
+  b = runs.train(full, str(tmp_path / "b"), dataset=ds)
   for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
     np.testing.assert_array_equal(x, y)
   assert deterministic_metrics(tmp_path / "a") == deterministic_metrics(tmp_path / "b")
@@ -195,7 +197,7 @@ KILL_ARGS = ["experiments.mnist", "--config=experiments/configs/test.py", "--cpu
 def uninterrupted_cli_run(tmp_path_factory):
   from experiments import mnist  # pylint: disable=g-import-not-at-top
   ref = tmp_path_factory.mktemp("uninterrupted")
-  code, _, err = call_program(mnist.PROGRAM, KILL_ARGS + [f"--workdir={ref}"])
+  code, _, err = call_program(mnist.run, KILL_ARGS + [f"--workdir={ref}"])
   assert code == 0, err[-3000:]
   return ref
 
@@ -242,10 +244,11 @@ def test_nonfinite_losses_stop_training_and_keep_the_last_good_checkpoint(run_co
   real = data_lib.DataStats.from_dict
   # From here on every batch maps to NaN, as a broken preprocessing would.
   monkeypatch.setattr(data_lib.DataStats, "from_dict",
-                      classmethod(lambda cls, d: real(d).__class__(float("nan"), 0.0, 0.0)))
+                      classmethod(lambda cls, d, **kw: real(d).__class__(float("nan"), 0.0, 0.0,
+                                                                         **kw)))
   config = tiny_config(num_steps=30, max_nonfinite_steps=4)
   with pytest.raises(errors.UserError, match="non-finite for 4 consecutive step"):
-    train.train_and_evaluate(config, str(run_copy), dataset=digits())
+    runs.train(config, str(run_copy), dataset=digits())
   monkeypatch.undo()
   after = rundir.load_run(str(run_copy))
   assert after.step == 10
@@ -263,14 +266,14 @@ def test_corrupt_checkpoint_is_an_error_not_a_restart(run_copy):
           f.write(b"garbage")
   with pytest.raises(errors.UserError,
                      match=r"checkpoints/10 is corrupt: its files cannot be read"):
-    train.train_and_evaluate(tiny_config(num_steps=20), str(run_copy), dataset=digits())
+    runs.train(tiny_config(num_steps=20), str(run_copy), dataset=digits())
 
 
 @pytest.mark.slow
 def test_unfinished_step_folder_is_an_error(run_copy):
   os.makedirs(run_copy / "checkpoints" / "15")
   with pytest.raises(errors.UserError, match=r"(?s)checkpoints/15.*corrupt"):
-    train.train_and_evaluate(tiny_config(num_steps=20), str(run_copy), dataset=digits())
+    runs.train(tiny_config(num_steps=20), str(run_copy), dataset=digits())
 
 
 @pytest.mark.slow
@@ -280,7 +283,7 @@ def test_changed_model_config_is_an_error(run_copy):
   with pytest.raises(errors.UserError,
                      match=r"(?s)may not change.*model.n_hidden_conv: checkpoint 4, now 5.*"
                            r"may change:.*train.num_steps: checkpoint 10, now 20"):
-    train.train_and_evaluate(config, str(run_copy), dataset=digits())
+    runs.train(config, str(run_copy), dataset=digits())
 
 
 @pytest.mark.slow
@@ -288,7 +291,7 @@ def test_compute_section_may_change_on_resume(run_copy):
   """How the model runs is not part of what it is: another kernel resumes the run."""
   config = tiny_config(num_steps=12, micro_batch_size=8)
   config.compute.conv = "xla"
-  state = train.train_and_evaluate(config, str(run_copy), dataset=digits())
+  state = runs.train(config, str(run_copy), dataset=digits())
   assert int(state.step) == 12
 
 
@@ -304,7 +307,7 @@ def test_compute_section_may_change_on_resume(run_copy):
 def test_bad_train_config(field, value, message):
   config = tiny_config(**{field: value})
   with pytest.raises(errors.UserError, match=message):
-    registry.validate(config)
+    experiment_lib.validate(registry.of_config(config), config)
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -316,15 +319,15 @@ def test_bad_eval_config(field, value, message):
   config = tiny_config()
   config.eval[field] = value
   with pytest.raises(errors.UserError, match=message):
-    registry.validate(config)
+    experiment_lib.validate(registry.of_config(config), config)
 
 
 @pytest.mark.slow
 def test_image_shape_mismatch(tmp_path):
   config = tiny_config()
   config.model.spatial_width = 32
-  with pytest.raises(errors.UserError, match=r"images are \(28, 28, 1\)"):
-    train.train_and_evaluate(config, str(tmp_path), dataset=digits())
+  with pytest.raises(errors.UserError, match=r"examples are \(28, 28, 1\) but the model expects \(32, 32, 1\)"):
+    runs.train(config, str(tmp_path), dataset=digits())
 
 
 # ----------------------------------------------------------------------------
@@ -336,7 +339,7 @@ def call_program(program, argv):
   import contextlib, io  # pylint: disable=g-import-not-at-top,multiple-imports
   out, err = io.StringIO(), io.StringIO()
   with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-    code = program.run(argv)
+    code = program(argv)
   return code, out.getvalue(), err.getvalue()
 
 
@@ -344,7 +347,7 @@ def call_program(program, argv):
 def test_cli_overrides_and_default_workdir(tmp_path):
   from experiments import mnist  # pylint: disable=g-import-not-at-top
   out = tmp_path / "out"
-  code, _, err = call_program(mnist.PROGRAM, [
+  code, _, err = call_program(mnist.run, [
       "m", "--config=experiments/configs/test.py", "--config.train.num_steps=4",
       "--config.sample.num_intermediate=3", f"--config.output_dir={out}",
       "--config.suffix=_smoke"])
@@ -358,15 +361,15 @@ def test_cli_overrides_and_default_workdir(tmp_path):
 @pytest.mark.slow
 def test_cli_errors_are_clear(tmp_path):
   from experiments import cifar10, mnist  # pylint: disable=g-import-not-at-top
-  code, _, err = call_program(mnist.PROGRAM, [
+  code, _, err = call_program(mnist.run, [
       "m", "--config=test", "--config.train.batch_size=0", f"--workdir={tmp_path / 'a'}"])
   assert code == 2 and "train.batch_size must be a positive integer" in err
-  code, _, err = call_program(mnist.PROGRAM, [
+  code, _, err = call_program(mnist.run, [
       "m", "--config=test", "--config.data.source=idx", f"--config.data.dir={tmp_path}",
       f"--workdir={tmp_path / 'b'}"])
   assert code == 2 and "No train-images-idx3-ubyte" in err
   start = time.time()
-  code, _, err = call_program(cifar10.PROGRAM, [
+  code, _, err = call_program(cifar10.run, [
       "c", "--config=cifar10", f"--config.data.tfds_data_dir={tmp_path / 'tfds'}",
       f"--workdir={tmp_path / 'c'}"])
   assert code == 2 and "not prepared" in err and "data.source='embedded'" in err
@@ -439,7 +442,7 @@ def test_from_python_training_shows_its_progress_and_curves_include_their_step(
   monkeypatch.setattr(train.plotting, "plot_learning_curves",
                       lambda records, path, unit: drawn.append(records[-1]["step"])
                       or real(records, path, unit))
-  train.train_and_evaluate(tiny_config(num_steps=4, log_every_steps=2, eval_every_steps=2),
+  runs.train(tiny_config(num_steps=4, log_every_steps=2, eval_every_steps=2),
                            str(tmp_path), dataset=digits())
   out = capsys.readouterr().out
   for line in ("No checkpoint in", "step 1/4: train bound", "step 2/4 (50.0%",

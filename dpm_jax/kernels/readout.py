@@ -1,15 +1,15 @@
 """The per-t readout of the Table 1 models, h @ kernel[t] + bias[t], and how it runs.
 
-What it computes is the gather (one kernel per example). When the caller
-says that t is a stratified draw (diffusion.stratified_t: example i has
-t = 1 + (i + offset) mod (T-1)) and T-1 divides the batch, the batch is
-read out block by block instead: one batched matmul per t and a
-hand-written backward pass, several times faster on the CPU than a kernel
-gathered per example and its scatter-add backward. The choice is made when
-the function is traced, from the caller's word and the batch's shape; it
-holds for any slice of a stratified batch whose length T-1 divides (a
-micro-batch, a device's part), whose offset is then its first t minus 1.
-The model (dpm_jax.heartbeat.PerStepDense) calls `per_step_readout`.
+What it computes is the gather (one kernel per example). When t is a
+stratified draw (diffusion.stratified_t: example i has t = 1 + (i + offset)
+mod (T-1)) and T-1 divides the batch, the batch is read out block by block
+instead: one batched matmul per t and a hand-written backward pass, several
+times faster on the CPU than a kernel gathered per example and its
+scatter-add backward. Whether T-1 divides the batch is known when the
+function is traced; whether t is stratified is read from t itself at run
+time (lax.cond runs one branch), so the model's callers pass t alone. It
+holds for any slice of a stratified batch (a micro-batch, a device's part),
+whose offset is its first t minus 1.
 """
 
 from __future__ import annotations
@@ -59,20 +59,25 @@ def _blocked_bwd(res, g):
 _blocked.defvjp(_blocked_fwd, _blocked_bwd)
 
 
-def reads_in_blocks(batch_size: int, trajectory_length: int, stratified: bool) -> bool:
-  """Whether per_step_readout runs block by block: decided from static facts alone."""
-  return stratified and batch_size > 0 and batch_size % (trajectory_length - 1) == 0
+def reads_in_blocks(batch_size: int, trajectory_length: int) -> bool:
+  """Whether a batch of this size can be read out block by block (T-1 divides it)."""
+  return batch_size > 0 and batch_size % (trajectory_length - 1) == 0
 
 
-def per_step_readout(h, t, kernel, bias, *, stratified: bool = False):
+def is_stratified(t, trajectory_length: int) -> jax.Array:
+  """Whether t (B,) is a stratified draw: t_i = 1 + (t_0 - 1 + i) mod (T-1), every i."""
+  n = trajectory_length - 1
+  return jnp.all(t == 1 + (jnp.arange(t.shape[0]) + t[0] - 1) % n)
+
+
+def per_step_readout(h, t, kernel, bias):
   """h (B, K) @ kernel[t] (B, K, O) + bias[t], kernel (T, K, O), t (B,) integer.
 
-  Args:
-    h, t, kernel, bias: as above.
-    stratified: the caller's word (static) that t is a stratified draw over
-      these examples (diffusion.stratified_t); with T-1 dividing B they are
-      read out block by block. The values are the gather's either way.
+  The values are the gather's either way; a stratified t of a batch that T-1
+  divides is read out block by block (the module docstring).
   """
-  if reads_in_blocks(h.shape[0], kernel.shape[0], stratified):
-    return _blocked(h, t[0] - 1, kernel, bias)
-  return _gathered(h, t, kernel, bias)
+  if not reads_in_blocks(h.shape[0], kernel.shape[0]):
+    return _gathered(h, t, kernel, bias)
+  return jax.lax.cond(is_stratified(t, kernel.shape[0]),
+                      lambda h, t, k, b: _blocked(h, t[0] - 1, k, b), _gathered,
+                      h, t, kernel, bias)

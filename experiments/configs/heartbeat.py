@@ -3,14 +3,17 @@
   python -m experiments.heartbeat --config=experiments/configs/heartbeat.py --workdir=runs/heartbeat
 """
 
-from dpm_jax import registry
+from dpm_jax import config as config_lib
+from dpm_jax import heartbeat
+from dpm_jax import table1
 
 
 def get_config(variant: str = ""):
-  experiment = registry.get("heartbeat")
-  if variant:
-    return experiment.variant(variant)
-  config = experiment.default_config()
+  config_lib.check_variant("heartbeat", variant)
+  config = heartbeat.HEARTBEAT.default_config()
+  if variant == "tiny":
+    return table1.tiny_generated(config, trajectory_length=20, n_hidden=8,
+                                 t_sampling="stratified")
   # Four examples of every t per step (diffusion.stratified_t), read out in blocks.
   config.model.t_sampling = "stratified"
   config.optimizer.min_learning_rate = 1e-3

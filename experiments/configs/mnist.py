@@ -7,11 +7,11 @@ Defaults to the 5000 digits shipped with the package (offline); for full
 MNIST use --config.data.source=tfds (or =idx with --config.data.dir).
 """
 
-from dpm_jax import registry
+from dpm_jax import config as config_lib
+from dpm_jax import images
 
 
 def get_config(variant: str = ""):
-  experiment = registry.get("mnist")
-  if variant:
-    return experiment.variant(variant)
-  return experiment.default_config()  # the reference recipe is the shared default
+  config_lib.check_variant("mnist", variant)
+  config = images.MNIST.default_config()  # the reference recipe is the shared default
+  return images.tiny(config) if variant == "tiny" else config

@@ -3,14 +3,16 @@
   python -m experiments.swiss_roll --config=experiments/configs/swiss_roll.py --workdir=runs/swiss_roll
 """
 
-from dpm_jax import registry
+from dpm_jax import config as config_lib
+from dpm_jax import swiss_roll
+from dpm_jax import table1
 
 
 def get_config(variant: str = ""):
-  experiment = registry.get("swiss_roll")
-  if variant:
-    return experiment.variant(variant)
-  config = experiment.default_config()
+  config_lib.check_variant("swiss_roll", variant)
+  config = swiss_roll.SWISS_ROLL.default_config()
+  if variant == "tiny":
+    return table1.tiny_generated(config, trajectory_length=10, n_hidden=8)
   config.data.num_test = 2000
   config.optimizer.min_learning_rate = 5e-4
   t = config.train

@@ -1,9 +1,10 @@
 """A tiny MNIST config for tests and smoke runs on a CPU (seconds, not minutes):
-the mnist experiment's tiny variant, as --config=experiments/configs/mnist.py:tiny."""
+the mnist config's tiny variant, as --config=experiments/configs/mnist.py:tiny."""
 
-from dpm_jax import registry
+from dpm_jax import config as config_lib
+from dpm_jax import images
 
 
 def get_config(variant: str = ""):
-  experiment = registry.get("mnist")
-  return experiment.variant(variant) if variant else experiment.tiny_config()
+  config_lib.check_variant("test", variant)
+  return images.tiny(images.MNIST.default_config())
