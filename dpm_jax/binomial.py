@@ -8,11 +8,8 @@ the stationary Bernoulli(p):
 so q(x_t = 1 | x_0) = x_0 abar_t + p (1 - abar_t), abar_t = prod_{s<=t}
 (1 - beta_s), and with beta = 1 at the last step x_{T-1} ~ B(p) whatever
 x_0. The reverse kernel p(x_{t-1} | x_t) = B(x_{t-1}; f_b(x_t, t)) is the
-model's. The same bound as the Gaussian process (dpm_jax.diffusion) holds,
-with Bernoulli KLs and entropies in closed form.
-
-Time steps are t = 0 .. T-1 as in dpm_jax.diffusion: step 0's reverse kernel
-is fixed (the forward kernel), the others are learned.
+model's. The bound is the Gaussian process's (dpm_jax.diffusion), with
+Bernoulli KLs and entropies. Time steps are t = 0 .. T-1 as there.
 """
 
 from __future__ import annotations

@@ -1,17 +1,8 @@
-"""Data sources and preprocessing.
+"""Data sources ('embedded', 'idx', 'tfds'), training batches and preprocessing.
 
-Sources (config.data.source):
-  'embedded': 5000 real MNIST digits shipped inside the package (offline).
-  'idx':      the standard gzipped IDX files (MNIST, Fashion-MNIST) in data.dir.
-  'tfds':     tensorflow-datasets' random-access `data_source` (no TensorFlow
-              needed), for MNIST, Fashion-MNIST and CIFAR-10.
-
-Images are kept as uint8 NHWC arrays in host memory; a batch is scaled to
-the model's units inside the jitted step. Preprocessing follows the
-reference code with its defects fixed (README, "Differences"): one scalar
-scale and shift, computed on the whole training set, that give the data zero
-mean and unit variance; dequantisation noise one 8-bit bin wide in those
-units.
+Images are uint8 NHWC arrays in host memory, scaled to model units inside the
+jitted step: one scalar scale and shift from the whole training set (zero mean,
+unit variance) and dequantisation noise one 8-bit bin wide.
 """
 
 from __future__ import annotations
@@ -21,7 +12,6 @@ import dataclasses
 import functools
 import gzip
 import hashlib
-import json
 import math
 import os
 import socket
@@ -36,10 +26,6 @@ import numpy as np
 from dpm_jax import errors
 
 EMBEDDED_FILE = os.path.join(os.path.dirname(__file__), "data", "mnist_5k.npz")
-EMBEDDED_TEST_PER_CLASS = 50
-EMBEDDED_SPLIT_SEED = 0
-
-TFDS_NAMES = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "cifar10": "cifar10"}
 IMAGE_SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
 SOURCES = ("embedded", "idx", "tfds")
 # One 8-bit quantisation bin of data in [0, 1].
@@ -63,33 +49,25 @@ class Dataset:
   """An experiment's stored examples and where they came from.
 
   Attributes:
-    train, test: stored examples, (N, ...) each: uint8 (N, H, W, C) images,
-      or an experiment's own arrays.
-    name: the data set's name, for logs.
-    provenance: where the examples came from, as JSON-able data: the source
-      and what it needs to be read again (recorded in the run, so that
-      sampling and evaluation use the same data or say they cannot). None:
-      arrays handed over from Python (`from_arrays`), which no file holds.
+    train, test: (N, ...) each: uint8 (N, H, W, C) images, Examples, or an
+      experiment's own arrays.
+    provenance: JSON-able: the source and what it needs to be read again
+      (sampling and evaluation use the same data or say they cannot). None:
+      arrays given from Python, which no file holds.
   """
   train: np.ndarray
   test: np.ndarray
   name: str
   provenance: Optional[dict] = None
 
-  @property
-  def image_shape(self):
-    return self.train.shape[1:]
-
   def record(self) -> dict:
-    """What a run records of its data: the provenance, the sizes and fingerprints."""
     return {**(self.provenance or {"source": "arrays", "note": "arrays given from Python"}),
             "name": self.name, "num_train": int(len(self.train)),
             "num_test": int(len(self.test)), "fingerprint": fingerprint(self)}
 
 
 def fingerprint(dataset: Dataset) -> str:
-  """SHA-256 of the stored examples, train then test: of the arrays' shapes, dtypes and
-  bytes, or of what an Examples object is made from (Examples.fingerprint)."""
+  """SHA-256 of train then test: of arrays' shapes, dtypes and bytes, or Examples.fingerprint."""
   h = hashlib.sha256()
   for part in (dataset.train, dataset.test):
     if isinstance(part, Examples):
@@ -102,14 +80,11 @@ def fingerprint(dataset: Dataset) -> str:
 
 
 class Examples(abc.ABC):
-  """Stored examples that are not held in memory: each is made on demand (decoded from
-  a file, drawn from a generator).
+  """Stored examples made on demand (decoded from a file, drawn from a generator).
 
-  Numpy-like where the code reads examples (len, shape, dtype; indexing with an
-  int, a slice or an index array gives uint8 arrays), and a stream of training
-  batches through Grain (`batches`): the batch of step s is a function of (seed,
-  s) alone, whatever the worker count, so a resumed run repeats the
-  uninterrupted one.
+  Numpy-like (len, shape, dtype; an int, a slice or an index array gives uint8
+  arrays). The training batch of step s is a function of (seed, s) alone, whatever
+  the worker count, so a resumed run repeats the uninterrupted one.
   """
   dtype = np.dtype(np.uint8)
 
@@ -134,10 +109,6 @@ class Examples(abc.ABC):
   def shape(self) -> tuple:
     return (len(self),) + tuple(self.example_shape)
 
-  @property
-  def ndim(self) -> int:
-    return len(self.shape)
-
   def __getitem__(self, index) -> np.ndarray:
     if isinstance(index, (int, np.integer)):
       return self.example(int(index) % len(self))
@@ -147,29 +118,21 @@ class Examples(abc.ABC):
       out[j] = self.example(int(i))
     return out
 
-  def stream(self, seed: int):
-    """The training examples as a grain.MapDataset, one epoch after another, each in
-    a fresh order (shuffled with `seed`). Subclasses may draw anew instead."""
-    import grain  # pylint: disable=g-import-not-at-top
-    return grain.MapDataset.source(self).seed(seed).shuffle().repeat(None)
-
   def batches(self, batch_size: int, seed: int, start_step: int, *, process_index: int = 0,
               process_count: int = 1, workers: int = 0):
-    """This process's part of the training batch of each step from start_step (0-based):
-    rows [p n, (p + 1) n) of the global batch, n = batch_size / process_count.
-
-    workers > 0 decodes in that many worker processes (grain's mp_prefetch); the
-    batches do not depend on it.
-    """
+    """Rows [p n, (p + 1) n) of each step's global batch from start_step (0-based),
+    n = batch_size / process_count: epoch after epoch, each shuffled afresh from seed."""
+    import grain  # pylint: disable=g-import-not-at-top
     local = batch_size // process_count
-    ds = self.stream(seed).batch(local, drop_remainder=True)
+    ds = grain.MapDataset.source(self).seed(seed).shuffle().repeat(None)
+    ds = ds.batch(local, drop_remainder=True)
     ds = ds[process_index::process_count][start_step:]
     return prefetch(ds, workers)
 
 
 def prefetch(ds, workers: int):
   """An iterator over a grain.MapDataset: read ahead by two threads, or decoded by
-  `workers` processes (the order is the dataset's either way)."""
+  `workers` processes, in the dataset's order either way."""
   import grain  # pylint: disable=g-import-not-at-top
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
   if workers:
@@ -183,12 +146,8 @@ def prefetch(ds, workers: int):
 
 def train_batches(train, batch_size: int, seed: int, start_step: int, *, process_index: int = 0,
                   process_count: int = 1, workers: int = 0):
-  """This process's part of the training batch of each step from start_step (0-based).
-
-  Arrays in memory: batch s takes the examples at batch_indices(s) (a permutation
-  per epoch, a function of seed and epoch); this process takes its rows of it.
-  Examples: their Grain stream (Examples.batches).
-  """
+  """This process's part of the training batch of each step from start_step (0-based):
+  for arrays in memory, its rows of the examples at batch_indices(step)."""
   if isinstance(train, Examples):
     yield from train.batches(batch_size, seed, start_step, process_index=process_index,
                              process_count=process_count, workers=workers)
@@ -207,10 +166,7 @@ def from_arrays(train: np.ndarray, test: Optional[np.ndarray] = None, *, name: s
 
   Args:
     train: the training images (all images, if `test` is None).
-    test: held-out images; if None, a fixed-seed `test_fraction` of `train`.
-    name: the data set's name, for logs.
-    test_fraction: the held-out share when `test` is None.
-    seed: the split's seed.
+    test: held-out images; if None, a `test_fraction` of `train`, split with `seed`.
 
   Raises:
     errors.UserError: images that are not uint8, not 3- or 4-dimensional, or too few.
@@ -242,9 +198,9 @@ def from_arrays(train: np.ndarray, test: Optional[np.ndarray] = None, *, name: s
 class DataStats:
   """How 8-bit images map to model units (dpm_jax.experiment.Units for images).
 
-  x_model = x01 * scale + shift, x01 = pixels / 255; uniform_noise is the
-  dequantisation width in model units. n_colors and dequantization come from
-  the config (they are not saved with the run: the config has them).
+  x_model = pixels / 255 * scale + shift; uniform_noise is the dequantisation
+  width in model units. n_colors and dequantization come from the config, not
+  the run's saved stats.
   """
   scale: float
   shift: float
@@ -256,26 +212,22 @@ class DataStats:
     return to_model_units(batch, self)
 
   def to_output(self, x) -> np.ndarray:
-    """[0, 1] pixel intensities."""
     return to_pixels(x, self)
 
   def nll_bits_per_dim(self, cost_bits_per_pixel):
     """-(K - L_null) in bits per pixel -> the NLL bound in bits per dimension on 8-bit data.
 
     Per dimension in model units the bound is -log p(x) <= cost * ln2 / n_colors
-    + H(1) nats. Pixels were mapped to model units by x * scale / 255 + shift,
-    so a density on 0..255 units is lower by log(255 / scale). With the
-    dequantisation one 8-bit bin wide this bounds the discrete log likelihood.
+    + H(1) nats; a density on 0..255 units is lower by log(255 / scale).
     """
     nats = (np.asarray(cost_bits_per_pixel) * math.log(2.0) / self.n_colors
             + 0.5 * (1.0 + math.log(2.0 * math.pi)) + math.log(255.0 / self.scale))
     return nats / math.log(2.0)
 
   def extras(self, mean: float, stderr: float) -> dict:
-    """With bin-wide dequantisation the bound also bounds the 8-bit data's negative log
-    likelihood: `nll_bpd` (bits per dimension, today's convention). With the reference
-    code's narrower noise it does not, and the same number is a density in 8-bit units:
-    `density_bpd`."""
+    """`nll_bpd`, bits per dimension, bounds the 8-bit data's NLL with bin-wide
+    dequantisation; with the reference code's narrower noise the same number is only
+    a density in 8-bit units, `density_bpd`."""
     name = "nll_bpd" if self.dequantization == "bin" else "density_bpd"
     return {name: float(self.nll_bits_per_dim(mean)), f"{name}_stderr": stderr / self.n_colors}
 
@@ -296,12 +248,7 @@ class DataStats:
     return cls(float(d["scale"]), float(d["shift"]), float(d["uniform_noise"]), **config_fields)
 
 
-# ----------------------------------------------------------------------------
-# Sources.
-
-
 def load_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
-  """Loads the configured data set into memory as uint8 NHWC arrays."""
   source = data_config.source
   if source == "embedded":
     if data_config.dataset != "mnist":
@@ -311,20 +258,15 @@ def load_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
           "data.source='idx' or 'tfds'.")
     return load_embedded()
   if source == "idx":
-    dataset = load_idx(data_config.dir, name=data_config.dataset)
-    return dataclasses.replace(dataset, provenance={"source": "idx", "dataset": data_config.dataset,
-                                                    "dir": data_config.dir})
+    return load_idx(data_config.dir, name=data_config.dataset)
   if source == "tfds":
-    dataset = load_tfds(data_config.dataset, data_dir=data_config.tfds_data_dir or None,
-                        download=data_config.download)
-    return dataclasses.replace(dataset, provenance={"source": "tfds",
-                                                    "dataset": data_config.dataset})
+    return load_tfds(data_config.dataset, data_dir=data_config.tfds_data_dir or None,
+                     download=data_config.download)
   raise errors.UserError(f"data.source must be one of {SOURCES}, got {source!r}.")
 
 
-def embedded_split(labels: np.ndarray, test_per_class: int = EMBEDDED_TEST_PER_CLASS,
-                   seed: int = EMBEDDED_SPLIT_SEED):
-  """A stratified train/test split of indices: test_per_class test digits per class."""
+def embedded_split(labels: np.ndarray, test_per_class: int = 50, seed: int = 0):
+  """Sorted (train, test) indices: test_per_class test digits per class."""
   rng = np.random.default_rng(seed)
   train, test = [], []
   for label in np.unique(labels):
@@ -353,7 +295,7 @@ def load_embedded() -> Dataset:
 
 
 def read_idx_images(path: str) -> np.ndarray:
-  """Reads an IDX3 ubyte image file (optionally gzipped) to uint8 (N, H, W)."""
+  """An IDX3 ubyte image file (optionally gzipped) as uint8 (N, H, W)."""
   opener = gzip.open if path.endswith(".gz") else open
   try:
     with opener(path, "rb") as f:
@@ -367,8 +309,6 @@ def read_idx_images(path: str) -> np.ndarray:
             "expected 0x00000803).")
       data = np.frombuffer(f.read(), dtype=np.uint8)
   except (OSError, EOFError, zlib.error, struct.error, ValueError) as e:
-    # gzip raises OSError (a bad header), EOFError (cut short) or zlib.error
-    # (a damaged deflate stream): each is a damaged file.
     raise errors.UserError(f"Cannot read IDX file {path}: {type(e).__name__}: {e}. The file is damaged "
                     "or not an IDX file; download it again.") from e
   if data.size != n * rows * cols:
@@ -390,7 +330,7 @@ def _find_idx(directory: str, stem: str) -> str:
 
 
 def load_idx(directory: str, name: str = "idx") -> Dataset:
-  """Loads train-images-idx3-ubyte(.gz) and t10k-images-idx3-ubyte(.gz) from a folder."""
+  """train-images-idx3-ubyte(.gz) and t10k-images-idx3-ubyte(.gz) of a folder."""
   if not directory:
     raise errors.UserError("data.source='idx' needs data.dir, the folder holding the IDX files. "
                     + OFFLINE_OPTIONS)
@@ -398,48 +338,48 @@ def load_idx(directory: str, name: str = "idx") -> Dataset:
     raise errors.UserError(f"data.dir={directory!r} is not a folder. " + OFFLINE_OPTIONS)
   train = read_idx_images(_find_idx(directory, "train-images-idx3-ubyte"))
   test = read_idx_images(_find_idx(directory, "t10k-images-idx3-ubyte"))
-  return Dataset(train[..., None], test[..., None], f"{name}_idx")
+  return Dataset(train[..., None], test[..., None], f"{name}_idx",
+                 {"source": "idx", "dataset": name, "dir": directory})
 
 
-def _can_reach(host: str = "storage.googleapis.com", port: int = 443,
-               timeout: float = 3.0) -> bool:
+def _can_reach() -> bool:
+  """Whether the tfds download host answers within 3 s."""
   try:
-    with socket.create_connection((host, port), timeout=timeout):
+    with socket.create_connection(("storage.googleapis.com", 443), timeout=3.0):
       return True
   except OSError:
     return False
 
 
 def load_tfds(dataset: str, data_dir: Optional[str] = None, download: bool = False) -> Dataset:
-  """Loads a data set through tfds.data_source (array_record; no TensorFlow needed).
+  """A data set through tfds.data_source (array_record; no TensorFlow needed).
 
   Never waits on download retries: without a prepared copy it fails at once,
   and with download=True it first checks that the download host answers.
   """
-  if dataset not in TFDS_NAMES:
-    raise errors.UserError(f"data.dataset must be one of {sorted(TFDS_NAMES)} for "
+  if dataset not in IMAGE_SHAPES:
+    raise errors.UserError(f"data.dataset must be one of {sorted(IMAGE_SHAPES)} for "
                     f"data.source='tfds', got {dataset!r}.")
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  name = TFDS_NAMES[dataset]
   try:
-    sources = tfds.data_source(name, split=["train", "test"], data_dir=data_dir,
+    sources = tfds.data_source(dataset, split=["train", "test"], data_dir=data_dir,
                                download=False)
   except Exception as err:  # pylint: disable=broad-except
     if not download:
       raise errors.UserError(
-          f"tfds data set {name!r} is not prepared in array_record format in "
+          f"tfds data set {dataset!r} is not prepared in array_record format in "
           f"{data_dir or 'the default tfds data_dir (~/tensorflow_datasets)'} "
           f"({type(err).__name__}). Set data.download=True on a machine with "
           "internet, or work offline. " + OFFLINE_OPTIONS) from err
     if not _can_reach():
       raise errors.UserError(
           f"data.download=True but the tfds download host cannot be reached; "
-          f"{name!r} cannot be fetched from this machine. " + OFFLINE_OPTIONS) from err
+          f"{dataset!r} cannot be fetched from this machine. " + OFFLINE_OPTIONS) from err
     sources = tfds.data_source(
-        name, split=["train", "test"], data_dir=data_dir, download=True,
+        dataset, split=["train", "test"], data_dir=data_dir, download=True,
         download_and_prepare_kwargs={"file_format": "array_record"})
-  train, test = (_read_all(s, name) for s in sources)
-  return Dataset(train, test, f"{dataset}_tfds")
+  train, test = (_read_all(s, dataset) for s in sources)
+  return Dataset(train, test, f"{dataset}_tfds", {"source": "tfds", "dataset": dataset})
 
 
 def _read_all(source, name) -> np.ndarray:
@@ -458,29 +398,19 @@ def _read_all(source, name) -> np.ndarray:
   return out
 
 
-# ----------------------------------------------------------------------------
-# Preprocessing.
-
-
 def compute_stats(train: np.ndarray, *, scale_from: str = "train_set",
                   dequantization: str = "bin", batch_size: int = 512,
                   seed: int = 0) -> DataStats:
   """Scale and shift to zero mean, unit variance; dequantisation width.
 
   Args:
-    train: uint8 training images; of Examples (not held in memory), a fixed
-      sample of STATS_EXAMPLES of them.
-    scale_from: 'train_set' (default) or 'first_batch' (the reference code:
-      one shuffled training minibatch).
-    dequantization: 'bin' (one 8-bit bin, scale / 255, default) or
-      'reference' ((1/255) / scale, the reference code's value).
-    batch_size: the minibatch size for 'first_batch'.
-    seed: the shuffling seed for 'first_batch'.
-
-  Returns:
-    DataStats.
+    train: uint8 training images; of Examples, a fixed sample of STATS_EXAMPLES.
+    scale_from: 'train_set' or 'first_batch' (the reference code: one shuffled
+      training minibatch of batch_size, shuffled with seed).
+    dequantization: 'bin' (one 8-bit bin, scale / 255) or 'reference'
+      ((1/255) / scale, the reference code's value).
   """
-  if isinstance(train, Examples):  # a fixed sample, not every example
+  if isinstance(train, Examples):
     train = train[epoch_permutation(len(train), seed, 0)[:STATS_EXAMPLES]]
   if scale_from == "train_set":
     x = train
@@ -510,10 +440,10 @@ def _chunks(x, size=4096):
     yield x[i:i + size].astype(np.float64)
 
 
-def to_model_units(images_uint8: np.ndarray, stats: DataStats, dtype=None) -> np.ndarray:
-  """uint8 pixels -> model units (works on numpy and jax arrays, inside jit too)."""
+def to_model_units(images_uint8: np.ndarray, stats: DataStats) -> np.ndarray:
+  """uint8 pixels -> float32 model units (numpy or jax arrays, inside jit too)."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  x = jnp.asarray(images_uint8).astype(dtype or jnp.float32)
+  x = jnp.asarray(images_uint8).astype(jnp.float32)
   return x * (stats.scale / 255.0) + stats.shift
 
 
@@ -525,7 +455,7 @@ def to_pixels(x: np.ndarray, stats: DataStats) -> np.ndarray:
 
 @functools.lru_cache(maxsize=4)
 def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
-  """The order of the training set in a given epoch: a function of (seed, epoch) alone."""
+  """The training set's order in an epoch: a function of (seed, epoch) alone."""
   return np.random.default_rng([seed, epoch]).permutation(n)
 
 
@@ -539,7 +469,7 @@ def steps_per_epoch(n_train: int, batch_size: int) -> int:
 
 
 def batch_indices(step: int, n_train: int, batch_size: int, seed: int) -> np.ndarray:
-  """Indices of the training batch used at a given step (0-based); deterministic."""
+  """Indices of the training batch of a step (0-based)."""
   per_epoch = steps_per_epoch(n_train, batch_size)
   epoch, i = divmod(step, per_epoch)
   return epoch_permutation(n_train, seed, epoch)[i * batch_size:(i + 1) * batch_size]

@@ -1,28 +1,18 @@
 """Dead leaves, a row of the paper's Table 1 (section 3.2.1, Figure 4): occluding discs.
 
-The paper trains on "layered occluding circles, drawn from a power law
-distribution over scales" (Jeulin 1997; Lee, Mumford and Huang 2001) and
-gives no parameters; its data were those of Theis et al. (2012). Here an
-image is drawn as in Lee, Mumford and Huang's scale-invariant model: discs
-fall one after another, each in front of the earlier ones (drawn front to
-back: a pixel keeps the first disc that covers it, until every pixel is
-covered), with radii of density proportional to r^-3 between r_min and r_max
-(the density that makes the model scale invariant), centres uniform over the
-image and a margin of r_max, and intensities uniform on [0, 1], stored as
-8-bit grey levels. Every parameter is a field of config.data; every image is
-drawn afresh from (seed, index), so there is no fixed training set: the
-training examples are crops of fresh draws and the final bound is on larger,
-fresh images (final_eval.image_size).
-
-The model is the multi-scale convolutional network alone (paper Fig. D.1,
-images.CONVOLUTIONAL), T = 1000 (paper Appendix D.2.1).
+The paper gives no parameters for its "layered occluding circles, drawn from a
+power law distribution over scales" (Theis et al. 2012's data). Here discs follow
+Lee, Mumford and Huang's (2001) scale-invariant model: radii of density r^-3 on
+[r_min, r_max], centres uniform over the image and a margin of r_max, grey levels
+uniform, discs drawn front to back until every pixel is covered. Every image is
+drawn afresh from (seed, index): there is no fixed training set.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any, Mapping
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -51,7 +41,7 @@ DATA = C.Section(
     num_test=(512, C.integer(2), "held-out examples (fixed draws) of the periodic bound"),
     **images.UNITS,
 )
-# The test examples' and the final report's draws, apart from the training draws.
+# Seeds of the test examples and the final report, apart from the training draws.
 TEST_SEED_OFFSET, REPORT_SEED_OFFSET = 1_000_003, 2_000_003
 
 
@@ -76,12 +66,11 @@ def _stencils(r_max: float) -> list:
 
 def draw(rng: np.random.Generator, size: int, *, r_min: float, r_max: float,
          exponent: float) -> np.ndarray:
-  """One dead-leaves image, uint8 (size, size): discs front to back until covered.
+  """One dead-leaves image, uint8 (size, size).
 
-  Discs come in rounds; every pixel takes the grey level of the first disc (in the
-  order drawn) that covers it; a later round fills only what the earlier left
-  uncovered, behind them. Vectorised: each disc is rasterised on a square of
-  offsets no smaller than itself.
+  Drawn front to back in rounds of discs: a pixel takes the first disc that covers
+  it, a later round fills only what is still uncovered. Each disc is rasterised on
+  a stencil no smaller than itself.
   """
   value = np.full(size * size, -1.0)
   r = np.geomspace(r_min, r_max, 512)  # E[r^2] under the density, numerically
@@ -138,7 +127,7 @@ class DeadLeavesImages(data_lib.Examples):
                                 self.seed, self.length)).encode()).hexdigest()
 
   def image(self, j: int) -> np.ndarray:
-    """Draw j, (draw_size, draw_size), the last one kept for its other tiles."""
+    """Draw j, (draw_size, draw_size); the last one is kept for its other tiles."""
     if self._last[0] != j:
       self._last = (j, draw(np.random.default_rng([self.seed, j]), self.draw_size,
                             **self.params))
@@ -156,8 +145,7 @@ class DeadLeavesImages(data_lib.Examples):
 
   def batches(self, batch_size: int, seed: int, start_step: int, *, process_index: int = 0,
               process_count: int = 1, workers: int = 0):
-    """Fresh draws, one after another: step s takes examples s B .. (s + 1) B - 1, a whole
-    number of draws a batch (so that each draw is made once)."""
+    """Step s takes examples s B .. (s + 1) B - 1: whole draws, so each is made once."""
     import grain  # pylint: disable=g-import-not-at-top
     del seed  # the draws' seed is the examples' own
     local = batch_size // process_count

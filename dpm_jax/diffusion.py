@@ -2,12 +2,12 @@
 
 Paper (Sohl-Dickstein et al. 2015), sections 2.1-2.4; reference code: model.py.
 
-A forward process q(x_{0..T-1}) is an object with the paper's pieces
-(Table App.1): its noise, the marginal q(x_t | x_0) as a function of that
-noise (`q_sample`), the posterior q(x_{t-1} | x_t, x_0), the KL between two
-of its step distributions, and the entropies of the bound. This module holds
-the Gaussian process; dpm_jax.binomial holds the binomial one. Both work on
-any data shape: the first axis is the batch, every other axis a dimension.
+A forward process q(x_{0..T-1}) has the paper's pieces (Table App.1): its
+noise, the marginal q(x_t | x_0) as a function of that noise (`q_sample`),
+the posterior q(x_{t-1} | x_t, x_0), the KL between two of its step
+distributions, and the bound's entropies. This module holds the Gaussian
+process, dpm_jax.binomial the binomial one. The first axis is the batch,
+every other axis a dimension.
 
 A model is a Flax module with
   `config`      trajectory_length, kl_multiplier, t_sampling,
@@ -18,9 +18,6 @@ A model is a Flax module with
                 or every dimension of a sequence or a point);
   `process(dtype)`                  the forward process, from its parameters;
   `reverse(x_t, t, deterministic)`  the reverse kernel p(x_{t-1} | x_t).
-The per-t KL (`kl_at_t`), the bound (`bound_terms`) and `make_loss_fn` are
-written once against that, and so are the sampler (dpm_jax.sampling), the
-evaluations (dpm_jax.evaluate) and the training loop.
 
 Time steps are t = 0 .. T-1 (T = trajectory_length); step 0 is fixed, the
 reverse kernel is learned for t = 1 .. T-1. t is a scalar for the whole batch
@@ -49,10 +46,6 @@ from dpm_jax import schedule
 PyTree = Any  # parameters, states: nested dicts of arrays
 
 LN2 = math.log(2.0)
-
-
-# ----------------------------------------------------------------------------
-# The Gaussian forward process.
 
 
 def gaussian_entropy(variance: jax.Array) -> jax.Array:
@@ -176,10 +169,6 @@ def reverse_kernel(x_t: jax.Array, mu_coeff: jax.Array, beta_coeff: jax.Array, b
   return mu, jnp.sqrt(beta_rev)
 
 
-# ----------------------------------------------------------------------------
-# The bound, for any forward process and model.
-
-
 def kl_multiplier(config: ml_collections.ConfigDict) -> int:
   """T - 1 learned steps by default; T as the reference code."""
   T = config.trajectory_length
@@ -188,17 +177,12 @@ def kl_multiplier(config: ml_collections.ConfigDict) -> int:
 
 def kl_at_t(model: nn.Module, params: PyTree, x_0: jax.Array, t: jax.Array, noise: PyTree, *,
             deterministic: bool = True, rngs: Optional[dict] = None) -> tuple[jax.Array, Any]:
-  """KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) per dimension, in nats.
-
-  The chain of paper eq. 14's summand: x_t from the forward process, the
-  posterior, the model's reverse kernel at x_t, their KL.
+  """KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) per dimension, in nats: paper eq. 14's summand.
 
   Args:
-    model, params: the model (see the module docstring).
     x_0: data (B, ...) in model units.
     t: time step(s), scalar or (B,), float.
     noise: the forward process's noise, shape of x_0 (Process.draw_noise).
-    deterministic, rngs: dropout off, or its keys.
 
   Returns:
     (kl, process): kl of x_0's shape, and the forward process.
@@ -210,8 +194,8 @@ def kl_at_t(model: nn.Module, params: PyTree, x_0: jax.Array, t: jax.Array, nois
   return process.kl(q, p), process
 
 
-def bound_terms(kl: jax.Array, process: Any, x_0: jax.Array, *, multiplier: int, unit_dims: int,
-                axis: Optional[int] = None) -> dict:
+def bound_terms(kl: jax.Array, process: Any, x_0: jax.Array, *, multiplier: int,
+                unit_dims: int) -> dict:
   """The terms of -(K - L_null) in bits per unit, from a one-t KL estimate.
 
   -K = multiplier E_t[KL_t] + H_q(X_1|X_0) - H_q(X_T|X_0) + H_p(X_T) (paper
@@ -226,14 +210,13 @@ def bound_terms(kl: jax.Array, process: Any, x_0: jax.Array, *, multiplier: int,
     x_0: the data the KL was computed on.
     multiplier: T - 1 (unbiased) or T (reference code).
     unit_dims: dimensions per reported unit.
-    axis: axes to average over; None for all (then the terms are scalars).
 
   Returns:
     {'loss': -(K - L_null), 'kl', 'H_start', 'H_end', 'H_prior', 'L_null',
-    'K'}, bits per unit; loss = kl + H_start - H_end + H_prior + L_null.
+    'K'}, scalars in bits per unit; loss = kl + H_start - H_end + H_prior + L_null.
   """
   h = process.entropies(x_0)
-  bits = lambda a: jnp.mean(jnp.broadcast_to(a, kl.shape), axis=axis) * unit_dims / LN2
+  bits = lambda a: jnp.mean(jnp.broadcast_to(a, kl.shape)) * unit_dims / LN2
   terms = {"kl": bits(kl * multiplier), "H_start": bits(h.start), "H_end": bits(h.end),
            "H_prior": bits(h.prior)}
   terms["L_null"] = -terms["H_prior"]
@@ -250,15 +233,11 @@ def sample_t(rng: jax.Array, trajectory_length: int, shape: tuple = ()) -> jax.A
 def stratified_t(offset: jax.Array, trajectory_length: int, batch_size: int) -> jax.Array:
   """t of a stratified draw: t_i = 1 + (i + offset) mod (T-1), shape (B,).
 
-  The batch dealt round the T-1 steps, starting at step 1 + offset. With
-  offset uniform on {0 .. T-2}, every example's t is uniform on {1 .. T-1},
-  so the loss has the expectation of independent uniform draws; and every t
-  gets B/(T-1) examples (rounded down or up) in every batch, so a per-t
-  parameter sees each batch. Any run of consecutive examples is itself a
-  stratified draw, with offset its first t minus 1: when T-1 divides its
-  length, every t appears equally often in it, which a model may read out
-  block by block (dpm_jax.kernels.readout), for a micro-batch or a device's
-  part of the batch as for the whole.
+  With offset uniform on {0 .. T-2}, every example's t is uniform on
+  {1 .. T-1}, so the loss has the expectation of independent uniform draws,
+  and every t gets B/(T-1) examples (rounded down or up) in every batch. Any
+  run of consecutive examples (a micro-batch, a device's part of the batch)
+  is itself a stratified draw, with offset its first t minus 1.
   """
   n = trajectory_length - 1
   return 1 + (jnp.arange(batch_size, dtype=jnp.int32) + offset) % n
@@ -277,9 +256,7 @@ class Draws(NamedTuple):
   key: keys for randomness that may differ between parts of the batch
     (dropout masks).
   A loss computed on a slice of the batch with the matching slice of
-  per_example equals the same slice of the whole batch's loss: this is what
-  lets dpm_jax.parallel split a batch over micro-batches and devices without
-  changing the result.
+  per_example equals the same slice of the whole batch's loss.
   """
   per_example: Any
   shared: Any
@@ -296,30 +273,18 @@ class StochasticLoss:
     return self.apply(params, batch, self.draw(rng, batch))
 
 
-def _t_keys(rng, n_t: int):
-  # One t per minibatch uses the key as given; several split it.
-  return [rng] if n_t == 1 else list(jax.random.split(rng, n_t))
-
-
 def make_loss_fn(model: nn.Module, *, uniform_noise: float = 0.0,
                  train: bool = True) -> StochasticLoss:
   """Builds loss_fn(params, x_0, rng) -> (loss, metrics).
 
   The loss is the bound -(K - L_null) in bits per unit for one random t per
-  minibatch (or per example, or per example stratified over the batch:
-  config.t_sampling), averaged over
-  config.n_t_per_minibatch draws, as the reference code. All randomness
-  comes from splitting `rng`. The metrics hold the bound's terms
-  (bound_terms), the mean KL in nats per dimension and the mean t.
+  minibatch, per example or stratified (config.t_sampling), averaged over
+  config.n_t_per_minibatch draws, as the reference code. The metrics hold the
+  bound's terms (bound_terms), the mean KL in nats per dimension and the mean t.
 
   Args:
-    model: a model (see the module docstring).
     uniform_noise: dequantisation width in model units (0: none).
     train: applies dropout (when configured) if True.
-
-  Returns:
-    A StochasticLoss: a pure, jittable function of (params, x_0, rng), whose
-    draws and apply parts dpm_jax.parallel uses to split the batch.
   """
   cfg = model.config
   T = cfg.trajectory_length
@@ -340,7 +305,10 @@ def make_loss_fn(model: nn.Module, *, uniform_noise: float = 0.0,
     return per_example, {} if per_example_t else {"t": t}, rng_drop
 
   def draw(rng, x_0) -> Draws:
-    return Draws(*zip(*[draw_one(key, x_0) for key in _t_keys(rng, cfg.n_t_per_minibatch)]))
+    # One t per minibatch uses the key as given; several split it.
+    n_t = cfg.n_t_per_minibatch
+    keys = [rng] if n_t == 1 else list(jax.random.split(rng, n_t))
+    return Draws(*zip(*[draw_one(key, x_0) for key in keys]))
 
   def apply_one(params, x_0, per_example, shared, key):
     t = {**per_example, **shared}["t"]
@@ -359,17 +327,12 @@ def make_loss_fn(model: nn.Module, *, uniform_noise: float = 0.0,
   return StochasticLoss(draw, apply)
 
 
-# ----------------------------------------------------------------------------
-# The 2015 image model.
-
-
 class DiffusionModel(nn.Module):
   """The 2015 Gaussian diffusion model of images: the learned reverse process.
 
   Attributes:
     config: the model config (dpm_jax.config); validated and frozen on use.
-    conv_layer: the convolution layer's kernel (dpm_jax.kernels); the same
-      function whichever is chosen.
+    conv_layer: the convolution layer's kernel (dpm_jax.kernels).
   """
   config: ml_collections.FrozenConfigDict
   conv_layer: Callable = kernels.conv_layer_xla
@@ -416,8 +379,7 @@ class DiffusionModel(nn.Module):
   def reverse(self, x_t, t, deterministic: bool = True):
     """Mean and standard deviation of the reverse step at t."""
     cfg = self.config
-    # The readout at t is folded into the network's last layer (see
-    # schedule.folded_readout): the same values as reading out network_output.
+    # The readout at t, folded into the network's last layer (schedule.folded_readout).
     weights = schedule.readout_weights(t, jnp.asarray(self.basis, x_t.dtype))
     fold = functools.partial(schedule.folded_readout, weights=weights, n_colors=cfg.n_colors)
     coeffs = self.network(x_t, deterministic, fold)
@@ -428,12 +390,9 @@ class DiffusionModel(nn.Module):
 
 
 def make_model(model_config: ml_collections.ConfigDict, conv: str = "xla") -> DiffusionModel:
-  """Validates a model config and builds the image model.
+  """Validates the model section of a config and builds the image model.
 
-  Args:
-    model_config: the model section of a config (dpm_jax.config).
-    conv: the convolution kernel, 'xla' or 'cpu' (dpm_jax.kernels; the same
-      function either way).
+  conv: the convolution kernel, 'xla' or 'cpu' (dpm_jax.kernels).
   """
   return DiffusionModel(config_lib.frozen(model_config), kernels.conv_layer(conv))
 
@@ -441,7 +400,7 @@ def make_model(model_config: ml_collections.ConfigDict, conv: str = "xla") -> Di
 def init_params(model: nn.Module, rng: jax.Array) -> PyTree:
   """Initialises the parameters for the model's data shape, batch of 1.
 
-  Jitted: one compiled program instead of one per initialiser op (seconds faster).
+  Jitted: one compiled program instead of one per initialiser op.
   """
   x = jnp.zeros((1,) + tuple(model.data_shape), jnp.float32)
   return jax.jit(model.init)(rng, x, jnp.ones((), jnp.float32))

@@ -1,28 +1,10 @@
 """How a run executes: its devices, the batch's split, micro-batches and the convolution kernel.
 
 Decided once, by `plan(compute, batch_size, model)`, from config.compute and
-the devices JAX shows, before a run writes anything; the run's first log line
-states it (`Plan.describe`). Nothing here changes what is computed: results
-equal the one-device results up to float summation order, so a run may
-resume with another plan. This is the one module that asks which backend JAX
-runs on.
-
-The rule:
-  devices      every device JAX shows; on a CPU, compute.cpu_devices = N > 0
-               takes the first N. The entry points show JAX one CPU device
-               per core, as many as divide the batch (`show_cpu_devices`):
-               XLA's CPU convolution runs on one core per device, so devices
-               are how a CPU's cores all work on one step. Training,
-               evaluation and sampling all split their batch over them.
-  convolution  compute.conv = 'auto': the CPU kernel on a CPU (its chunked
-               backward pass is several times faster there), XLA's elsewhere.
-  micro-batch  compute.micro_batch_size = -1 (auto): 64 where the CPU kernel
-               runs and a device's part of the batch is a larger multiple of
-               64 (the kernel's buffers stay in cache), else none.
-  side by side compute.concurrent_micro_batches = 0 (auto): on a CPU, a
-               device's share of the cores, lowered to a divisor of its
-               micro-batches (XLA's CPU runtime runs independent gradients at
-               once); 1 elsewhere.
+the devices JAX shows, before a run writes anything. Nothing here changes
+what is computed: results equal the one-device results up to float summation
+order, so a run may resume with another plan. This is the one module that
+asks which backend JAX runs on.
 """
 
 from __future__ import annotations
@@ -45,7 +27,6 @@ CPU_MICRO_BATCH = 64
 
 
 def on_cpu() -> bool:
-  """Whether JAX runs on the CPU (no GPU or TPU)."""
   return jax.default_backend() == "cpu"
 
 
@@ -80,10 +61,11 @@ def cpu_devices_for(*batch_sizes: int, cores: Optional[int] = None) -> int:
 def show_cpu_devices(count: int) -> int:
   """Has JAX show `count` CPU devices; call before JAX runs anything.
 
-  An explicit XLA_FLAGS=--xla_force_host_platform_device_count=N wins. Only
-  the CPU backend is affected: on a GPU or TPU the accelerators remain the
-  devices. Returns the count set, or 0 when XLA_FLAGS decides or JAX has
-  already started (then with a warning, the devices unchanged).
+  XLA's CPU convolution runs on one core per device, so devices are how a
+  CPU's cores all work on one step (a GPU's or TPU's devices are unaffected).
+  An explicit XLA_FLAGS=--xla_force_host_platform_device_count=N wins. Returns
+  the count set, or 0 when XLA_FLAGS decides or JAX has already started (then
+  with a warning, the devices unchanged).
 
   Raises:
     errors.UserError: a count below 1.
@@ -103,7 +85,10 @@ def show_cpu_devices(count: int) -> int:
 
 
 def micro_batch_size(requested: int, batch_size: int, num_devices: int, model) -> int:
-  """compute.micro_batch_size resolved: -1 (auto) is 64 where it pays (module docstring), else 0.
+  """compute.micro_batch_size resolved.
+
+  -1 (auto): 64 where the CPU kernel runs and a device's part of the batch is
+  a larger multiple of 64, else 0 (no micro-batches).
 
   Raises:
     errors.UserError: a size that does not divide the per-device batch.
@@ -124,8 +109,9 @@ def concurrent_micro_batches(requested: int, micro_batch: int, batch_size: int,
   """compute.concurrent_micro_batches resolved: micro-batches a device computes side by side.
 
   0 (auto): on a CPU, the largest divisor of a device's micro-batch count that
-  is at most the device's share of the cores; 1 elsewhere, and without
-  micro-batches. N > 0: N, which must divide each device's micro-batches.
+  is at most the device's share of the cores (XLA's CPU runtime runs
+  independent gradients at once); 1 elsewhere, and without micro-batches.
+  N > 0: N, which must divide each device's micro-batches.
 
   Raises:
     errors.UserError: N > 1 without micro-batches, or not dividing them.
@@ -191,13 +177,10 @@ class Plan:
 
 def plan(compute: ml_collections.ConfigDict, batch_size: int, model,
          devices: Optional[Sequence[jax.Device]] = None) -> Plan:
-  """The execution plan of a run (the module docstring's rule).
+  """The execution plan of a run from config.compute and its training batch (all devices).
 
-  Args:
-    compute: config.compute.
-    batch_size: the training batch, over all devices.
-    model: the model (whether its convolutions run the CPU kernel).
-    devices: the devices to use instead of the rule's.
+  devices: the devices to use instead of every device JAX shows (on a CPU,
+  compute.cpu_devices = N > 0 takes the first N).
 
   Raises:
     errors.UserError: settings that do not fit the batch or the devices, each

@@ -1,30 +1,19 @@
-"""Your own images: a folder of PNG and JPEG files, decoded on demand.
+"""Your own images: a folder of PNG and JPEG files (data.dir, searched recursively).
 
-`data.source='folder'` with `data.dir` (searched recursively) and one of two modes:
-
-  resize  the reference code's IMAGENET stream (imagenet_data.py): each image is
-          padded to a square with black borders, (long - short) // 2 on both short
-          sides, and resized bicubically to model.spatial_width; the files are
-          split 90/10 into training and test images with a fixed seed.
-  crops   random spatial_width x spatial_width crops, for texture-like data: the
-          training crops come from the training images, the test crops, at fixed
-          places, from the held-out images; a single image is split instead into
-          a training region and a held-out region (its right-hand columns).
-
-Images of any size, greyscale or colour, are converted to model.n_colors
-channels. A file that cannot be decoded is skipped and counted (the count is
-logged and recorded in data_stats.json); an empty folder, one of damaged files
-only, or images smaller than the crop, are a errors.UserError naming the folder and
-the fix. The examples are data.Examples: never loaded whole, streamed through
-Grain (worker processes with data.workers > 0).
+data.folder_mode 'resize' is the reference code's IMAGENET stream (imagenet_data.py):
+the files split 90/10 with a fixed seed, each padded square and resized. 'crops'
+takes random spatial_width crops, the test crops at fixed places from the held-out
+files, or from the right-hand columns of a single image. Images of any size are
+converted to model.n_colors channels; damaged files are skipped and counted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
-from typing import Optional, Sequence
+from typing import Sequence
 
 from absl import logging
 import ml_collections
@@ -35,7 +24,7 @@ from dpm_jax import errors
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 MODES = ("resize", "crops")
-# Decoded files kept per process (a crop takes a small part of one).
+# Decoded files kept per process: a crop takes a small part of one.
 DECODED_CACHE = 8
 # Seeds of the file split (the reference code's) and of the test crops' places.
 SPLIT_SEED = 12345
@@ -43,7 +32,7 @@ TEST_CROP_SEED = 54321
 
 
 class _Unreadable(Exception):
-  """A file that is not an image Pillow can decode."""
+  """A file that Pillow cannot read or decode."""
 
 
 def find_images(folder: str) -> list:
@@ -69,51 +58,35 @@ def find_images(folder: str) -> list:
   return found
 
 
+@contextlib.contextmanager
 def _open(path: str):
+  """The opened image; whatever fails in the block raises _Unreadable."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   try:
-    return Image.open(path)
-  except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+    with Image.open(path) as im:
+      yield im
+  except Exception as err:  # pylint: disable=broad-except
     raise _Unreadable(f"{type(err).__name__}: {err}") from err
 
 
 def image_size(path: str) -> tuple:
-  """(width, height) of an image, from its header; checks the file's structure.
-
-  Raises:
-    _Unreadable: not a readable PNG or JPEG.
-  """
-  try:
-    with _open(path) as im:
-      size = im.size
-      im.verify()  # the structure (PNG: every chunk's CRC), without decoding the pixels
-    return size
-  except _Unreadable:
-    raise
-  except Exception as err:  # pylint: disable=broad-except
-    raise _Unreadable(f"{type(err).__name__}: {err}") from err
+  """(width, height) from the header; checks the structure (PNG: each chunk's CRC)."""
+  with _open(path) as im:
+    size = im.size
+    im.verify()
+  return size
 
 
 def decode(path: str, n_colors: int) -> np.ndarray:
-  """The image as uint8 (H, W, n_colors): greyscale or RGB, whatever it was stored as.
-
-  Raises:
-    _Unreadable: the pixels cannot be decoded (a damaged file).
-  """
-  try:
-    with _open(path) as im:
-      im = im.convert("L" if n_colors == 1 else "RGB")
-      array = np.asarray(im, np.uint8)
-  except _Unreadable:
-    raise
-  except Exception as err:  # pylint: disable=broad-except
-    raise _Unreadable(f"{type(err).__name__}: {err}") from err
+  """The image as uint8 (H, W, n_colors), whatever it was stored as."""
+  with _open(path) as im:
+    array = np.asarray(im.convert("L" if n_colors == 1 else "RGB"), np.uint8)
   return array[..., None] if array.ndim == 2 else array
 
 
 def pad_and_resize(image: np.ndarray, width: int) -> np.ndarray:
-  """The reference code's IMAGENET preprocessing: pad to a square with black borders of
-  (long - short) // 2 on both short sides, then a bicubic resize to width x width."""
+  """Pads to a square with black borders of (long - short) // 2 on both short sides,
+  then resizes bicubically to width x width (the reference code's IMAGENET)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   h, w, c = image.shape
   pad = abs(h - w) // 2
@@ -132,23 +105,19 @@ class Region:
 
 
 class FolderImages(data_lib.Examples):
-  """Examples from image files, made on demand: resized images, or crops.
-
-  resize: example i is file i, padded and resized. crops: example i is a crop of
-  file i mod n_files, at a place drawn from (seed, i) within the file's region;
-  `crops_per_image` crops of each file make an epoch. A file that fails to decode
-  while streaming is replaced by the next one, and counted in `failures`.
+  """Example i: file i resized (resize), or a crop of file i mod n_files at a place
+  drawn from (seed, i) within the file's region (crops, crops_per_image an epoch).
+  A file that fails to decode is replaced by the next one and counted in `failures`.
   """
 
   def __init__(self, root: str, files: Sequence[str], *, mode: str, width: int, n_colors: int,
-               seed: int, crops_per_image: int = 1, region: Region = Region(),
-               sizes: Optional[Sequence[tuple]] = None):
+               seed: int, crops_per_image: int = 1, region: Region = Region()):
     self.root, self.files = root, list(files)
     self.mode, self.width, self.n_colors, self.seed = mode, width, n_colors, seed
     self.crops_per_image = crops_per_image if mode == "crops" else 1
-    self.region, self.sizes = region, sizes
+    self.region = region
     self.failures = 0
-    self._decoded = {}  # the last few decoded files (crops take many of each)
+    self._decoded = {}
 
   def __len__(self) -> int:
     return len(self.files) * self.crops_per_image
@@ -175,7 +144,7 @@ class FolderImages(data_lib.Examples):
       self._decoded[i] = decode(os.path.join(self.root, self.files[i]), self.n_colors)
     return self._decoded[i]
 
-  def __getstate__(self):  # to worker processes: without the decoded files
+  def __getstate__(self):  # worker processes decode for themselves
     return {**self.__dict__, "_decoded": {}}
 
   def _crop(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -201,15 +170,14 @@ class FolderImages(data_lib.Examples):
 
 
 def _split(files: Sequence[str], test_fraction: float) -> tuple:
-  """The reference code's split: shuffle the files with a fixed seed, the first
-  round((1 - test_fraction) n) for training, the rest for testing (at least one each)."""
+  """(train, test) files: the reference code's shuffle with a fixed seed, at least one each."""
   order = np.random.default_rng(SPLIT_SEED).permutation(len(files))
   n_train = min(max(int(round((1 - test_fraction) * len(files))), 1), len(files) - 1)
   return [files[i] for i in sorted(order[:n_train])], [files[i] for i in sorted(order[n_train:])]
 
 
 def check_files(folder: str, files: Sequence[str]) -> tuple:
-  """(readable files, their (width, height), the damaged ones) of a folder."""
+  """(readable files, their (width, height), damaged files)."""
   readable, sizes, damaged = [], [], []
   for name in files:
     try:
@@ -254,39 +222,37 @@ def held_out(data_config: ml_collections.ConfigDict, *, width: int, n_colors: in
              seed: int = TEST_CROP_SEED) -> FolderImages:
   """`count` held-out examples of a given width: crops at fixed places (crops mode) from
   the held-out images or region, or the held-out images resized (resize mode)."""
-  folder, files, sizes, _ = _files(data_config, width)
-  return _held_out(data_config, folder, files, sizes, width, n_colors, count, seed)
+  folder, files, _, _ = _files(data_config, width)
+  return _part(data_config, folder, files, True, count, width=width, n_colors=n_colors,
+               seed=seed)
 
 
-def _held_out(d, folder, files, sizes, width, n_colors, count, seed) -> FolderImages:
-  common = dict(mode=d.folder_mode, width=width, n_colors=n_colors, seed=seed)
+def _part(d, folder, files, test: bool, count: int, **kwargs) -> FolderImages:
+  """The training or test part: files of the split, or a region of a single image."""
   if len(files) == 1:
-    return FolderImages(folder, files, crops_per_image=count,
-                        region=Region(1.0 - d.holdout_fraction, 1.0), sizes=sizes, **common)
-  _, test_files = _split(files, d.test_fraction)
-  return FolderImages(folder, test_files, crops_per_image=max(1, count // len(test_files)),
-                      **common)
+    cut = 1.0 - d.holdout_fraction
+    return FolderImages(folder, files, mode=d.folder_mode, crops_per_image=count,
+                        region=Region(cut, 1.0) if test else Region(0.0, cut), **kwargs)
+  train_files, test_files = _split(files, d.test_fraction)
+  files = test_files if test else train_files
+  per_image = max(1, count // len(files)) if test else count
+  return FolderImages(folder, files, mode=d.folder_mode, crops_per_image=per_image, **kwargs)
 
 
 def load(data_config: ml_collections.ConfigDict, *, width: int, n_colors: int,
          seed: int) -> data_lib.Dataset:
-  """The training and test examples of an image folder (see the module docstring).
+  """The training and test examples of an image folder.
 
   Raises:
     errors.UserError: no folder, no images, only damaged ones, or images smaller
       than the crop; the message names the folder and the fix.
   """
   d = data_config
-  folder, files, sizes, damaged = _files(d, width)
-  common = dict(mode=d.folder_mode, width=width, n_colors=n_colors)
-  if len(files) == 1:
-    train = FolderImages(folder, files, seed=seed, crops_per_image=d.crops_per_image,
-                         region=Region(0.0, 1.0 - d.holdout_fraction), sizes=sizes, **common)
-  else:
-    train_files, _ = _split(files, d.test_fraction)
-    train = FolderImages(folder, train_files, seed=seed, crops_per_image=d.crops_per_image,
-                         **common)
-  test = _held_out(d, folder, files, sizes, width, n_colors, d.test_crops, TEST_CROP_SEED)
+  folder, files, _, damaged = _files(d, width)
+  train = _part(d, folder, files, False, d.crops_per_image, width=width, n_colors=n_colors,
+                seed=seed)
+  test = _part(d, folder, files, True, d.test_crops, width=width, n_colors=n_colors,
+               seed=TEST_CROP_SEED)
   if damaged:
     logging.warning("%d of %d files in %s are damaged and skipped (data_stats.json lists them).",
                     len(damaged), len(damaged) + len(files), folder)

@@ -11,6 +11,8 @@ from absl import logging
 import jax
 import numpy as np
 
+from dpm_jax import outputs
+
 
 class MetricWriter:
   """Appends metrics to workdir/metrics.jsonl and TensorBoard (process 0 only)."""
@@ -41,10 +43,9 @@ class MetricWriter:
           continue  # a line cut short by a kill
         if record.get("step", 0) <= step:
           kept.append(json.dumps(record, sort_keys=True))
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
-      f.write("".join(k + "\n" for k in kept))
-    os.replace(tmp, self.path)
+    with outputs.atomic_path(self.path) as tmp:
+      with open(tmp, "w") as f:
+        f.write("".join(k + "\n" for k in kept))
 
   def write(self, step: int, scalars: dict) -> None:
     if not self.enabled:
@@ -83,7 +84,6 @@ def _to_float(v):
 
 
 def read_metrics(workdir: str) -> list:
-  """All records of workdir/metrics.jsonl."""
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return []

@@ -20,8 +20,7 @@ import jax.numpy as jnp
 from dpm_jax import config as config_lib
 from dpm_jax import kernels
 
-# Blocks' Orthogonal initialiser, for square and rectangular matrices alike,
-# yields a (semi-)orthogonal matrix, as does this one.
+# (Semi-)orthogonal, as Blocks' Orthogonal initialiser of the reference code.
 dense_init = nn.initializers.orthogonal()
 
 
@@ -75,8 +74,6 @@ class MultiScaleConvolution(nn.Module):
       bias = self.param(f"bias_scale{scale}", nn.initializers.zeros,
                         (self.num_filters,), jnp.float32)
       x_down = mean_pool(x, 2**scale)
-      # Convolution, bias and LeakyReLU as one function, whose kernel
-      # (dpm_jax.kernels) the network was built with.
       y = self.conv_layer(x_down, kernel.astype(x.dtype), bias.astype(x.dtype))
       acc = y if acc is None else acc + y
       if scale > 0:
@@ -105,9 +102,8 @@ class MultiLayerConvolution(nn.Module):
 class Dense(nn.Module):
   """A dense layer with nn.Dense's parameters (kernel, bias).
 
-  `fold`, if given, replaces the product: fold(x, kernel, bias) -> output.
-  The model uses it to fold the temporal readout, a linear map of the last
-  layer's outputs, into that layer's kernel (see DiffusionModel.get_mu_sigma).
+  `fold`, if given, replaces the product: fold(x, kernel, bias) -> output
+  (schedule.folded_readout).
   """
   features: int
 
@@ -146,15 +142,10 @@ class MLPConvDense(nn.Module):
 
   Attributes:
     config: a validated, frozen model config (dpm_jax.config).
-    conv_layer: the convolution layer's kernel (dpm_jax.kernels.conv_layer);
-      the same function whichever is chosen.
+    conv_layer: the convolution layer's kernel (dpm_jax.kernels.conv_layer).
   """
   config: config_lib.ml_collections.FrozenConfigDict
   conv_layer: Callable = kernels.conv_layer_xla
-
-  def has_dense_lower(self) -> bool:
-    cfg = self.config
-    return cfg.n_hidden_dense_lower > 0 and config_lib.n_dense_lower_layers(cfg) > 0
 
   @nn.compact
   def __call__(self, x, deterministic: bool = True, fold_final=None):
@@ -167,8 +158,8 @@ class MLPConvDense(nn.Module):
     y = MultiLayerConvolution(
         cfg.n_layers_conv, cfg.n_hidden_conv, cfg.n_scales, cfg.filter_size,
         self.conv_layer, cfg.dropout_rate, name="mlp_conv")(x, deterministic)
-    if self.has_dense_lower():
-      n_layers = config_lib.n_dense_lower_layers(cfg)
+    n_layers = config_lib.n_dense_lower_layers(cfg)
+    if cfg.n_hidden_dense_lower > 0 and n_layers > 0:
       n_out = cfg.n_hidden_dense_lower_output
       dense = MLP([cfg.n_hidden_dense_lower] * (n_layers - 1) + [n_out * h * w],
                   activate_final=cfg.reference_dense_lower,

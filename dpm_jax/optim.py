@@ -1,8 +1,6 @@
-"""The optimiser: the reference code's RMSprop (or Adam), its learning-rate decay,
-and the rule that zeroes a non-finite gradient.
-
-Reference code: train.py (Blocks' RemoveNotFinite, RMSProp; the learning
-rate decayed by 10x per 1000 epochs, once an epoch).
+"""The optimiser: RMSprop (or Adam) after a rule that zeroes non-finite gradients,
+with the reference code's learning-rate decay (its train.py: Blocks'
+RemoveNotFinite and RMSProp).
 """
 
 from __future__ import annotations
@@ -25,11 +23,9 @@ class NonFiniteState(NamedTuple):
 
 
 def zero_nonfinite_per_tensor() -> optax.GradientTransformation:
-  """Zeroes each gradient tensor that holds a NaN or Inf, and counts them.
+  """Zeroes each gradient tensor that holds a NaN or Inf, and counts them (NonFiniteState).
 
-  Blocks' RemoveNotFinite in the reference code: a non-finite step for one
-  parameter tensor becomes a zero step for that tensor; the other tensors
-  update as usual. Placed before RMSProp, as there.
+  As Blocks' RemoveNotFinite: the other tensors update as usual.
   """
 
   def init_fn(params):
@@ -57,13 +53,12 @@ def learning_rate_schedule(optimizer_config: ml_collections.ConfigDict,
 
 def make_optimizer(optimizer_config: ml_collections.ConfigDict,
                    steps_per_epoch: int) -> optax.GradientTransformation:
-  """RemoveNotFinite, then RMSProp (the reference code's) or Adam.
+  """zero_nonfinite_per_tensor, then RMSProp (the reference code's) or Adam.
 
-  RMSProp: decay 0.9, 1e-10 floor, no bias correction. Blocks' RMSProp
-  divides by max(sqrt(ms), 1e-10); optax by sqrt(ms) + 1e-10
-  (eps_in_sqrt=False). They differ only when sqrt(ms) is below ~1e-9.
-  Adam (optax defaults): for the Table 1 experiments, which the paper trained
-  with SFO, a quasi-Newton method optax does not have.
+  RMSProp: no bias correction; Blocks divides by max(sqrt(ms), eps), optax
+  by sqrt(ms) + eps (eps_in_sqrt=False): they differ only when sqrt(ms) is
+  below ~1e-9. Adam (optax defaults) is for the Table 1 experiments, which
+  the paper trained with SFO, a quasi-Newton method optax does not have.
   """
   schedule = learning_rate_schedule(optimizer_config, steps_per_epoch)
   if optimizer_config.name == "adam":
@@ -75,11 +70,6 @@ def make_optimizer(optimizer_config: ml_collections.ConfigDict,
   return optax.chain(zero_nonfinite_per_tensor(), update)
 
 
-def nonfinite_total(opt_state) -> jax.Array:
-  """Tensors zeroed by zero_nonfinite_per_tensor over the whole run."""
-  return opt_state[0].total
-
-
-def nonfinite_last(opt_state) -> jax.Array:
-  """Tensors zeroed at the latest step."""
-  return opt_state[0].last
+def nonfinite_counts(opt_state) -> NonFiniteState:
+  """The NonFiniteState of a make_optimizer state."""
+  return opt_state[0]

@@ -1,11 +1,8 @@
 """Writing results: atomically, and never a NaN or an infinity.
 
-Every file a run or an entry point writes (JSON, .npz, pictures) goes
-through here or through dpm_jax.plotting, which uses `atomic_path`: a file is
-written beside its target and renamed over it, so a reader never sees half
-a file and a failure (or a stop signal) keeps the old one. JSON gets null
-where a value is undefined (a standard error of one example); arrays with
-NaN or Inf are an error, not a file.
+A file is written beside its target and renamed over it, so a reader never sees
+half a file and a failure (or a stop signal) keeps the old one. JSON gets null
+where a value is undefined; arrays with NaN or Inf are an error, not a file.
 """
 
 from __future__ import annotations
@@ -48,7 +45,7 @@ def json_ready(obj: Any) -> Any:
 
 
 def write_json(path: str, obj: Any) -> str:
-  """Writes JSON atomically; NaN and Inf become null. A str is written as it is."""
+  """Writes JSON; NaN and Inf become null. A str is written as it is."""
   text = obj if isinstance(obj, str) else json.dumps(json_ready(obj), indent=2, sort_keys=True,
                                                      allow_nan=False)
   with atomic_path(path) as tmp:
@@ -66,16 +63,6 @@ def read_json(path: str) -> Optional[Any]:
     return None
 
 
-def read_json_object(path: str) -> dict:
-  """The JSON object in `path`; {} if the file is missing, unreadable, damaged or not an
-  object (for records that are remade when they cannot be read)."""
-  try:
-    value = read_json(path)
-  except (OSError, ValueError):
-    return {}
-  return value if isinstance(value, dict) else {}
-
-
 def require_finite(what: str, **arrays) -> None:
   """Raises errors.UserError naming the first array that holds NaN or Inf."""
   for name, array in arrays.items():
@@ -88,7 +75,7 @@ def require_finite(what: str, **arrays) -> None:
 
 
 def save_npz(path: str, **arrays) -> str:
-  """Writes arrays to a compressed .npz atomically; raises errors.UserError for NaN/Inf."""
+  """Writes arrays to a compressed .npz; raises errors.UserError for NaN/Inf."""
   require_finite(path, **arrays)
   with atomic_path(path) as tmp:
     np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in arrays.items()})

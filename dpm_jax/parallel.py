@@ -1,16 +1,9 @@
 """Data parallelism: a batch split over devices, the gradient over micro-batches.
 
-Every computation of the model is per example, so a batch splits over devices
-with nothing but its mean crossing between them. Batches are split over a 1-D
-mesh with the axis 'data':
-  forward-only work (sampling, evaluation): the batch is placed, or
-      constrained, sharded over the mesh and XLA splits every op;
-  training: `make_loss_and_grad` runs the gradient of any loss per device
-      under shard_map (micro-batch loops and the CPU convolution's chunk
-      loop slice the batch, which must be the device's own part) and
-      averages the parts.
-Results equal the one-device results up to float summation order. Which
-devices and micro-batches a run uses is dpm_jax.execution's decision.
+Batches are split over a 1-D mesh with the axis 'data'. For forward-only work
+(sampling, evaluation) the batch is placed, or constrained, sharded over the
+mesh and XLA splits every op; for training, `make_loss_and_grad` splits the
+gradient.
 """
 
 from __future__ import annotations
@@ -30,19 +23,16 @@ def make_loss_and_grad(loss_fn, *, micro_batch_size: int = 0, concurrent_micro_b
   """fn(params, batch, rng) -> ((loss, metrics), grads) of a StochasticLoss.
 
   The loss's draws (dpm_jax.diffusion.Draws) are made once for the whole
-  batch; each part of the batch then uses its slice of the per-example draws
-  and the shared ones as they are, so a part's loss is that slice of the
-  whole batch's loss, and the mean over parts is the whole batch's loss and
-  gradient up to float summation order, whatever the parts:
+  batch and each part of the batch uses its slice of them, so the mean over
+  parts is the whole batch's loss and gradient up to float summation order:
 
     micro_batch_size > 0: the gradient is accumulated over micro-batches of
-      that size in a lax.scan (only concurrent_micro_batches micro-batches'
-      memory is live at a time, which is faster on CPUs), each iteration
-      computing the gradients of concurrent_micro_batches of them, which
-      depend on nothing computed in between;
+      that size in a lax.scan, concurrent_micro_batches of them per
+      iteration (only their memory is live at a time);
     a mesh of several devices, the batch sharded over it: each device
-      computes its part (micro-batched as above) under shard_map, and the
-      parts are averaged with pmean.
+      computes its part (micro-batched as above) under shard_map, as the
+      micro-batch and CPU convolution loops slice the batch, and the parts
+      are averaged with pmean.
 
   Only `Draws.key` (dropout masks) is folded per part, so dropout masks
   depend on the split.
@@ -97,8 +87,7 @@ def make_loss_and_grad(loss_fn, *, micro_batch_size: int = 0, concurrent_micro_b
                          jax.tree.map(lambda _: P(), draws.key))
 
     def sharded(params, batch, draws):
-      # The replicated parameters and the averaged outputs need no
-      # varying-axis tracking: nothing is differentiated through the shard_map.
+      # No varying-axis tracking: nothing is differentiated through the shard_map.
       return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis), draws_spec(draws)),
                            out_specs=P(), check_vma=False)(params, batch, draws)
   else:
@@ -125,16 +114,12 @@ class DataParallel:
 
   def put_batch(self, global_batch: np.ndarray) -> jax.Array:
     """Places a global batch (identical on every process) sharded over devices."""
-    if jax.process_count() == 1:
-      return jax.device_put(global_batch, self.batch_sharding)
     n = global_batch.shape[0] // jax.process_count()
     local = global_batch[jax.process_index() * n:(jax.process_index() + 1) * n]
-    return jax.make_array_from_process_local_data(self.batch_sharding, local,
-                                                  global_batch.shape)
+    return self.put_local_batch(local, global_batch.shape[0])
 
   def put_local_batch(self, local_batch: np.ndarray, global_size: int) -> jax.Array:
-    """Places this process's rows of a global batch of `global_size` examples (all of
-    them with one process) sharded over the devices."""
+    """Places this process's rows of a global batch of `global_size` examples, sharded."""
     if jax.process_count() == 1:
       return jax.device_put(local_batch, self.batch_sharding)
     return jax.make_array_from_process_local_data(self.batch_sharding, local_batch,

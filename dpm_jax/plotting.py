@@ -1,13 +1,12 @@
-"""Image grids and learning curves as PNG files.
+"""Image grids and learning curves as PNG files, written atomically.
 
-Figures are drawn on matplotlib's Agg canvas directly, without pyplot, so
-writing them never changes the backend of an interactive session.
+Figures use matplotlib's Figure without pyplot, so that writing them never
+changes the backend of an interactive session.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from typing import Optional, Sequence
 
 import numpy as np
@@ -20,18 +19,19 @@ def _figure(**kwargs):
   return Figure(**kwargs)
 
 
-def _imsave(path, image, **kwargs):
-  """Writes an image array as a PNG, atomically; NaN or Inf in it is an error."""
+def _imsave(path, image, **kwargs) -> str:
+  """Writes an image array as a PNG; NaN or Inf in it is an error."""
   from matplotlib import image as mpl_image  # pylint: disable=g-import-not-at-top
   outputs.require_finite(path, image=image)
   with outputs.atomic_path(path) as tmp:
     mpl_image.imsave(tmp, image, format="png", **kwargs)
+  return path
 
 
-def _savefig(fig, path, **kwargs):
-  """Writes a figure as a PNG, atomically."""
+def _savefig(fig, path, **kwargs) -> str:
   with outputs.atomic_path(path) as tmp:
     fig.savefig(tmp, format="png", **kwargs)
+  return path
 
 
 def image_grid(images, ncols: Optional[int] = None, pad: int = 1) -> np.ndarray:
@@ -49,16 +49,12 @@ def image_grid(images, ncols: Optional[int] = None, pad: int = 1) -> np.ndarray:
 
 
 def save_image_grid(images, path: str, ncols: Optional[int] = None, scale: int = 2) -> str:
-  """Writes a PNG grid of (N, H, W, C) images in [0, 1]; returns the path."""
+  """A PNG grid of (N, H, W, C) images in [0, 1]."""
   grid = image_grid(images, ncols)
-  if scale > 1:
-    grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
   if grid.shape[-1] == 1:
-    _imsave(path, grid[..., 0], cmap="gray", vmin=0.0, vmax=1.0)
-  else:
-    _imsave(path, grid)
-  return path
+    return _imsave(path, grid[..., 0], cmap="gray", vmin=0.0, vmax=1.0)
+  return _imsave(path, grid)
 
 
 def save_trajectory_grid(states, labels: Sequence[str], path: str, scale: int = 2) -> str:
@@ -67,7 +63,6 @@ def save_trajectory_grid(states, labels: Sequence[str], path: str, scale: int = 
   Args:
     states: (K, N, H, W, C) in [0, 1], K recorded steps.
     labels: K column labels.
-    path: the PNG to write.
     scale: integer upscaling of the pixels.
   """
   states = np.asarray(states)
@@ -83,14 +78,12 @@ def save_trajectory_grid(states, labels: Sequence[str], path: str, scale: int = 
   cell = grid.shape[1] / k
   for i, label in enumerate(labels):
     ax.text((i + 0.5) * cell, -2, label, ha="center", va="bottom", fontsize=7)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  _savefig(fig, path)
-  return path
+  return _savefig(fig, path)
 
 
 def plot_learning_curves(records: Sequence[dict], path: str, unit: str = "pixel") -> Optional[str]:
   """Train and eval bound (bits per unit) against step from metrics.jsonl records
-  (null, an undefined value, is left out)."""
+  (null values left out); None if there is none."""
   train = [(r["step"], r["train/loss"]) for r in records if r.get("train/loss") is not None]
   evals = [(r["step"], r["eval/loss"], r.get("eval/loss_stderr") or 0.0) for r in records
            if r.get("eval/loss") is not None]
@@ -110,13 +103,11 @@ def plot_learning_curves(records: Sequence[dict], path: str, unit: str = "pixel"
   ax.grid(alpha=0.3)
   ax.legend()
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  _savefig(fig, path)
-  return path
+  return _savefig(fig, path)
 
 
 def plot_kl_per_t(t, kl, path: str) -> str:
-  """The per-t KL curve of the all-t evaluation."""
+  """The per-t KL curve of the all-t evaluation, nats per dimension."""
   fig = _figure(figsize=(6, 3.5), dpi=100)
   ax = fig.subplots()
   ax.semilogy(t, np.maximum(kl, 1e-12), lw=1)
@@ -124,17 +115,14 @@ def plot_kl_per_t(t, kl, path: str) -> str:
   ax.set_ylabel("E KL(q || p), nats per dimension")
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  _savefig(fig, path)
-  return path
+  return _savefig(fig, path)
 
 
 def save_binary_rows(rows, path: str, scale: int = 8) -> str:
   """Binary sequences (N, L) as N rows of L bins: 1 black, 0 white."""
   image = 1.0 - np.clip(np.asarray(rows, np.float32), 0.0, 1.0)
   image = image.repeat(scale, axis=0).repeat(scale, axis=1)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  _imsave(path, image, cmap="gray", vmin=0.0, vmax=1.0)
-  return path
+  return _imsave(path, image, cmap="gray", vmin=0.0, vmax=1.0)
 
 
 def save_image_panels(panels: Sequence, titles: Sequence[str], path: str,
@@ -149,8 +137,7 @@ def save_image_panels(panels: Sequence, titles: Sequence[str], path: str,
     ax.set_title(title, fontsize=9)
     ax.axis("off")
   fig.tight_layout()
-  _savefig(fig, path, dpi=100)
-  return path
+  return _savefig(fig, path, dpi=100)
 
 
 def save_binary_panels(panels: Sequence, titles: Sequence[str], path: str) -> str:
@@ -162,8 +149,7 @@ def save_binary_panels(panels: Sequence, titles: Sequence[str], path: str) -> st
               aspect="auto")
     ax.set(title=title, xlabel="bin", ylabel="sample" if i == 0 else None)
   fig.tight_layout()
-  _savefig(fig, path, dpi=100)
-  return path
+  return _savefig(fig, path, dpi=100)
 
 
 def save_scatter(points, path: str, title: str = "") -> str:
@@ -174,8 +160,7 @@ def save_scatter(points, path: str, title: str = "") -> str:
   ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.5)
   ax.set(xlim=(-2.5, 2.5), ylim=(-2.5, 2.5), title=title, aspect="equal")
   fig.tight_layout()
-  _savefig(fig, path, dpi=100)
-  return path
+  return _savefig(fig, path, dpi=100)
 
 
 def save_figure_1(forward, reverse, drift, labels: Sequence[str], path: str) -> str:
@@ -184,8 +169,7 @@ def save_figure_1(forward, reverse, drift, labels: Sequence[str], path: str) -> 
   Args:
     forward, reverse: sequences of (N, 2) points, one per column.
     drift: per column, (grid points (M, 2), drift vectors mu(x_t, t) - x_t (M, 2)).
-    labels: column titles (e.g. 't = 0', 't = T/2', 't = T').
-    path: the PNG to write.
+    labels: column titles.
   """
   n = len(labels)
   fig = _figure(figsize=(3.2 * n, 9.6))
@@ -203,5 +187,4 @@ def save_figure_1(forward, reverse, drift, labels: Sequence[str], path: str) -> 
     ax.set(xlim=(-2.5, 2.5), ylim=(-2.5, 2.5), aspect="equal",
            title=f"drift mu(x_t, t) - x_t, {labels[col]}")
   fig.tight_layout()
-  _savefig(fig, path, dpi=100)
-  return path
+  return _savefig(fig, path, dpi=100)

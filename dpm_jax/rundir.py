@@ -1,23 +1,9 @@
-"""Run directories: Orbax checkpoints, the saved config and the data scale.
+"""Run directories: Orbax checkpoints verified by their SHA-256, and the lock that
+keeps one writer.
 
-A run directory (workdir) holds:
-  checkpoints/<step>/   Orbax checkpoints: 'state' (the train state pytree)
-                        and 'meta' (step, config, data stats, the state's
-                        SHA-256) per step.
-  checkpoints_corrupt/  checkpoints that failed verification, moved aside
-                        by a resume with resume_verified (never deleted).
-  .lock                 held by the training process writing the run.
-  config.json           the full config of the run.
-  data_stats.json       how stored examples map to model units (for images: scale,
-                        shift and dequantisation width) and, under "data", where
-                        the examples came from, their sizes and fingerprint.
-  metrics.jsonl         one JSON object per logged step (dpm_jax.metrics).
-  tensorboard/          TensorBoard event files.
-  learning_curves.png   train and eval bound against step.
-  samples/              sample grids or plots.
-
-Sampling and evaluation read a run directory through `load_run` and never
-import the training loop.
+A checkpoint (checkpoints/<step>/) holds the items 'state' (the train state) and
+'meta' (step, config, data stats and record, the state's SHA-256). Sampling and
+evaluation read a run through `load_run` and never import the training loop.
 """
 
 from __future__ import annotations
@@ -49,11 +35,9 @@ LOCK_FILE = ".lock"
 
 
 class _OrbaxFilter(py_logging.Filter):
-  """Drops Orbax's INFO lines and its read-only notices; its errors keep one line.
-
-  A failed background save makes Orbax log the same traceback from several
-  threads; the training loop reports the cause itself (errors.UserError).
-  """
+  """Drops Orbax's INFO lines and its read-only notices; its errors keep one line (a
+  failed background save logs the same traceback from several threads, and the
+  training loop reports the cause itself)."""
 
   def filter(self, record):
     if "/orbax/" not in record.pathname:
@@ -69,11 +53,8 @@ class _OrbaxFilter(py_logging.Filter):
 
 
 def quiet_orbax_logs() -> None:
-  """Hides Orbax's per-save INFO lines and read-only notices; other warnings show.
-
-  The filter sits on absl's logger, so it works in notebooks as well as
-  under absl.app.
-  """
+  """Installs _OrbaxFilter on absl's logger, so that it works in notebooks as well as
+  under absl.app."""
   logger = logging.get_absl_logger()
   if not any(isinstance(f, _OrbaxFilter) for f in logger.filters):
     logger.addFilter(_OrbaxFilter())
@@ -99,12 +80,9 @@ def _host_array(x) -> np.ndarray:
 
 
 def state_digest(state: Any) -> str:
-  """SHA-256 of a state's arrays: of each array's shape and bytes, sorted.
-
-  Sorting makes it independent of how the tree is nested (a TrainState when
-  training resumes, plain dicts when a run is loaded for sampling), so the
-  same arrays give the same digest however they are restored.
-  """
+  """SHA-256 of a state's arrays (each one's shape and bytes, sorted), so that it does not
+  depend on how the tree is nested: a TrainState when training resumes, plain dicts
+  when a run is loaded for sampling."""
   digests = sorted(
       hashlib.sha256(str(a.shape).encode() + a.tobytes()).hexdigest()
       for a in map(_host_array, jax.tree.leaves(state)))
@@ -117,37 +95,32 @@ def state_nbytes(state: Any) -> int:
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict) -> None:
-  """Saves the train state and the metadata at `step` (asynchronously).
-
-  The metadata gets the state's SHA-256 (state_digest), which `restore`
-  checks: a damaged checkpoint is an error, never a silent load.
-  """
+  """Saves the train state and the metadata, with the state's SHA-256, at `step`
+  (asynchronously)."""
   meta = dict(meta, step=step, state_sha256=state_digest(state))
   try:
     manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
   except Exception as err:  # pylint: disable=broad-except
-    raise _save_error(manager, os.path.dirname(str(manager.directory)), err) from err
+    raise _save_error(manager, err) from err
 
 
-def check_save_errors(manager: ocp.CheckpointManager, workdir: str, wait: bool = False) -> None:
-  """Raises errors.UserError, cause first, if the last background save has failed.
-
-  Without `wait`, a save still in progress is checked at a later call.
-  """
+def check_save_errors(manager: ocp.CheckpointManager, wait: bool = False) -> None:
+  """Raises errors.UserError, cause first, if the last background save has failed;
+  without `wait`, a save still in progress is checked at a later call."""
   if not wait and manager.is_saving_in_progress():
     return
   try:
     manager.wait_until_finished()  # raises the save's error
     manager.check_for_errors()
   except Exception as err:  # pylint: disable=broad-except
-    raise _save_error(manager, workdir, err) from err
+    raise _save_error(manager, err) from err
 
 
-def _save_error(manager, workdir, err) -> errors.UserError:
+def _save_error(manager, err) -> errors.UserError:
   return errors.UserError(
-      f"Saving a checkpoint in {checkpoint_dir(workdir)} failed: {_first_line(err)}\n"
-      f"{last_good(manager)} {_free_space_note(workdir)}")
+      f"Saving a checkpoint in {manager.directory} failed: {_first_line(err)}\n"
+      f"{last_good(manager)} {_free_space_note(os.path.dirname(str(manager.directory)))}")
 
 
 def _first_line(err) -> str:
@@ -172,22 +145,24 @@ def _free_space_note(workdir: str) -> str:
   return f"{free / 2**20:.1f} MiB are free there."
 
 
-def _step_dirs(directory: str):
+def _unfinished_steps(manager: ocp.CheckpointManager) -> list[int]:
+  """Step folders that Orbax does not list as complete checkpoints."""
+  directory = str(manager.directory)
   if not os.path.isdir(directory):
     return []
-  return sorted(int(n) for n in os.listdir(directory) if re.fullmatch(r"\d+", n))
+  complete = set(manager.all_steps())
+  return sorted(int(n) for n in os.listdir(directory)
+                if re.fullmatch(r"\d+", n) and int(n) not in complete)
 
 
 def latest_step(manager: ocp.CheckpointManager) -> Optional[int]:
-  """The newest complete checkpoint; raises if a step folder is unreadable.
+  """The newest complete checkpoint, or None.
 
-  A folder named by a step number that Orbax does not list as complete is
-  a damaged checkpoint: resuming from an older one, or from scratch, would
-  silently discard training, so it is an error.
+  Raises:
+    errors.UserError: a step folder is not a complete checkpoint (resuming from
+      an older one, or from scratch, would silently discard training).
   """
-  complete = set(manager.all_steps())
-  on_disk = _step_dirs(str(manager.directory))
-  broken = [s for s in on_disk if s not in complete]
+  broken = _unfinished_steps(manager)
   if broken:
     raise errors.UserError(
         f"Checkpoint folder(s) {[os.path.join(str(manager.directory), str(s)) for s in broken]} "
@@ -198,18 +173,14 @@ def latest_step(manager: ocp.CheckpointManager) -> Optional[int]:
 
 
 def _on_first_device(tree):
-  """Shapes and dtypes of `tree` as arrays on this process's first device.
-
-  A checkpoint records the devices its arrays were sharded over; restoring
-  into this target reads it whatever devices this process has.
-  """
+  """Shapes and dtypes of `tree` on this process's first device: a target that reads a
+  checkpoint whatever devices it was sharded over."""
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
 
 
 def _saved_tree(manager: ocp.CheckpointManager, step: int):
-  """The saved state's tree of array metadata (shapes, dtypes), read from the
-  'state' item's own metadata: the step's metadata file lives one folder up."""
+  """The saved state's tree of shapes and dtypes."""
   path = epath.Path(manager.directory) / str(step) / "state"
   return ocp.StandardCheckpointHandler().metadata(path).tree
 
@@ -250,9 +221,7 @@ def restore(manager: ocp.CheckpointManager, step: int,
             abstract_state: Any = None) -> tuple[Any, dict]:
   """Restores (state, meta) at `step` on this process's first device: the state
   into the structure of abstract_state (arrays or shapes) if given, else as saved.
-
-  The restored arrays are checked against the SHA-256 saved with them
-  (checkpoints of earlier versions have none and are not checked).
+  Checkpoints saved without a SHA-256 (earlier versions) are not verified.
 
   Raises:
     errors.UserError: the checkpoint's bytes cannot be read or do not match
@@ -261,25 +230,25 @@ def restore(manager: ocp.CheckpointManager, step: int,
       the model).
   """
   def restore_into(target):
-    return manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_on_first_device(target)), meta=ocp.args.JsonRestore()))
+    return _verified(manager, step, manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_on_first_device(target)), meta=ocp.args.JsonRestore())))
 
+  if abstract_state is not None:
+    try:
+      return restore_into(abstract_state)
+    except _Corrupt:
+      raise
+    except Exception as err:  # pylint: disable=broad-except
+      failure = err
+  # Corrupt only if it does not restore as saved and verify.
   try:
-    return _verified(manager, step, restore_into(abstract_state if abstract_state is not None
-                                                 else _saved_tree(manager, step)))
-  except _Corrupt:
-    raise
-  except Exception as err:  # pylint: disable=broad-except
-    if abstract_state is None:
-      raise _restore_error(manager, step, err) from err
-    failure = err
-  # It did not fit the target: corrupt only if it does not restore as saved and verify.
-  try:
-    _verified(manager, step, restore_into(_saved_tree(manager, step)))
+    as_saved = restore_into(_saved_tree(manager, step))
   except _Corrupt:
     raise
   except Exception as err:  # pylint: disable=broad-except
     raise _restore_error(manager, step, err) from err
+  if abstract_state is None:
+    return as_saved
   path = os.path.join(str(manager.directory), str(step))
   raise errors.UserError(
       f"The checkpoint at {path} verifies, but its arrays do not fit this run's train state "
@@ -303,10 +272,9 @@ def restore_newest_verified(manager: ocp.CheckpointManager,
                             restore_fn: Callable[[int], Any]) -> tuple[Optional[int], Any]:
   """(step, restore_fn(step)) of the newest checkpoint that restores and verifies,
   moving every newer one (and unfinished step folders) aside; (None, None) if none."""
-  for step in _step_dirs(str(manager.directory)):
-    if step not in manager.all_steps():
-      logging.warning("Moved the unfinished checkpoint folder of step %d to %s", step,
-                      move_aside(manager, step))
+  for step in _unfinished_steps(manager):
+    logging.warning("Moved the unfinished checkpoint folder of step %d to %s", step,
+                    move_aside(manager, step))
   for step in sorted(manager.all_steps(), reverse=True):
     try:
       return step, restore_fn(step)
@@ -323,10 +291,6 @@ def config_to_dict(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config_to_json(config))
 
 
-def config_from_dict(d: dict) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(d)
-
-
 @dataclasses.dataclass
 class Run:
   """What sampling and evaluation need from a run directory.
@@ -335,8 +299,6 @@ class Run:
     config: the run's config, as saved (experiment.with_defaults fills newer fields).
     params: the parameters, numpy arrays.
     stats: how stored examples map to model units (experiment.Units.to_dict).
-    step: the checkpoint's step.
-    workdir: the run directory.
     data: what the run recorded of its data (data.Dataset.record), or None
       for runs saved before it was recorded.
   """
@@ -369,7 +331,7 @@ def load_run(workdir: str, step: Optional[int] = None) -> Run:
   finally:
     manager.close()
   params = jax.tree.map(np.asarray, state["params"])
-  return Run(config=config_from_dict(meta["config"]), params=params,
+  return Run(config=ml_collections.ConfigDict(meta["config"]), params=params,
              stats=meta["data_stats"], step=int(step), workdir=workdir, data=meta.get("data"))
 
 
@@ -381,10 +343,6 @@ def close_quietly(manager: ocp.CheckpointManager) -> None:
     manager.close()
   except Exception as err:  # pylint: disable=broad-except
     logging.debug("Closing the checkpoint manager: %s", err)
-
-
-# ----------------------------------------------------------------------------
-# The run directory as a place to write.
 
 
 def prepare_workdir(workdir: str) -> int:
@@ -401,13 +359,13 @@ def prepare_workdir(workdir: str) -> int:
                       f"{err.strerror or err}. Choose a writable --workdir.") from err
 
 
-def check_space(manager: ocp.CheckpointManager, workdir: str, nbytes: int) -> None:
+def check_space(manager: ocp.CheckpointManager, nbytes: int) -> None:
   """Raises errors.UserError if a checkpoint of `nbytes` would not fit on the disk."""
-  free = shutil.disk_usage(workdir).free
+  free = shutil.disk_usage(os.path.dirname(str(manager.directory))).free
   need = int(nbytes * 1.05) + 2**20
   if free < need:
     raise errors.UserError(
-        f"Not enough disk space for the next checkpoint in {checkpoint_dir(workdir)}: it needs "
+        f"Not enough disk space for the next checkpoint in {manager.directory}: it needs "
         f"about {need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB are free. {last_good(manager)} "
         "Free some space, or copy the run directory to a larger disk and use the copy as "
         "--workdir, then rerun the same command to resume.")
@@ -438,9 +396,9 @@ def _alive(owner: dict) -> bool:
 class WorkdirLock:
   """<workdir>/.lock: one training process writes a run directory at a time.
 
-  The file names the process (pid, host, start time, command). It is removed
-  on exit; after a crash or kill -9 it stays, and the next run sees that its
-  process is gone (or its pid now belongs to another process) and takes it over.
+  The file names the process (pid, host, start time, command). After a crash
+  or kill -9 it stays, and the next run sees that its process is gone (or its
+  pid now belongs to another process) and takes it over.
   """
 
   def __init__(self, workdir: str):
@@ -487,7 +445,6 @@ class WorkdirLock:
     raise errors.UserError(f"Could not take the lock {self.path}; another process keeps taking it.")
 
   def release(self) -> None:
-    """Removes the lock if this process holds it."""
     if self.held and (self._read() or {}).get("pid") == os.getpid():
       os.remove(self.path)
     self.held = False

@@ -1,16 +1,5 @@
-"""What keeps a run safe: stop signals, finite-only checkpoints (and the workdir lock,
-dpm_jax.rundir.WorkdirLock).
-
-StopSignals turns SIGINT and SIGTERM into a request that the loop, the
-evaluations and the sampler check between steps, batches and chunks; no JAX
-work runs outside the main thread. Before the first unit of work completes
-(a training step), or in programs with nothing to save, a signal ends the
-process at once: a small watcher thread, which never touches JAX, is woken
-through the signal's wakeup file descriptor even while the main thread is
-inside XLA (compiling, say), runs the cleanups and exits.
-
-Saver saves a state only if it is finite, so a run that diverges never
-overwrites its good checkpoints.
+"""What keeps a run safe: stop signals, and checkpoints of finite states only (the
+workdir lock is dpm_jax.rundir.WorkdirLock).
 """
 
 from __future__ import annotations
@@ -27,33 +16,30 @@ import jax
 import jax.numpy as jnp
 
 from dpm_jax import diffusion
+from dpm_jax import errors
 from dpm_jax import rundir
 from dpm_jax import step as step_lib
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def exit_code(signum: int) -> int:
-  """130 for SIGINT, 143 for SIGTERM: 128 + the signal's number, as a shell reports it."""
-  return 128 + int(signum)
-
-
 class StopSignals:
   """SIGINT/SIGTERM -> a request polled between units of work (main thread only).
 
-  While `armed` is False (before the first training step completes, or
-  always with exit_at_once=True) a signal runs `cleanups`, prints one line
-  and exits the process with 130 (SIGINT) or 143 (SIGTERM) at once.
-  Afterwards it sets `requested` (the signal's number), which the loop, the
-  evaluations and the sampler poll through `should_stop`.
+  Until `arm` (before the first training step completes, or in programs
+  with nothing to save) a signal runs `cleanups`, prints one line and exits
+  the process at once with 130 (SIGINT) or 143 (SIGTERM): a watcher thread,
+  which never touches JAX, is woken through the signal's wakeup file
+  descriptor even while the main thread is inside XLA (compiling, say).
+  Once armed it sets `requested` (the signal's number), which the loop,
+  the evaluations and the sampler poll through `should_stop`.
 
   Outside the main thread (a worker thread of a notebook) it installs
   nothing and never stops anything.
   """
 
-  def __init__(self, what: str = "the run", exit_at_once: bool = False):
+  def __init__(self, what: str = "the run"):
     self.what = what
-    self.exit_at_once = exit_at_once
     self.requested: Optional[int] = None
     self.armed = False
     self.cleanups: List[Callable[[], None]] = []
@@ -67,7 +53,7 @@ class StopSignals:
 
   def arm(self) -> None:
     """From now on a signal is a request to stop at the next check, not an exit."""
-    self.armed = not self.exit_at_once
+    self.armed = True
 
   def _handler(self, signum, frame):
     del frame
@@ -85,7 +71,7 @@ class StopSignals:
         pass
     sys.stderr.write(f"{signal.Signals(signum).name}: stopped {self.what} (nothing to save).\n")
     sys.stderr.flush()
-    os._exit(exit_code(signum))
+    os._exit(128 + int(signum))  # as a shell reports it
 
   def _watch(self):
     read_fd, stop_fd = self._pipe[0], self._stop_pipe[0]
@@ -123,24 +109,20 @@ class StopSignals:
     return False
 
 
-# ----------------------------------------------------------------------------
-# Finite-only checkpoints.
-
 PROBE_EXAMPLES = 64
 
 
 class Saver:
-  """Saves finite states only.
+  """Saves finite states only, so pruning old checkpoints never removes the last good one.
 
-  A state is saved if the loss of the step that made it was finite, all its
+  Healthy: the loss of the step that made the state was finite, all its
   arrays are finite, and so is the loss at its own parameters on a fixed
   batch of training examples (a step that diverged leaves finite but huge
-  parameters whose next loss is NaN). Pruning old checkpoints therefore
-  never removes the last good one. The disk's free space is checked first.
+  parameters whose next loss is NaN).
   """
 
-  def __init__(self, manager, workdir: str, meta: dict, task):
-    self.manager, self.workdir, self.meta = manager, workdir, meta
+  def __init__(self, manager, meta: dict, task):
+    self.manager, self.meta = manager, meta
     loss_fn = diffusion.make_loss_fn(task.model, uniform_noise=task.units.uniform_noise, train=True)
     probe = task.data.train[:PROBE_EXAMPLES]
     self._probe_loss = jax.jit(
@@ -150,15 +132,19 @@ class Saver:
     return (not int(state.nonfinite_streak) and bool(step_lib.all_finite(state))
             and bool(jnp.isfinite(self._probe_loss(state.params))))
 
-  def save(self, step: int, state, **meta) -> bool:
-    """Saves the state at `step` (asynchronously) if it is healthy; whether it did."""
-    if step in self.manager.all_steps() and not meta:
+  def save(self, step: int, state) -> bool:
+    """Saves the state at `step` (asynchronously) if it is healthy; whether it did.
+
+    Raises:
+      errors.UserError: the disk has no room for it (rundir.check_space).
+    """
+    if step in self.manager.all_steps():
       return True  # saved already
     if not self.healthy(state):
       logging.warning("step %d: no checkpoint saved: the loss or the state is not finite.", step)
       return False
-    rundir.check_space(self.manager, self.workdir, rundir.state_nbytes(state))
-    rundir.save(self.manager, step, state, {**self.meta, **meta})
+    rundir.check_space(self.manager, rundir.state_nbytes(state))
+    rundir.save(self.manager, step, state, self.meta)
     return True
 
   def last_good(self) -> str:
@@ -167,3 +153,16 @@ class Saver:
       return rundir.last_good(self.manager) + " Start again with other settings."
     return (rundir.last_good(self.manager) +
             " Rerun with the same --workdir and other settings to resume from it.")
+
+
+def stoppable(what: str, fn: Callable):
+  """fn(should_stop) under StopSignals, armed: a stop signal raises errors.Stopped naming
+  the signal (exit 130 / 143), and nothing was written."""
+  with StopSignals(what) as stop:
+    stop.arm()
+    try:
+      return fn(stop.should_stop)
+    except errors.Stopped as err:
+      name = "SIGINT" if stop.requested == 2 else "SIGTERM"
+      raise errors.Stopped(f"{name}: stopped {what}; nothing was written.",
+                           stop.requested) from err

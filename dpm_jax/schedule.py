@@ -1,9 +1,8 @@
 """The forward-process schedule and the temporal basis of the reverse model.
 
 Reference: `model.py` of the 2015 code, `generate_temporal_basis`,
-`generate_beta_arr`, `get_t_weights` and `temporal_readout`.
-Time steps are indexed t = 0 .. T-1 with T = trajectory_length; step 0 is the
-fixed first step, the reverse model is learned for t = 1 .. T-1.
+`generate_beta_arr`, `get_t_weights` and `temporal_readout`. Time steps are
+t = 0 .. T-1, T = trajectory_length.
 """
 
 from __future__ import annotations
@@ -22,15 +21,10 @@ def logit(u):
 
 
 def temporal_basis(trajectory_length: int, n_temporal_basis: int) -> np.ndarray:
-  """Gaussian bumps over time, each row of the transpose summing to one.
+  """Gaussian bumps over time: a float64 array (J, T), J = n_temporal_basis.
 
-  Args:
-    trajectory_length: T, the number of time steps.
-    n_temporal_basis: J, the number of bumps; centres at linspace(-1, 1, J).
-
-  Returns:
-    A float64 array of shape (J, T); column t holds the weights of the J
-    basis functions at time step t and sums to 1.
+  Centres at linspace(-1, 1, J), read at linspace(-1, 1, T); column t holds
+  the weights of the J basis functions at time step t and sums to 1.
   """
   if n_temporal_basis < 2:
     raise ValueError("n_temporal_basis must be >= 2, got %d" % n_temporal_basis)
@@ -54,7 +48,7 @@ def beta_schedule(trajectory_length: int,
                   *,
                   link: str = "logit",
                   dtype=None) -> jax.Array:
-  """The forward noise variances beta_t, t = 0 .. T-1.
+  """The forward noise variances beta_t, t = 0 .. T-1: beta_arr of shape (T,).
 
   beta_t = m_t + sigmoid(perturb_t + link(b_t)) * (1 - m_t - 1e-5), with
   b = 1 / linspace(T, 2, T), m_t = 1e-6 (+ step1_beta at t = 0) and
@@ -68,9 +62,6 @@ def beta_schedule(trajectory_length: int,
     link: 'logit' as the reference code, or 'log' as the seed notebook.
     dtype: the result's dtype; defaults to that of the coefficients, else
       JAX's default float.
-
-  Returns:
-    beta_arr of shape (T,).
   """
   if link == "logit":
     offset = np.log(beta_baseline(trajectory_length) /
@@ -94,14 +85,7 @@ def beta_schedule(trajectory_length: int,
 def t_weights(t, trajectory_length: int) -> jax.Array:
   """Triangular interpolation weights max(0, 1 - |t - i|) over i = 0 .. T-1.
 
-  One-hot for integer t; linear interpolation between neighbours otherwise.
-
-  Args:
-    t: time step(s), any shape.
-    trajectory_length: T.
-
-  Returns:
-    Weights of shape t.shape + (T,).
+  One-hot for integer t, linear interpolation otherwise; shape t.shape + (T,).
   """
   t = jnp.asarray(t)
   dtype = t.dtype if jnp.issubdtype(t.dtype, jnp.floating) else jnp.result_type(float)
@@ -112,9 +96,7 @@ def t_weights(t, trajectory_length: int) -> jax.Array:
 def at_t(values, t) -> jax.Array:
   """Reads a per-time-step array (T,) at (possibly fractional) t in [0, T-1].
 
-  The same values as t_weights(t, T) @ values (linear interpolation between
-  neighbours, exact at integer t), read with two gathers instead of a (..., T)
-  matrix: one t per example costs O(batch), not O(batch * T).
+  t_weights(t, T) @ values, read with two gathers instead of a (..., T) matrix.
   """
   T = values.shape[0]
   t = jnp.asarray(t).astype(values.dtype)
@@ -136,11 +118,10 @@ def readout_weights(t, basis) -> jax.Array:
 
 
 def folded_readout(h, kernel, bias, weights, n_colors: int):
-  """The last layer and the temporal readout in one: (h @ kernel + bias) read at t.
+  """The last layer and the temporal readout in one: temporal_readout(h @ kernel + bias).
 
-  The readout is linear in the last layer's outputs, so it can be applied to
-  that layer's kernel and bias first: one matmul with n_colors * 2 outputs
-  instead of n_colors * 2 * J. Equal to temporal_readout(h @ kernel + bias).
+  The readout is linear, so it is applied to the layer's kernel and bias
+  first: one matmul with n_colors * 2 outputs instead of n_colors * 2 * J.
 
   Args:
     h: the last hidden layer, (B, H, W, K).
@@ -165,10 +146,7 @@ def folded_readout(h, kernel, bias, weights, n_colors: int):
 
 
 def temporal_readout(z, t, basis, n_colors: int):
-  """Reads the network's per-pixel basis coefficients out at time step t.
-
-  The reference form, as the 2015 code computes it: the model folds it into
-  its last layer (folded_readout), and the tests check the two agree.
+  """Reads the network's per-pixel basis coefficients out at time step t (the 2015 code's form).
 
   Args:
     z: network output, (B, H, W, n_colors * 2 * J), read as (colors, {mu, beta}, J).

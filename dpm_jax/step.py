@@ -1,11 +1,8 @@
 """The train state and the jitted train step.
 
-train_step(state, batch, base_key) draws every random number of step s from
-fold_in(base_key, s), computes the gradient of the bound (dpm_jax.diffusion's
-loss_fn, split over micro-batches and devices by dpm_jax.parallel) and
-applies the optimiser (dpm_jax.optim). The running sums of the loss live in
-the state, so the averages logged after a resume equal the uninterrupted
-run's.
+Every random number of step s comes from fold_in(base_key, s); the running
+sums of the loss live in the state (and its checkpoints), so the averages
+logged after a resume equal the uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -24,11 +21,8 @@ from dpm_jax import parallel
 
 
 class TrainState(train_state.TrainState):
-  """Flax TrainState plus device-side metric accumulators (checkpointed with it).
-
-  Keeping the running sums in the state makes the logged averages identical
-  after a resume from a checkpoint taken between two log steps.
-  """
+  """Flax TrainState plus the loss's running sums since the last log, and the
+  number of non-finite losses in a row."""
   loss_sum: jax.Array
   loss_count: jax.Array
   nonfinite_streak: jax.Array
@@ -42,17 +36,19 @@ def create_train_state(model: nn.Module, params: Any,
       nonfinite_streak=jnp.zeros([], jnp.int32))
 
 
-def make_train_step(loss_and_grad_fn: Callable, prepare: Callable) -> Callable:
-  """train_step(state, batch, base_key) -> (state, step_metrics).
-
-  Args:
-    loss_and_grad_fn: parallel.make_loss_and_grad(loss_fn, ...).
-    prepare: a batch of stored examples -> x_0 in model units (Task.prepare).
-  """
+def jit_train_step(task, plan: execution.Plan) -> Callable:
+  """train_step(state, batch, base_key) -> (state, step_metrics) of a task
+  (dpm_jax.experiment.Task; batch: its stored examples), jitted and split over
+  micro-batches and devices as the execution plan says."""
+  par = plan.par
+  loss_fn = diffusion.make_loss_fn(task.model, uniform_noise=task.units.uniform_noise, train=True)
+  loss_and_grad_fn = parallel.make_loss_and_grad(
+      loss_fn, micro_batch_size=plan.micro_batch_size,
+      concurrent_micro_batches=plan.concurrent_micro_batches, mesh=par.mesh)
 
   def train_step(state: TrainState, batch, base_key):
     rng = jax.random.fold_in(base_key, state.step)
-    (loss, aux), grads = loss_and_grad_fn(state.params, prepare(batch), rng)
+    (loss, aux), grads = loss_and_grad_fn(state.params, task.units.to_model(batch), rng)
     new_state = state.apply_gradients(grads=grads)
     finite = jnp.isfinite(loss)
     new_state = new_state.replace(
@@ -63,18 +59,7 @@ def make_train_step(loss_and_grad_fn: Callable, prepare: Callable) -> Callable:
     metrics.update(diffusion.get_norms(state.params["params"], grads["params"]))
     return new_state, metrics
 
-  return train_step
-
-
-def jit_train_step(task, plan: execution.Plan) -> Callable:
-  """The jitted, data-parallel train step of a task (dpm_jax.experiment.Task), run as
-  the execution plan says: what the loop and the benchmark run."""
-  par = plan.par
-  loss_fn = diffusion.make_loss_fn(task.model, uniform_noise=task.units.uniform_noise, train=True)
-  loss_and_grad = parallel.make_loss_and_grad(loss_fn, micro_batch_size=plan.micro_batch_size,
-                                              concurrent_micro_batches=plan.concurrent_micro_batches,
-                                              mesh=par.mesh)
-  return jax.jit(make_train_step(loss_and_grad, task.units.to_model), donate_argnums=(0,),
+  return jax.jit(train_step, donate_argnums=(0,),
                  in_shardings=(par.replicated, par.batch_sharding, par.replicated),
                  out_shardings=(par.replicated, par.replicated))
 

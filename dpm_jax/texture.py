@@ -1,16 +1,10 @@
-"""A texture, the paper's bark row of Table 1 and its Figure 5 inpainting.
+"""A texture: the paper's bark row of Table 1 and its Figure 5 inpainting.
 
-The paper trained on bark textures (T01-T04 of Lazebnik, Schmid and Ponce 2005),
-which this package cannot redistribute; this experiment trains on a CC0 photograph
-of gravel (dpm_jax/data/textures/gravel.png, its source and licence in
-dpm_jax/data/README.md), or on any folder of textures (data.dir), with the image
-folder source's crops (dpm_jax.image_folder): training crops from the left
-three quarters of the image, held-out crops and the inpainting from the right
-quarter. The model is the multi-scale convolutional network alone (paper Fig.
-D.1), T = 500 as the paper's bark (Appendix D.2.1). Its final report gives K and
-K - L_null beside the paper's bark row (another texture: the numbers differ in
-kind, not just in value) and Figure 5: a held-out region three crops wide, its
-central third replaced by noise, and that centre inpainted.
+The paper's bark textures (T01-T04 of Lazebnik, Schmid and Ponce 2005) cannot
+be redistributed; this trains on a CC0 photograph of gravel, or on data.dir,
+with the image folder's crops: training crops from the left three quarters,
+held-out crops and the inpainting from the right quarter. K differs from the
+bark row in kind (another texture), not just in value.
 """
 
 from __future__ import annotations

@@ -1,13 +1,8 @@
-"""The training loop: `train_and_evaluate(config, workdir)`.
+"""The training loop: `train_and_evaluate(experiment, config, workdir)`.
 
-Data flows one way: config -> experiment -> task (model, data, units) ->
-loss_fn -> train step (dpm_jax.step) -> checkpoints and metrics. The loop
-takes an experiment object (dpm_jax.experiment) and knows no list of them.
 Randomness is derived, never stored: the batch of step s is a function of
 (seed, s) and the step's key is fold_in(base_key, s), so a run resumed from
-any checkpoint repeats the uninterrupted run exactly. What keeps a run safe
-(finite-only checkpoints, stop signals, one writer) is dpm_jax.safety's and
-dpm_jax.rundir's.
+any checkpoint repeats the uninterrupted run exactly.
 """
 
 from __future__ import annotations
@@ -39,8 +34,7 @@ from dpm_jax import safety
 from dpm_jax import sampling
 from dpm_jax import step as step_lib
 
-# The periodic actions that a stop signal may interrupt; redone on resume.
-INTERRUPTIBLE = ("eval", "samples")
+# The periodic actions a stop signal interrupted, redone on resume.
 PENDING_FILE = "pending_actions.json"
 
 
@@ -66,31 +60,25 @@ def train_and_evaluate(experiment: experiment_lib.Experiment, config: ml_collect
                        *, dataset: Optional[data_lib.Dataset] = None,
                        devices: Optional[Sequence[jax.Device]] = None,
                        resume_verified: bool = False) -> step_lib.TrainState:
-  """Trains the model of `config`, resuming from workdir's checkpoints.
+  """Trains the model of `config`, resuming from workdir's checkpoints; returns the final
+  TrainState.
 
   Args:
-    experiment: the experiment (e.g. dpm_jax.images.MNIST; dpm_jax.registry finds one by
-      name).
-    config: a config of it (experiments/configs/<name>.py, or experiment.default_config()).
+    experiment: the experiment (e.g. dpm_jax.images.MNIST).
+    config: a config of it (e.g. experiment.default_config()).
     workdir: the run directory; a new one under config.output_dir if None.
-    dataset: the stored examples (dpm_jax.data.Dataset, e.g. data.from_arrays);
-      loaded from config.data if None.
+    dataset: the stored examples; loaded from config.data if None.
     devices: the devices the batch is split over (evaluation too); if None,
-      the execution plan's (dpm_jax.execution).
+      the execution plan's.
     resume_verified: if the newest checkpoint is corrupt, resume from the
       newest that verifies (the corrupt ones are moved aside), not fail.
 
-  Returns:
-    The final TrainState.
-
   Raises:
     errors.Stopped: on SIGINT or SIGTERM, after the last completed step was saved.
-    errors.UserError: after train.max_nonfinite_steps non-finite losses in a
-      row, or one at the last step.
-    errors.UserError: a field outside its domain.
-    errors.UserError: data that cannot be found or read.
-    errors.UserError: the workdir cannot be written, is full or is in use.
-    errors.UserError: a checkpoint is corrupt or does not fit the config.
+    errors.UserError: train.max_nonfinite_steps non-finite losses in a row (or one
+      at the last step), a field outside its domain, data that cannot be read, a
+      workdir that cannot be written, is full or is in use, or a checkpoint that is
+      corrupt or does not fit the config.
   """
   experiment_lib.validate(experiment, config)
   maybe_initialize_distributed()
@@ -135,7 +123,7 @@ def _train(config, experiment, workdir, manager, dataset, plan, resume_verified,
   train_step = step_lib.jit_train_step(task, plan)
   state = par.put_replicated(state)
   meta = write_run_files(config, workdir, task)
-  saver = safety.Saver(manager, workdir, meta, task)
+  saver = safety.Saver(manager, meta, task)
   schedule = optim.learning_rate_schedule(config.optimizer, steps_per_epoch)
   evaluator = evaluate_lib.make_test_evaluator(task, config.eval, par, key=keys.eval)
   sampler = sampling.make_sampler(task.model, num_images=cfg.sample_num_images)
@@ -155,15 +143,18 @@ def _train(config, experiment, workdir, manager, dataset, plan, resume_verified,
       throughput.tick()
       if step == start + 1:
         stop.arm()  # from now on a stop signal saves this step before exiting
-        report_first_step(step, num_steps, step_metrics, cfg.log_every_steps, unit)
+        report(f"step {step}/{num_steps}: train bound {float(step_metrics['loss']):.4f} "
+               f"bits/{unit} (this step); compiled and ran; progress with speed and ETA "
+               f"every {cfg.log_every_steps} steps")
       check_finite(state, step, num_steps, cfg.max_nonfinite_steps, saver)
-      rundir.check_save_errors(manager, workdir)
+      rundir.check_save_errors(manager)
       record = {}
       if is_time(step, cfg.log_every_steps, num_steps):
         record.update(train_metrics(state, step_metrics, schedule, step, throughput))
         metrics_lib.log_progress(step, num_steps, steps_per_epoch, record,
                                  time.time() - t_start, step - start, unit)
-        state = reset_accumulators(state)
+        state = state.replace(loss_sum=jnp.zeros_like(state.loss_sum),
+                              loss_count=jnp.zeros_like(state.loss_count))
       if step == num_steps or is_time(step, cfg.checkpoint_every_steps, num_steps):
         saver.save(step, state)
       pending = [name for name, (every, _) in actions.items()
@@ -177,7 +168,7 @@ def _train(config, experiment, workdir, manager, dataset, plan, resume_verified,
         plot_curves(workdir, unit)
       if stop.should_stop():
         raise interrupt(saver, stop, workdir, step, state)
-  rundir.check_save_errors(manager, workdir, wait=True)  # the last save, cause first
+  rundir.check_save_errors(manager, wait=True)  # the last save, cause first
   return state
 
 
@@ -188,19 +179,15 @@ def _train(config, experiment, workdir, manager, dataset, plan, resume_verified,
 def train_metrics(state, step_metrics, schedule, step, throughput) -> dict:
   """The train/* metrics of the steps since the last log (the loss's mean over them)."""
   count = int(state.loss_count)
+  nonfinite = optim.nonfinite_counts(state.opt_state)
   return {
       "train/loss": float(state.loss_sum) / count if count else None,
       "train/finite_steps": count,
       "train/learning_rate": float(schedule(step - 1)),
-      "train/nonfinite_tensors": int(optim.nonfinite_last(state.opt_state)),
-      "train/nonfinite_tensors_total": int(optim.nonfinite_total(state.opt_state)),
+      "train/nonfinite_tensors": int(nonfinite.last),
+      "train/nonfinite_tensors_total": int(nonfinite.total),
       **{"train/" + k: float(v) for k, v in step_metrics.items() if k != "loss"},
       **throughput.lap()}
-
-
-def reset_accumulators(state):
-  return state.replace(loss_sum=jnp.zeros_like(state.loss_sum),
-                       loss_count=jnp.zeros_like(state.loss_count))
 
 
 def evaluate_test(evaluator, state, step, unit, stop, summary) -> dict:
@@ -211,18 +198,14 @@ def evaluate_test(evaluator, state, step, unit, stop, summary) -> dict:
   return record
 
 
-def samples_path(workdir: str, step: int) -> str:
-  return os.path.join(workdir, "samples", f"step_{step:08d}.png")
-
-
 def write_samples(task, sampler, state, step, workdir, key, stop) -> dict:
-  """A picture of samples, workdir/samples/step_<step>.png (process 0)."""
+  """A picture of samples, workdir/samples/step_<8-digit step>.png (process 0)."""
   samples = sampler(state.params, key, should_stop=stop.should_stop)
   if jax.process_index() == 0:
     if not np.all(np.isfinite(np.asarray(samples))):
       logging.warning("step %d: the samples are not finite; no picture written.", step)
       return {}
-    path = samples_path(workdir, step)
+    path = os.path.join(workdir, "samples", f"step_{step:08d}.png")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     task.experiment.write_picture({"samples": task.units.to_output(samples)}, path, task.units)
     logging.info("step %d: %d samples -> %s", step, len(samples), path)
@@ -271,17 +254,16 @@ def finish_pending(workdir, start, state, actions, writer, num_steps, unit) -> N
 # Restoring, and what a run writes.
 
 
-def restore_or_create(experiment, config, workdir, manager, tx, dataset, resume_verified=False):
-  """(task, state, start step): from the newest checkpoint, or new at step 0.
+def restore_or_create(experiment, config, workdir, manager, tx, dataset, resume_verified):
+  """(task, state, start step): from the newest checkpoint (with resume_verified, the
+  newest that verifies), or new at step 0.
 
   A checkpoint made with settings that may not change (config_lib.FIXED_ON_RESUME)
   is an error naming every differing field; the others are logged and used.
-  resume_verified: resume from the newest checkpoint that restores and
-  verifies, moving newer, corrupt ones to <workdir>/checkpoints_corrupt/.
   """
   def restore_step(step):
     meta = rundir.read_meta(manager, step)
-    saved = experiment_lib.with_defaults(experiment, rundir.config_from_dict(meta["config"]))
+    saved = experiment_lib.with_defaults(experiment, ml_collections.ConfigDict(meta["config"]))
     changes = config_lib.changes(rundir.config_to_dict(saved), rundir.config_to_dict(config))
     error = config_lib.resume_error(changes, workdir)
     if error:
@@ -311,17 +293,13 @@ def restore_or_create(experiment, config, workdir, manager, tx, dataset, resume_
 def check_same_data(recorded: Optional[dict], dataset: data_lib.Dataset, workdir: str) -> None:
   """Raises errors.UserError if a run resumes on other examples than it was trained on."""
   if recorded and recorded.get("fingerprint") not in (None, data_lib.fingerprint(dataset)):
+    where = ", ".join(f"{k} {recorded[k]}" for k in ("dataset", "dir") if recorded.get(k))
     raise errors.UserError(
-        f"The run in {workdir} was trained on other data ({describe_data(recorded)}) than "
-        f"these ({dataset.name}: {len(dataset.train)} train / {len(dataset.test)} test examples); "
+        f"The run in {workdir} was trained on other data ({recorded.get('source')}"
+        f"{': ' + where if where else ''}, {recorded.get('num_train')} train / "
+        f"{recorded.get('num_test')} test examples) than these ({dataset.name}: "
+        f"{len(dataset.train)} train / {len(dataset.test)} test examples); "
         "resume it on the same data, or use a new --workdir.")
-
-
-def describe_data(recorded: dict) -> str:
-  """A run's recorded data in words."""
-  where = ", ".join(f"{k} {recorded[k]}" for k in ("dataset", "dir") if recorded.get(k))
-  return (f"{recorded.get('source')}{': ' + where if where else ''}, "
-          f"{recorded.get('num_train')} train / {recorded.get('num_test')} test examples")
 
 
 def interrupt(saver, stop, workdir, step, state, record=None, pending=()) -> errors.Stopped:
@@ -335,7 +313,7 @@ def interrupt(saver, stop, workdir, step, state, record=None, pending=()) -> err
   if not saver.save(step, state):
     return errors.Stopped(f"{name}: stopped at step {step}, whose state is not finite: not "
                           f"saved. {saver.last_good()}", signum)
-  rundir.check_save_errors(saver.manager, saver.workdir, wait=True)
+  rundir.check_save_errors(saver.manager, wait=True)
   return errors.Stopped(f"{name}: saved step {step} in {rundir.checkpoint_dir(workdir)}; "
                         "rerun the same command to resume.", signum)
 
@@ -359,7 +337,7 @@ def schedule_steps(config: ml_collections.ConfigDict, n_train: int) -> tuple[int
 
 
 def create_workdir(config: ml_collections.ConfigDict) -> str:
-  """runs/dpm_<experiment><suffix>-<yymmddTHHMMSS>, as the seed's create_log_dir."""
+  """<output_dir>/dpm_<experiment><suffix>-<yymmddTHHMMSS>."""
   name = f"dpm_{config.experiment}{config.suffix}" + time.strftime("-%y%m%dT%H%M%S")
   return os.path.join(os.path.expanduser(config.output_dir), name)
 
@@ -387,12 +365,6 @@ def log_start(task, config, start, num_steps, state, workdir, free):
       f"{rundir.state_nbytes(state) / 2**20:.1f} MiB a checkpoint)")
 
 
-def report_first_step(step, num_steps, metrics, log_every, unit) -> None:
-  """A progress line as soon as the first step (and its compilation) is done."""
-  report(f"step {step}/{num_steps}: train bound {float(metrics['loss']):.4f} bits/{unit} "
-         f"(this step); compiled and ran; progress with speed and ETA every {log_every} steps")
-
-
 def check_finite(state, step, num_steps, max_steps, saver):
   """Raises errors.UserError after max_steps non-finite losses in a row, or if
   the final state is not healthy; no checkpoint is saved while it is not."""
@@ -408,11 +380,8 @@ def check_finite(state, step, num_steps, max_steps, saver):
 
 
 def maybe_initialize_distributed() -> None:
-  """Joins a multi-host job when the environment describes one.
-
-  Only for several hosts (a coordinator address, several SLURM tasks or TPU
-  workers); it must run before JAX starts its backends.
-  """
+  """Joins a multi-host job when the environment describes one (a coordinator address,
+  several SLURM tasks or TPU workers); it must run before JAX starts its backends."""
   env = os.environ
   multi_host = ("JAX_COORDINATOR_ADDRESS" in env
                 or int(env.get("SLURM_NTASKS", "1") or 1) > 1

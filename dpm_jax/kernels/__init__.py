@@ -3,15 +3,12 @@
 A convolution layer is leaky_relu(conv2d_same(x, kernel) + bias). Two kernels
 compute it:
 
-  'xla'  lax.conv_general_dilated, differentiated by JAX: what GPUs and TPUs
-         run best.
+  'xla'  lax.conv_general_dilated, differentiated by JAX (GPUs and TPUs).
   'cpu'  XLA's convolution forward and a hand-written, chunked backward pass
          (dpm_jax.kernels.cpu_conv): XLA's CPU convolution gradients are slow.
 
-`conv_layer(name)` returns the layer function; the network takes it at
-construction (`networks.MLPConvDense(config, conv_layer=...)`), so the kernel
-is chosen once, by the execution plan (dpm_jax.execution), and never changes the parameters or
-the function computed (tests/test_kernels.py).
+The network takes the layer function at construction (dpm_jax.execution
+chooses it); the kernel changes neither the parameters nor the function computed.
 """
 
 from __future__ import annotations
@@ -25,8 +22,6 @@ import jax.numpy as jnp
 from dpm_jax.kernels import cpu_conv
 
 CONV_KERNELS = ("xla", "cpu")
-
-ConvLayer = Callable[..., jax.Array]
 
 
 def conv_layer_xla(x, kernel, bias, negative_slope: float = 0.05):
@@ -46,15 +41,13 @@ def conv_layer_xla(x, kernel, bias, negative_slope: float = 0.05):
   return jnp.where(y > 0, y, negative_slope * y)
 
 
-def conv_layer(name: str = "xla") -> ConvLayer:
-  """The convolution layer function of a kernel name, 'xla' or 'cpu' (compute.conv's
-  'auto' is resolved by dpm_jax.execution)."""
+def conv_layer(name: str = "xla") -> Callable[..., jax.Array]:
+  """The convolution layer function of a kernel name, 'xla' or 'cpu'."""
   if name not in CONV_KERNELS:
     raise ValueError(f"conv kernel must be 'xla' or 'cpu', got {name!r}")
   return conv_layer_xla if name == "xla" else cpu_conv.conv_layer
 
 
 def runs_cpu_conv(model) -> bool:
-  """Whether a model's convolution layers run the CPU kernel (models without
-  convolutions, like the Table 1 models, do not)."""
+  """Whether a model's convolution layers run the CPU kernel."""
   return getattr(model, "conv_layer", None) is cpu_conv.conv_layer

@@ -1,28 +1,18 @@
 """The convolution layer's CPU kernel: XLA's forward, a chunked hand-written backward.
 
-XLA's CPU convolution runs its forward pass well but its gradients slowly
-(the weight gradient by far), and large temporaries are costly: an
-executable's temporaries are one fresh allocation per call, page-faulted in
-again every time. So the layer leaky_relu(conv2d_same(x, kernel) + bias) is a
-jax.custom_vjp:
+XLA's CPU convolution gradients are slow (the weight gradient by far), so the
+layer leaky_relu(conv2d_same(x, kernel) + bias) is a jax.custom_vjp:
 
-  forward:  XLA's convolution on the whole batch, bias and LeakyReLU (a plain
-            op, so a batch sharded over devices is split by XLA);
-  backward: over chunks of a few images in a loop, every intermediate of a
-            chunk staying in cache: the LeakyReLU's derivative from the saved
-            output (y > 0 iff the pre-activation > 0, for a positive slope),
-            the f*f shifted copies of the output gradient g, and two matmuls
-            with them: the input gradient (a 'same' convolution of g with the
-            flipped kernel, channels swapped) and the weight gradient (x^T
-            times the copies), accumulated over chunks. With as many input as
-            output channels the input gradient overwrites g's buffer chunk by
-            chunk.
+  forward:  XLA's convolution on the whole batch, bias and LeakyReLU;
+  backward: over chunks of a few images in a loop, each chunk's
+            intermediates staying in cache: the LeakyReLU's derivative from
+            the saved output (y > 0 iff the pre-activation > 0, for a
+            positive slope), then the input and weight gradients as matmuls
+            with shifted copies (_backward_chunk), accumulated over chunks.
 
 Only the layer's input and output are kept for the backward pass. The chunk
-loop slices the batch, so with several devices the backward pass must see its
-device's part only: the gradient wrapper of dpm_jax.parallel runs it per
-device under shard_map. float32 in, float32 out (float64 with x64); no
-precision is traded.
+loop slices the batch, so with several devices it must run per device
+(dpm_jax.parallel's shard_map). float32 in, float32 out (float64 with x64).
 """
 
 from __future__ import annotations
@@ -33,8 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-# The images per backward chunk divide the batch and are as many as keep a
-# chunk's f*f shifted copies of the output gradient within these many elements.
+# A backward chunk's f*f shifted copies of the output gradient stay within these many elements.
 BACKWARD_CHUNK_ELEMENTS = 1_200_000
 
 
@@ -111,10 +100,7 @@ def _forward(x, kernel, bias, negative_slope):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def conv_layer(x, kernel, bias, negative_slope: float = 0.05):
-  """leaky_relu(conv2d_same(x, kernel) + bias), negative_slope > 0.
-
-  The same function as kernels.conv_layer_xla, with the backward pass above.
-  """
+  """leaky_relu(conv2d_same(x, kernel) + bias), negative_slope > 0: kernels.conv_layer_xla."""
   return _forward(x, kernel, bias, negative_slope)
 
 
@@ -139,8 +125,7 @@ def _conv_layer_bwd(negative_slope, res, dy):
   if n == 1:
     dx, dk, db = one(x, y, dy)
   elif c_in == c_out:
-    # dx overwrites dy chunk by chunk (the same shape), so no fresh output
-    # buffer is allocated and zero-filled for it.
+    # dx overwrites dy chunk by chunk (the same shape): no fresh output buffer.
     def body(i, carry):
       dk, db, buf = carry
       take = lambda a: lax.dynamic_slice_in_dim(a, i * chunk, chunk)

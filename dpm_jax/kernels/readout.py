@@ -1,15 +1,10 @@
 """The per-t readout of the Table 1 models, h @ kernel[t] + bias[t], and how it runs.
 
 What it computes is the gather (one kernel per example). When t is a
-stratified draw (diffusion.stratified_t: example i has t = 1 + (i + offset)
-mod (T-1)) and T-1 divides the batch, the batch is read out block by block
-instead: one batched matmul per t and a hand-written backward pass, several
-times faster on the CPU than a kernel gathered per example and its
-scatter-add backward. Whether T-1 divides the batch is known when the
-function is traced; whether t is stratified is read from t itself at run
-time (lax.cond runs one branch), so the model's callers pass t alone. It
-holds for any slice of a stratified batch (a micro-batch, a device's part),
-whose offset is its first t minus 1.
+stratified draw (diffusion.stratified_t) and T-1 divides the batch, the batch
+is read out block by block instead, one batched matmul per t: several times
+faster on the CPU than the gather and its scatter-add backward. Whether t is
+stratified is read from t itself at run time (lax.cond), so callers pass t alone.
 """
 
 from __future__ import annotations
@@ -44,8 +39,8 @@ def _blocked_fwd(h, offset, kernel, bias):
 
 
 def _blocked_bwd(res, g):
-  """(dh, -, dkernel, dbias); the kernel's as a sum of B/(T-1) outer products per t,
-  several times faster on the CPU than XLA's batched dot."""
+  """(dh, -, dkernel, dbias); the kernel's as a sum of B/(T-1) outer products per t
+  (faster on the CPU than XLA's batched dot)."""
   h, offset, kernel = res
   n = kernel.shape[0] - 1
   hc, gc = _columns(h, n, offset), _columns(g, n, offset)
@@ -71,11 +66,7 @@ def is_stratified(t, trajectory_length: int) -> jax.Array:
 
 
 def per_step_readout(h, t, kernel, bias):
-  """h (B, K) @ kernel[t] (B, K, O) + bias[t], kernel (T, K, O), t (B,) integer.
-
-  The values are the gather's either way; a stratified t of a batch that T-1
-  divides is read out block by block (the module docstring).
-  """
+  """h (B, K) @ kernel[t] (B, K, O) + bias[t], kernel (T, K, O), t (B,) integer."""
   if not reads_in_blocks(h.shape[0], kernel.shape[0]):
     return _gathered(h, t, kernel, bias)
   return jax.lax.cond(is_stratified(t, kernel.shape[0]),
