@@ -154,6 +154,25 @@ def help_of(**sections: Section) -> dict:
           for s, section in sections.items() for name, field in section.items()}
 
 
+def leaves(config: ml_collections.ConfigDict, prefix: str = ""):
+  """Yields ('section.field', value) for every field, nested sections flattened."""
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from leaves(value, f"{prefix}{key}.")
+    else:
+      yield f"{prefix}{key}", value
+
+
+def describe(config: ml_collections.ConfigDict, help: Mapping[str, str], source: str) -> str:  # pylint: disable=redefined-builtin
+  """The config as `name = value  # meaning` lines (--print_config)."""
+  lines = [f"# {source}, with the command line's overrides. Set any field with "
+           "--config.<name>=<value>."]
+  for name, value in leaves(config):
+    entry = f"{name} = {value!r}"
+    lines.append(f"{entry:<44}  # {help[name]}" if name in help else entry)
+  return "\n".join(lines)
+
+
 def non_finite_fields(config: ml_collections.ConfigDict, prefix: str = ""):
   """Yields 'section.field=value' for every float field that is NaN or infinite."""
   for key, value in config.items():

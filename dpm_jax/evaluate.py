@@ -16,6 +16,8 @@ bound in bits per dimension on 8-bit data (today's convention).
 from __future__ import annotations
 
 import math
+import os
+import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import jax
@@ -27,7 +29,10 @@ from dpm_jax import config as config_lib
 from dpm_jax import diffusion
 from dpm_jax import errors
 from dpm_jax import execution
+from dpm_jax import outputs
 from dpm_jax import parallel
+from dpm_jax import plotting
+from dpm_jax import sampling
 
 if TYPE_CHECKING:
   from dpm_jax import experiment as experiment_lib
@@ -331,6 +336,88 @@ def bound_stratified(task: experiment_lib.Task, params: Any, examples: np.ndarra
   return _summary(task, params, bits, extra={"per_image": bits, "num_strata": num_strata})
 
 
+METHODS = ("stratified", "all_t", "one_t")
+
+
+def bound(task: experiment_lib.Task, params: Any, examples: np.ndarray, key: jax.Array,
+          eval_config: ml_collections.ConfigDict, *, progress=None, should_stop=None) -> dict:
+  """The bound by eval_config.method ('stratified', 'all_t' or 'one_t') with its settings
+  (config.eval's fields), batches of eval_config.batch_size."""
+  ev = eval_config
+  if ev.method == "all_t":
+    return bound_all_t(task, params, examples, key, batch_size=ev.batch_size, progress=progress,
+                       should_stop=should_stop)
+  if ev.method == "stratified":
+    return bound_stratified(task, params, examples, key, num_strata=ev.num_strata,
+                            batch_size=ev.batch_size, should_stop=should_stop)
+  return bound_one_t(task, params, examples, key, num_batches=ev.num_batches,
+                     batch_size=ev.batch_size, seed=ev.seed, should_stop=should_stop)
+
+
+def evaluate_run(task: experiment_lib.Task, run, eval_config: ml_collections.ConfigDict,
+                 key: jax.Array, *, parzen_samples: int = 0, parzen_validation: int = 1000,
+                 progress=None, should_stop=None) -> dict:
+  """The bound of a run (dpm_jax.rundir.Run) on its test examples by eval_config (config.eval's
+  fields; method may also be 'all_t'), and, with parzen_samples, the Parzen window; writes
+  <workdir>/eval_<method>_test.json (all_t: kl_per_t_test.npz/.png; Parzen:
+  eval_parzen_test.json).
+
+  Returns:
+    The report (with 'parzen' when asked for) and 'written', the files' paths.
+
+  Raises:
+    errors.UserError: settings outside the run's range, or a bound that is not finite
+      (then nothing is written).
+  """
+  ev, workdir, start = eval_config, run.workdir, time.time()
+  T = run.config.model.trajectory_length
+  if ev.method == "stratified" and ev.num_strata > T - 1:
+    raise errors.UserError(f"--num_strata={ev.num_strata} exceeds the run's {T - 1} time steps "
+                           "t = 1..T-1.")
+  if parzen_samples and parzen_validation > len(task.data.train):
+    raise errors.UserError(f"--parzen_validation={parzen_validation} exceeds the run's "
+                           f"{len(task.data.train)} training examples.")
+  test = test_examples(task.data.test, ev.num_images, ev.batch_size, ev.seed)
+  result = bound(task, run.params, test, key, ev, progress=progress, should_stop=should_stop)
+  out = report(result)
+  out.update(method=ev.method, step=run.step, seconds=time.time() - start,
+             experiment=task.experiment.name, source="test", data=run.data)
+  check_finite(out, f"The {ev.method} bound of step {run.step}")
+  parzen = parzen_samples and parzen_window(
+      task, run.params, test, key, num_samples=parzen_samples, num_validation=parzen_validation,
+      skip_first_step=run.config.sample.skip_first_step, should_stop=should_stop)
+  written = [outputs.write_json(os.path.join(workdir, f"eval_{ev.method}_test.json"), out)]
+  if ev.method == "all_t":
+    written.append(outputs.save_npz(os.path.join(workdir, "kl_per_t_test.npz"), t=result["t"],
+                                    kl=result["kl_per_t"]))
+    plotting.plot_kl_per_t(result["t"], result["kl_per_t"],
+                           os.path.join(workdir, "kl_per_t_test.png"))
+  if parzen:
+    written.append(outputs.write_json(os.path.join(workdir, "eval_parzen_test.json"), {
+        **parzen, "step": run.step, "experiment": task.experiment.name, "source": "test"}))
+  return {**result, "method": ev.method, "step": run.step, "parzen": parzen or None,
+          "written": written}
+
+
+def describe(result: dict, units) -> str:
+  """The lines a program prints for evaluate_run's result."""
+  unit = result["unit"]
+  text = (f"step {result['step']}, {result['num_images']} test examples, method "
+          f"{result['method']}" + (f", {result['num_strata']} strata" if "num_strata" in result
+                                  else "") + ":\n"
+          f"  -(K - L_null) = {result['neg_K_minus_L_null_bits_per_' + unit]:.4f} "
+          f"+- {result['neg_K_minus_L_null_stderr']:.4f} bits/{unit} "
+          f"(K - L_null = {result['K_minus_L_null_bits']:.4f}, the paper's Table 1 column; "
+          f"K = {result['K_bits']:.4f}, L_null = {result['L_null_bits']:.4f})"
+          + units.summary(result).replace("; ", "\n  ", 1))
+  p = result.get("parzen")
+  if p:
+    text += (f"\n  Parzen window (sigma {p['sigma']:.3f} chosen on {p['num_validation']} "
+             f"held-out training examples, {p['num_samples']} samples): {p['test_bits']:.1f} "
+             f"+- {p['test_bits_stderr']:.1f} bits per example ({p['test_nats']:.1f} nats)")
+  return text + "\nwrote " + ", ".join(result["written"])
+
+
 def null_bits(task: experiment_lib.Task, params: Any) -> float:
   """L_null, the null model's log likelihood in bits per unit (-H_p(X_T))."""
   process = task.model.apply(params, jnp.float32, method="process")
@@ -382,6 +469,30 @@ def parzen_log_likelihood(samples: np.ndarray, points: np.ndarray, sigma: float,
       for i in range(0, len(points), batch_size)])
 
 
+def parzen_window(task: experiment_lib.Task, params: Any, test: np.ndarray, key: jax.Array, *,
+                  num_samples: int, num_validation: int, skip_first_step: bool = False,
+                  should_stop=None) -> dict:
+  """The Parzen-window log likelihood (the paper's MNIST metric) of num_samples samples on
+  the test examples, the window chosen on the last num_validation training examples;
+  everything in output units ([0, 1] pixels for images).
+
+  Raises:
+    errors.UserError: samples that are not finite (outputs.require_finite).
+  """
+  units = task.units
+  sample = sampling.make_sampler(task.model, num_images=min(num_samples, 500),
+                                 skip_first_step=skip_first_step)
+  chunks = []
+  while sum(len(c) for c in chunks) < num_samples:
+    draws = sample(params, jax.random.fold_in(key, 1000 + len(chunks)), should_stop=should_stop)
+    chunks.append(units.to_output(np.asarray(draws)))
+  samples = np.concatenate(chunks)[:num_samples]
+  outputs.require_finite("the Parzen window's samples", samples=samples)
+  to_output = lambda x: units.to_output(np.asarray(units.to_model(x)))
+  return parzen_select_and_score(samples, to_output(task.data.train[-num_validation:]),
+                                 to_output(test))
+
+
 def parzen_select_and_score(samples: np.ndarray, validation: np.ndarray, test: np.ndarray,
                             sigmas: Optional[np.ndarray] = None) -> dict:
   """Chooses the window on a validation split and reports the test log likelihood.
@@ -401,6 +512,7 @@ def parzen_select_and_score(samples: np.ndarray, validation: np.ndarray, test: n
   ll = parzen_log_likelihood(samples, test, best)
   mean, stderr = _mean_stderr(ll)
   return {"sigma": best, "sigmas": sigmas.tolist(), "validation_nats": val_scores,
+          "num_validation": int(len(validation)),
           "test_nats": mean, "test_nats_stderr": stderr,
           "test_bits": mean / LN2, "test_bits_stderr": stderr / LN2,
           "num_samples": int(len(samples)), "num_test": int(len(test))}

@@ -17,6 +17,7 @@ a `Task`.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Mapping, Optional, Sequence
 
 import flax.linen as nn
@@ -28,6 +29,7 @@ import numpy as np
 from dpm_jax import config as config_lib
 from dpm_jax import data as data_lib
 from dpm_jax import errors
+from dpm_jax import outputs
 from dpm_jax import sampling
 
 
@@ -260,6 +262,19 @@ def build(experiment: Experiment, config: ml_collections.ConfigDict,
         "to the data's, or choose the matching config (experiments/configs/).")
   units = experiment.units(config, dataset if saved_units is None else None, saved_units)
   return Task(experiment, config, model, dataset, units)
+
+
+def write_outputs(task: Task, out: Mapping, path: str) -> str:
+  """Writes generate's output: its picture at `path` and its arrays beside it (.npz).
+
+  Raises:
+    errors.UserError: an array holds NaN or Inf; nothing is written.
+  """
+  outputs.require_finite(path, **out)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  task.experiment.write_picture(out, path, task.units)
+  outputs.save_npz(os.path.splitext(path)[0] + ".npz", **out)
+  return path
 
 
 def empty_dataset(experiment: Experiment, config: ml_collections.ConfigDict) -> data_lib.Dataset:

@@ -200,6 +200,13 @@ class ImageExperiment(experiment.Experiment):
                image_size: Optional[Sequence[int]] = None, should_stop=None,
                **options) -> dict:
     experiment.check_mode(self, mode)
+    if mode == "sample" and (image is not None or true_examples is not None):
+      raise errors.UserError("--image is for the conditional modes (inpaint, denoise, superres).")
+    if mode != "sample" and image_size is not None:
+      raise errors.UserError("--image_size is for --mode=sample; a conditional mode samples at "
+                             "the size of what it conditions on (--image).")
+    if mode != "inpaint" and options.get("box") is not None:
+      raise errors.UserError("--box is for --mode=inpaint.")
     if image is not None:
       true_examples = np.repeat(load_image(task.config.model, image)[None], num_images, axis=0)
       if mode == "inpaint" and options.get("box") is None:  # the paper's Figure 5
@@ -286,7 +293,7 @@ def load_image(model: ml_collections.ConfigDict, path: str) -> np.ndarray:
 
 
 MNIST = ImageExperiment("mnist", "the reference MNIST model; the 5000 digits shipped by default")
-CIFAR10 = ImageExperiment("cifar10", "the reference README's larger CIFAR-10 model",
+CIFAR10 = ImageExperiment("cifar10", "the reference code's larger CIFAR-10 model",
                           model_defaults=dict(spatial_width=32, n_colors=3),
                           data_defaults=dict(source="tfds", dataset="cifar10"))
 # The convolutional network alone, on three scales: any image size (paper Fig. D.1).

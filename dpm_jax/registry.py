@@ -76,6 +76,19 @@ def open_run(workdir: str, step: Optional[int] = None):
   return run, experiment
 
 
+def open_task(workdir: str, step: Optional[int] = None, with_data: bool = True):
+  """(run, task) of a run directory: the task holds the model and, with_data, the run's
+  own data (run_data), else no examples (for what needs only the model).
+
+  Raises:
+    errors.UserError: as open_run and run_data.
+  """
+  run, experiment = open_run(workdir, step)
+  dataset = (run_data(run, experiment) if with_data
+             else experiment_lib.empty_dataset(experiment, run.config))
+  return run, experiment_lib.build(experiment, run.config, dataset, run.stats)
+
+
 def run_data(run: rundir.Run, experiment: experiment_lib.Experiment) -> data_lib.Dataset:
   """The examples a run was trained on, read again from where its config says.
 

@@ -17,6 +17,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from dpm_jax import config as config_lib
 from dpm_jax import errors
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -66,21 +67,14 @@ def _unknown_field(argv: Sequence[str]) -> errors.UserError:
   spec = importlib.util.spec_from_file_location("_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  fields = list(_leaves(module.get_config(variant) if variant else module.get_config()))
+  config = module.get_config(variant) if variant else module.get_config()
+  fields = [name for name, _ in config_lib.leaves(config)]
   overrides = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
   name = next((o for o in overrides if o not in fields), overrides[0] if overrides else "?")
   close = difflib.get_close_matches(name, fields, n=1)
   return errors.UserError(f"the config has no field {name!r}" + (
       f" (did you mean {close[0].rsplit('.', 1)[-1]!r}, {close[0]}?)" if close else "")
       + "; --print_config lists the fields.")
-
-
-def _leaves(config, prefix: str = ""):
-  for key, value in config.items():
-    if hasattr(value, "items"):
-      yield from _leaves(value, f"{prefix}{key}.")
-    else:
-      yield f"{prefix}{key}"
 
 
 def run(doc: str, define: Callable, main: Callable, argv: Sequence[str],
@@ -155,35 +149,8 @@ def define_run_flags(values: flags.FlagValues) -> None:
   define_cpu_devices(values)
 
 
-def run_stoppable(what: str, fn: Callable):
-  """fn(should_stop) with a stop signal turned into errors.Stopped (exit 130 / 143)."""
-  from dpm_jax import safety  # pylint: disable=g-import-not-at-top
-  with safety.StopSignals(what) as stop:
-    stop.arm()
-    try:
-      return fn(stop.should_stop)
-    except errors.Stopped as err:
-      name = "SIGINT" if stop.requested == 2 else "SIGTERM"
-      raise errors.Stopped(f"{name}: stopped {what}; nothing was written.",
-                           stop.requested) from err
-
-
 # ----------------------------------------------------------------------------
 # Training.
-
-
-def describe(config, experiment, config_file: str) -> str:
-  """The config as `name = value  # meaning` lines (the experiment's field help)."""
-  lines = [f"# {config_file}, with the command line's overrides. Set any field with "
-           "--config.<name>=<value>."]
-  for name in _leaves(config):
-    value = config
-    for part in name.split("."):
-      value = value[part]
-    entry = f"{name} = {value!r}"
-    meaning = experiment.help.get(name)
-    lines.append(f"{entry:<44}  # {meaning}" if meaning else entry)
-  return "\n".join(lines)
 
 
 def training_run(name: str, doc: str, argv: Sequence[str]) -> int:
@@ -208,7 +175,7 @@ def training_run(name: str, doc: str, argv: Sequence[str]) -> int:
                       flag_values=values)
 
   def main(values):
-    from dpm_jax import experiment as experiment_lib, registry, table1, train  # pylint: disable=g-import-not-at-top
+    from dpm_jax import experiment as experiment_lib, registry, safety, table1, train  # pylint: disable=g-import-not-at-top
     config = values.config
     experiment = registry.of_config(config)  # an unknown one: the closest name
     if experiment.name != name:
@@ -217,7 +184,8 @@ def training_run(name: str, doc: str, argv: Sequence[str]) -> int:
           f"not of {name}: train it with `dpm-jax train {experiment.name}` (python -m "
           f"experiments.{experiment.name}), or give a {name} config (e.g. --config={name}:tiny).")
     if values.print_config:
-      print(describe(config, experiment, config_flags.get_config_filename(values["config"])))
+      print(config_lib.describe(config, experiment.help,
+                                config_flags.get_config_filename(values["config"])))
       return
     experiment_lib.validate(experiment, config)
     show_cpu_devices(values, config.train.batch_size, configured=config.compute.cpu_devices)
@@ -226,8 +194,8 @@ def training_run(name: str, doc: str, argv: Sequence[str]) -> int:
     workdir = values.workdir or train.create_workdir(config)
     train.train_and_evaluate(experiment, config, workdir, resume_verified=values.resume_verified)
     if experiment.report_source is not None:
-      report = run_stoppable("the final report (rerun to make it)",
-                             lambda should_stop: final_report(workdir, should_stop))
+      report = safety.stoppable("the final report (rerun to make it)",
+                                lambda should_stop: final_report(workdir, should_stop))
       print(table1.summary_line(report) + f"\nwrote {os.path.join(workdir, 'eval.json')}")
 
   return run(doc, define, main, argv, default_config=os.path.join(CONFIG_DIR, f"{name}.py"))
@@ -235,18 +203,6 @@ def training_run(name: str, doc: str, argv: Sequence[str]) -> int:
 
 def final_report(workdir: str, should_stop=None) -> dict:
   """The final report of a finished run of a Table 1 experiment."""
-  from dpm_jax import experiment as experiment_lib, registry  # pylint: disable=g-import-not-at-top
-  run_, experiment = registry.open_run(workdir)
-  task = experiment_lib.build(experiment, run_.config,
-                              experiment_lib.empty_dataset(experiment, run_.config), run_.stats)
-  return experiment.final_report(task, run_, should_stop=should_stop)
-
-
-def open_run(values: flags.FlagValues, with_data: bool = True):
-  """(run, task) of --workdir at --step: the task holds the model and, with_data, the
-  run's own data (registry.run_data), or says it cannot."""
-  from dpm_jax import experiment as experiment_lib, registry  # pylint: disable=g-import-not-at-top
-  run_, experiment = registry.open_run(values.workdir, values.step)
-  dataset = (registry.run_data(run_, experiment) if with_data
-             else experiment_lib.empty_dataset(experiment, run_.config))
-  return run_, experiment_lib.build(experiment, run_.config, dataset, run_.stats)
+  from dpm_jax import registry  # pylint: disable=g-import-not-at-top
+  run_, task = registry.open_task(workdir, with_data=False)
+  return task.experiment.final_report(task, run_, should_stop=should_stop)

@@ -8,12 +8,11 @@ the paper's), kl_per_t_fresh.png and figure4.png (fresh images beside samples
 of their size).
 """
 
+import functools
+
 from . import common
 
-
-def run(argv) -> int:
-  return common.training_run("dead_leaves", __doc__, argv)
-
+run = functools.partial(common.training_run, "dead_leaves", __doc__)
 
 if __name__ == "__main__":
   common.cli(run)

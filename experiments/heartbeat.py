@@ -7,12 +7,11 @@ bits per sequence, on fresh sequences, exact over t), samples.png and
 kl_per_t.png.
 """
 
+import functools
+
 from . import common
 
-
-def run(argv) -> int:
-  return common.training_run("heartbeat", __doc__, argv)
-
+run = functools.partial(common.training_run, "heartbeat", __doc__)
 
 if __name__ == "__main__":
   common.cli(run)

@@ -3,12 +3,11 @@
 python -m experiments.mnist --config=experiments/configs/mnist.py --workdir=runs/mnist
 """
 
+import functools
+
 from . import common
 
-
-def run(argv) -> int:
-  return common.training_run("mnist", __doc__, argv)
-
+run = functools.partial(common.training_run, "mnist", __doc__)
 
 if __name__ == "__main__":
   common.cli(run)

@@ -1,14 +1,9 @@
-"""Samples from a trained run: plain samples, or, where the experiment supports them,
-inpainting, denoising and super-resolution (paper section 2.5).
+"""Samples from a trained run, or inpaints, denoises or super-resolves (paper section 2.5).
 
   python -m experiments.sample --workdir=runs/mnist --mode=inpaint --num_images=36
 
-Writes a picture and an .npz of the arrays (same name) in the experiment's
-output units ([0, 1] pixels for images), by default
-<workdir>/samples/<mode>-step<step>-seed<seed>.png (...-trajectory.png with
---intermediate). With --intermediate, each row is one example and the columns
-are the states along the reverse trajectory. A mode the run's experiment does
-not support is an error naming the ones it does.
+Writes a picture and its arrays (.npz, output units: [0, 1] pixels for images);
+with --intermediate, one row per example, the states along the trajectory.
 """
 
 import os
@@ -74,49 +69,30 @@ def output_path(values, step: int) -> str:
 def main(values: flags.FlagValues) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from dpm_jax import experiment, outputs, registry, sampling  # pylint: disable=g-import-not-at-top
+  from dpm_jax import experiment, registry, safety, sampling  # pylint: disable=g-import-not-at-top
   common.show_cpu_devices(values, values.num_images)
-  run_, exp = registry.open_run(values.workdir, values.step)
-  experiment.check_mode(exp, values.mode)
-  cfg, n = run_.config, values.num_images
-  conditional = values.mode != "sample"
-  if values.image_size and conditional:
-    raise errors.UserError("--image_size is for --mode=sample; a conditional mode samples at "
-                           "the size of what it conditions on (--image).")
-  if values.box and values.mode != "inpaint":
-    raise errors.UserError("--box is for --mode=inpaint.")
-  if values.image and not conditional:
-    raise errors.UserError("--image is for the conditional modes (inpaint, denoise, superres).")
-  from_test = conditional and not values.image
-  dataset = registry.run_data(run_, exp) if from_test else experiment.empty_dataset(exp, cfg)
-  task = experiment.build(exp, cfg, dataset, run_.stats)
+  from_test = values.mode != "sample" and not values.image
+  run, task = registry.open_task(values.workdir, values.step, with_data=from_test)
+  cfg, exp, n, test = run.config, task.experiment, values.num_images, task.data.test
   true = None
   if from_test:
-    if len(task.data.test) < n:
-      raise errors.UserError(f"--num_images={n} exceeds the run's {len(task.data.test)} test "
-                             "examples.")
-    true = task.data.test[np.random.default_rng(values.seed).permutation(len(task.data.test))[:n]]
-  options = {}
-  if conditional:
-    box = parse_box(values.box) if values.box else None
-    options.update(mask_kind="box" if box else values.mask or cfg.sample.mask, box=box,
-                   denoise_sigma=values.denoise_sigma or cfg.sample.denoise_sigma,
-                   superres_factor=values.superres_factor, superres_noise=values.superres_noise)
+    if len(test) < n:
+      raise errors.UserError(f"--num_images={n} exceeds the run's {len(test)} test examples.")
+    true = test[np.random.default_rng(values.seed).permutation(len(test))[:n]]
+  box = parse_box(values.box) if values.box else None
   record_t = (sampling.default_record_t(cfg.model.trajectory_length,
                                         values.num_intermediate or cfg.sample.num_intermediate)
               if values.intermediate else ())
   skip = cfg.sample.skip_first_step if values.skip_first_step is None else values.skip_first_step
-  out = common.run_stoppable("sampling", lambda should_stop: exp.generate(
-      task, run_.params, values.mode, jax.random.key(values.seed), num_images=n,
+  out = safety.stoppable("sampling", lambda should_stop: exp.generate(
+      task, run.params, values.mode, jax.random.key(values.seed), num_images=n,
       record_t=record_t, skip_first_step=skip, true_examples=true, image=values.image,
       image_size=parse_size(values.image_size) if values.image_size else None,
-      should_stop=should_stop, **options))
-  path = output_path(values, run_.step)
-  outputs.require_finite(f"{values.mode} of step {run_.step}", **out)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  exp.write_picture(out, path, task.units)
-  outputs.save_npz(os.path.splitext(path)[0] + ".npz", **out)
-  print(f"{values.mode}: {n} examples from step {run_.step} -> {path} (+ .npz)")
+      should_stop=should_stop, mask_kind="box" if box else values.mask or cfg.sample.mask,
+      box=box, denoise_sigma=values.denoise_sigma or cfg.sample.denoise_sigma,
+      superres_factor=values.superres_factor, superres_noise=values.superres_noise))
+  path = experiment.write_outputs(task, out, output_path(values, run.step))
+  print(f"{values.mode}: {n} examples from step {run.step} -> {path} (+ .npz)")
 
 
 def parse_size(text: str) -> tuple:

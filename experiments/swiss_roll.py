@@ -7,12 +7,11 @@ bits per point, on fresh points, exact over t), figure1.png (the forward and
 reverse trajectories and the drift) and kl_per_t.png.
 """
 
+import functools
+
 from . import common
 
-
-def run(argv) -> int:
-  return common.training_run("swiss_roll", __doc__, argv)
-
+run = functools.partial(common.training_run, "swiss_roll", __doc__)
 
 if __name__ == "__main__":
   common.cli(run)

@@ -8,12 +8,11 @@ the paper's bark row), kl_per_t_fresh.png and figure5.png (a held-out region,
 its centre replaced by noise, the centre inpainted).
 """
 
+import functools
+
 from . import common
 
-
-def run(argv) -> int:
-  return common.training_run("texture", __doc__, argv)
-
+run = functools.partial(common.training_run, "texture", __doc__)
 
 if __name__ == "__main__":
   common.cli(run)

@@ -1,4 +1,4 @@
-"""CIFAR-10 with the reference README's recipe (batch 200, the larger network).
+"""CIFAR-10 with the reference code's recipe (batch 200, the larger network).
 
   python -m experiments.cifar10 --config=experiments/configs/cifar10.py --workdir=runs/cifar10
 """
