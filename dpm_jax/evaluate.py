@@ -38,6 +38,7 @@ if TYPE_CHECKING:
   from dpm_jax import experiment as experiment_lib
 
 LN2 = diffusion.LN2
+METHODS = ("stratified", "all_t", "one_t")
 # The random stream of the stratified estimate's t draws, beside the per-stratum keys.
 T_STREAM = 2**31 - 1
 
@@ -136,54 +137,30 @@ def bound_from_kl_sum(kl_sum, process, x_0, unit_dims: int):
 
 def make_test_evaluator(task: experiment_lib.Task, eval_config: ml_collections.ConfigDict,
                         par: parallel.DataParallel, *, key: jax.Array) -> Callable[[Any], dict]:
-  """The periodic test-set bound during training.
+  """The periodic test-set bound during training: `bound` by eval_config on par's devices,
+  with the same examples and keys at every evaluation, so that successive values differ
+  only by the model.
 
-  eval_config.method:
-    'stratified' (default): for each of up to eval_config.num_images test
-        examples, one t in each of eval_config.num_strata strata of {1..T-1};
-        the standard error is across examples.
-    'one_t': the reference code's estimate, eval_config.num_batches batches
-        with one random t each, the standard error across batches. The KL per t
-        is heavy-tailed (on a trained MNIST model the ten smallest t carry
-        about half of the bound), so a few batches usually miss the tail: the
-        estimate is unbiased but typically optimistic, and its standard error
-        too small.
-
-  Returns fn(params, should_stop=None) -> {'eval/loss', 'eval/loss_stderr',
-  ...} plus task.units.extras; should_stop() is polled between batches (a stop
-  raises Stopped). The same keys and examples are used at every evaluation,
-  so successive values differ only by the model.
+  Returns:
+    fn(params, should_stop=None) -> {'eval/loss', 'eval/loss_stderr', the units' extras
+    as 'eval/<name>', 'eval/num_images' or 'eval/num_batches'}; should_stop() is polled
+    between batches (a stop raises errors.Stopped).
   """
-  test = task.data.test
-  batch_size = _eval_batch_size(eval_config.batch_size, len(test), par.num_devices)
-  method = eval_config.method
-
-  def record(values, extra):
-    mean, stderr = _mean_stderr(values)
-    extras = {"eval/" + k: v for k, v in task.units.extras(mean, stderr).items()}
-    return {"eval/loss": mean, "eval/loss_stderr": stderr, **extras, **extra}
-
-  if method == "one_t":
-    losses_fn = _one_t_losses(task, test, batch_size, seed=eval_config.seed)
-
-    def evaluate(params, should_stop=None):
-      params = par.put_replicated(params)  # a copy when training placed them elsewhere
-      losses = losses_fn(params, eval_config.num_batches, key, par.put_batch, should_stop)
-      return record(losses, {"eval/num_batches": len(losses)})
-
-    return evaluate
-
-  if method != "stratified":
-    raise ValueError(f"eval.method must be 'stratified' or 'one_t', got {method!r}")
-  examples = test_examples(test, eval_config.num_images, batch_size, eval_config.seed)
-  n = len(examples)
-  stratified_bits = _stratified_bits_fn(task, eval_config.num_strata)
+  ev = eval_config.copy_and_resolve_references()
+  if ev.method not in METHODS:
+    raise ValueError(f"eval.method must be one of {METHODS}, got {ev.method!r}")
+  ev.batch_size = _eval_batch_size(ev.batch_size, len(task.data.test), par.num_devices)
+  examples = task.data.test
+  if ev.method == "stratified":
+    examples = test_examples(examples, ev.num_images, ev.batch_size, ev.seed)
+  count = ({"eval/num_batches": ev.num_batches} if ev.method == "one_t"
+           else {"eval/num_images": len(examples)})
 
   def evaluate(params, should_stop=None):
-    params = par.put_replicated(params)  # a copy when training placed them elsewhere
-    bits = stratified_bits(params, examples, key, batch_size, par.put_batch, par.to_host,
-                           should_stop)
-    return record(bits, {"eval/num_images": n})
+    result = bound(task, params, examples, key, ev, par=par, should_stop=should_stop)
+    mean, stderr = -result["K_minus_L_null_bits"], result["neg_K_minus_L_null_stderr"]
+    extras = {"eval/" + k: v for k, v in task.units.extras(mean, stderr).items()}
+    return {"eval/loss": mean, "eval/loss_stderr": stderr, **extras, **count}
 
   return evaluate
 
@@ -213,7 +190,7 @@ def bound_one_t(task: experiment_lib.Task, params: Any, examples: np.ndarray, ke
   devices each batch is split over (default: see _placement).
   """
   batch_size = min(batch_size, len(examples))
-  params, put = _placement(params, batch_size, par)
+  _, params, put = _placement(params, batch_size, par)
   losses = _one_t_losses(task, examples, batch_size, seed=seed)(params, num_batches, key, put,
                                                                 should_stop)
   return _summary(task, params, losses, extra={
@@ -222,11 +199,11 @@ def bound_one_t(task: experiment_lib.Task, params: Any, examples: np.ndarray, ke
 
 
 def _placement(params, batch_size: int, par):
-  """(params, put): the parameters replicated on par's devices (default: the
-  most local devices dividing batch_size) and a function placing a batch
-  split over them (a batch they do not divide stays whole)."""
+  """(par, params, put): the devices (default: the most local devices dividing
+  batch_size), the parameters replicated on them, and a function placing a batch split
+  over them (a batch they do not divide stays whole)."""
   par = par or execution.forward_par(batch_size)
-  return par.put_replicated(params), (
+  return par, par.put_replicated(params), (
       lambda batch: par.put_batch(batch) if len(batch) % par.num_devices == 0 else batch)
 
 
@@ -251,7 +228,7 @@ def bound_all_t(task: experiment_lib.Task, params: Any, examples: np.ndarray, ke
     per dim over examples, and the mean/stderr of the bound.
   """
   T = task.model.config.trajectory_length
-  params, put = _placement(params, batch_size, par)
+  _, params, put = _placement(params, batch_size, par)
 
   @jax.jit
   def per_batch(params, batch, bkey):
@@ -330,28 +307,26 @@ def bound_stratified(task: experiment_lib.Task, params: Any, examples: np.ndarra
   in stratum k of size n_k. `par`: the devices each batch is split over
   (default: see _placement).
   """
-  params, put = _placement(params, batch_size, par)
+  par, params, put = _placement(params, batch_size, par)
   bits = _stratified_bits_fn(task, num_strata)(params, examples, key, batch_size, put,
-                                               should_stop=should_stop)
+                                               par.to_host, should_stop)
   return _summary(task, params, bits, extra={"per_image": bits, "num_strata": num_strata})
 
 
-METHODS = ("stratified", "all_t", "one_t")
-
-
 def bound(task: experiment_lib.Task, params: Any, examples: np.ndarray, key: jax.Array,
-          eval_config: ml_collections.ConfigDict, *, progress=None, should_stop=None) -> dict:
+          eval_config: ml_collections.ConfigDict, *, par=None, progress=None,
+          should_stop=None) -> dict:
   """The bound by eval_config.method ('stratified', 'all_t' or 'one_t') with its settings
   (config.eval's fields), batches of eval_config.batch_size."""
   ev = eval_config
   if ev.method == "all_t":
-    return bound_all_t(task, params, examples, key, batch_size=ev.batch_size, progress=progress,
-                       should_stop=should_stop)
+    return bound_all_t(task, params, examples, key, batch_size=ev.batch_size, par=par,
+                       progress=progress, should_stop=should_stop)
   if ev.method == "stratified":
     return bound_stratified(task, params, examples, key, num_strata=ev.num_strata,
-                            batch_size=ev.batch_size, should_stop=should_stop)
+                            batch_size=ev.batch_size, par=par, should_stop=should_stop)
   return bound_one_t(task, params, examples, key, num_batches=ev.num_batches,
-                     batch_size=ev.batch_size, seed=ev.seed, should_stop=should_stop)
+                     batch_size=ev.batch_size, seed=ev.seed, par=par, should_stop=should_stop)
 
 
 def evaluate_run(task: experiment_lib.Task, run, eval_config: ml_collections.ConfigDict,
