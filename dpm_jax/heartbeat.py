@@ -30,7 +30,6 @@ import numpy as np
 from dpm_jax import binomial
 from dpm_jax import config as config_lib
 from dpm_jax import errors
-from dpm_jax import experiment
 from dpm_jax import plotting
 from dpm_jax import sampling
 from dpm_jax import schedule
@@ -144,49 +143,17 @@ def make_model(cfg) -> HeartbeatModel:
   return HeartbeatModel(ml_collections.FrozenConfigDict(cfg))
 
 
-class HeartbeatExperiment(experiment.Experiment):
-  """The binary heartbeat of Table 1: binomial diffusion, bits per sequence."""
-  name = "heartbeat"
-  description = "the binary heartbeat of Table 1 (binomial diffusion)"
-  unit = "sequence"
-  paper = {"K_bits": -2.414, "K_minus_L_null_bits": 12.024}  # arXiv 1503.03585 v8, Table 1
-  report_source = "fresh"
-  help = table1.generated_help(MODEL)
-
-  def default_config(self) -> ml_collections.ConfigDict:
-    return table1.generated_config(self.name, model_config())
-
-  def validate(self, config: ml_collections.ConfigDict) -> None:
-    validate_model_config(config.model)
-    table1.validate_generated(self.name, config)
-
-  def make_model(self, config: ml_collections.ConfigDict) -> HeartbeatModel:
-    return make_model(config.model)
-
-  def load_data(self, config: ml_collections.ConfigDict):
-    return table1.generated_dataset(self.name, config,
-                                    lambda n, seed: sample_data(n, seed, config.model))
-
-  def write_picture(self, out, path: str, units) -> str:
-    """Sequences as rows of black (1) and white (0) bins."""
-    return plotting.save_binary_rows(np.asarray(out["samples"]), path)
-
-  def final_report(self, task, run, should_stop=None) -> dict:
-    """The bound on fresh sequences beside the data's true log likelihood; samples beside
-    data (samples.png)."""
-    config = run.config
-    fe = config.final_eval
-
-    def figures(task, params, examples, workdir, key):
-      samples = sampling.make_sampler(task.model, num_images=20)(params, key)
-      return [plotting.save_binary_panels([examples[:20], np.asarray(samples)],
-                                          ["data", "samples"],
-                                          os.path.join(workdir, "samples.png"))]
-
-    fresh = sample_data(fe.num_examples, table1.REPORT_SEED_OFFSET + fe.seed, config.model)
-    return table1.final_report(
-        task, run, fresh, figures, should_stop=should_stop,
-        reference={"true_log_likelihood_bits": true_log_likelihood_bits(config.model)})
+def figures(task, params, examples: np.ndarray, workdir: str, key) -> list:
+  """Samples beside data (samples.png)."""
+  samples = sampling.make_sampler(task.model, num_images=20)(params, key)
+  return [plotting.save_binary_panels([examples[:20], np.asarray(samples)], ["data", "samples"],
+                                      os.path.join(workdir, "samples.png"))]
 
 
-HEARTBEAT = HeartbeatExperiment()
+HEARTBEAT = table1.GeneratedExperiment(
+    "heartbeat", "the binary heartbeat of Table 1 (binomial diffusion)", "sequence",
+    {"K_bits": -2.414, "K_minus_L_null_bits": 12.024},  # arXiv 1503.03585 v8, Table 1
+    model=MODEL, make_model=make_model, sample_data=sample_data,
+    write_picture=plotting.save_binary_rows,  # sequences as rows of black (1) and white bins
+    figures=figures,
+    reference=lambda cfg: {"true_log_likelihood_bits": true_log_likelihood_bits(cfg)})

@@ -35,7 +35,6 @@ import numpy as np
 
 from dpm_jax import config as config_lib
 from dpm_jax import diffusion
-from dpm_jax import experiment
 from dpm_jax import plotting
 from dpm_jax import sampling
 from dpm_jax import schedule
@@ -183,44 +182,6 @@ def make_model(cfg) -> SwissRollModel:
   return SwissRollModel(ml_collections.FrozenConfigDict(cfg))
 
 
-class SwissRollExperiment(experiment.Experiment):
-  """The two-dimensional Swiss roll of Figure 1 and Table 1: bits per point."""
-  name = "swiss_roll"
-  description = "the Swiss roll of Figure 1 and Table 1 (2-D Gaussian diffusion)"
-  unit = "point"
-  paper = {"K_bits": 2.35, "K_minus_L_null_bits": 6.45}  # arXiv 1503.03585 v8, Table 1
-  report_source = "fresh"
-  help = table1.generated_help(MODEL)
-
-  def default_config(self) -> ml_collections.ConfigDict:
-    return table1.generated_config(self.name, model_config())
-
-  def validate(self, config: ml_collections.ConfigDict) -> None:
-    validate_model_config(config.model)
-    table1.validate_generated(self.name, config)
-
-  def make_model(self, config: ml_collections.ConfigDict) -> SwissRollModel:
-    return make_model(config.model)
-
-  def load_data(self, config: ml_collections.ConfigDict):
-    return table1.generated_dataset(self.name, config,
-                                    lambda n, seed: sample_data(n, seed, config.model))
-
-  def write_picture(self, out, path: str, units) -> str:
-    return plotting.save_scatter(np.asarray(out["samples"]), path, "samples")
-
-  def final_report(self, task, run, should_stop=None) -> dict:
-    """The bound on fresh points beside the data's true log likelihood (None, JSON null,
-    for a noiseless roll: a curve without a density); Figure 1 and samples."""
-    config = run.config
-    fe = config.final_eval
-    fresh = sample_data(fe.num_examples, table1.REPORT_SEED_OFFSET + fe.seed, config.model)
-    true_ll = true_log_likelihood_bits(config.model)
-    return table1.final_report(
-        task, run, fresh, figures, should_stop=should_stop,
-        reference={"true_log_likelihood_bits": true_ll if math.isfinite(true_ll) else None})
-
-
 def figures(task, params, examples: np.ndarray, workdir: str, key) -> list:
   """The paper's Figure 1 (figure1.png): forward and reverse trajectories at t = 0,
   T/2 and T, and the learned drift mu(x_t, t) - x_t; and samples.png."""
@@ -251,4 +212,16 @@ def figures(task, params, examples: np.ndarray, workdir: str, key) -> list:
           plotting.save_scatter(reverse[0], os.path.join(workdir, "samples.png"), "samples")]
 
 
-SWISS_ROLL = SwissRollExperiment()
+def reference(cfg) -> dict:
+  """The data's true log likelihood per point; None (JSON null) for a noiseless roll, a
+  curve without a density."""
+  value = true_log_likelihood_bits(cfg)
+  return {"true_log_likelihood_bits": value if math.isfinite(value) else None}
+
+
+SWISS_ROLL = table1.GeneratedExperiment(
+    "swiss_roll", "the Swiss roll of Figure 1 and Table 1 (2-D Gaussian diffusion)", "point",
+    {"K_bits": 2.35, "K_minus_L_null_bits": 6.45},  # arXiv 1503.03585 v8, Table 1
+    model=MODEL, make_model=make_model, sample_data=sample_data,
+    write_picture=lambda samples, path: plotting.save_scatter(samples, path, "samples"),
+    figures=figures, reference=reference)

@@ -1,9 +1,8 @@
 """The paper's Table 1 experiments: what they share, and their final report.
 
 Two of them (the heartbeat, the Swiss roll) draw their data from a known
-distribution: training and test examples once with the run's seed, and the
-final report's examples afresh; their config shares a data and a final_eval
-section (`generated_config`). After training, the final report of every
+distribution (GeneratedExperiment): training and test examples once with the
+run's seed, and the final report's examples afresh. After training, the final report of every
 Table 1 experiment evaluates the bound exact over t (every t, Monte Carlo
 only over the forward noise) on fresh or held-out examples and writes
 <workdir>/eval.json beside the paper's numbers, the per-t KL
@@ -24,6 +23,7 @@ from dpm_jax import config as config_lib
 from dpm_jax import data as data_lib
 from dpm_jax import errors
 from dpm_jax import evaluate
+from dpm_jax import experiment
 from dpm_jax import outputs
 from dpm_jax import plotting
 
@@ -44,17 +44,71 @@ FINAL_EVAL = C.Section(
 )
 
 
-def generated_config(name: str, model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The defaults the generated-data experiments share: synthetic data instead of images,
-  Adam in place of the paper's SFO (a quasi-Newton method optax lacks), and the final
-  bound on fresh draws."""
-  config = C.base_config(name)
-  config.model = model
-  config.data = DATA.config(dataset=name)
-  config.optimizer.update(name="adam", learning_rate=1e-2)
-  config.train.update(num_epochs=0, num_steps=10000, sample_every_steps=0)
-  config.final_eval = FINAL_EVAL.config()
-  return config
+class GeneratedExperiment(experiment.Experiment):
+  """A Table 1 experiment whose data a generator draws (the heartbeat, the Swiss roll):
+  synthetic data instead of images, Adam in place of the paper's SFO (a quasi-Newton
+  method optax lacks), and a final report on fresh draws.
+
+  Args:
+    name, description, unit, paper: as experiment.Experiment's.
+    model: the model section's fields.
+    make_model: (model config) -> the model; validates the section.
+    sample_data: (n, seed, model config) -> n examples, float32.
+    write_picture: (samples (N, ...), path) -> path.
+    figures: (task, params, examples, workdir, key) -> paths of the final report's figures.
+    reference: (model config) -> values printed beside the paper's (the data's true log
+      likelihood, or None where the data have no density).
+  """
+  report_source = "fresh"
+
+  def __init__(self, name: str, description: str, unit: str, paper: Mapping[str, float], *,
+               model: C.Section, make_model: Callable, sample_data: Callable,
+               write_picture: Callable, figures: Callable, reference: Callable):
+    self.name, self.description, self.unit, self.paper = name, description, unit, paper
+    self._model, self._make_model, self._sample_data = model, make_model, sample_data
+    self._write, self._figures, self._reference = write_picture, figures, reference
+    self.help = C.help_of(**{"": C.TOP}, model=model, data=DATA, final_eval=FINAL_EVAL,
+                          **C.SHARED)
+
+  def default_config(self) -> ml_collections.ConfigDict:
+    config = C.base_config(self.name)
+    config.model = self._model.config()
+    config.data = DATA.config(dataset=self.name)
+    config.optimizer.update(name="adam", learning_rate=1e-2)
+    config.train.update(num_epochs=0, num_steps=10000, sample_every_steps=0)
+    config.final_eval = FINAL_EVAL.config()
+    return config
+
+  def validate(self, config: ml_collections.ConfigDict) -> None:
+    self._make_model(config.model)
+    DATA.check("data", config.data)
+    if config.data.dataset != self.name:
+      raise errors.UserError(f"data.dataset must be {self.name!r} for the {self.name} "
+                             f"experiment, got {config.data.dataset!r}.")
+    if "final_eval" not in config:
+      raise errors.UserError(f"The {self.name} config has no 'final_eval' section; start from "
+                             f"experiments/configs/{self.name}.py.")
+    FINAL_EVAL.check("final_eval", config.final_eval)
+
+  def make_model(self, config: ml_collections.ConfigDict):
+    return self._make_model(config.model)
+
+  def load_data(self, config: ml_collections.ConfigDict) -> data_lib.Dataset:
+    """Training and test examples drawn once with the run's seed."""
+    d, m = config.data, config.model
+    return data_lib.Dataset(self._sample_data(d.num_train, config.seed, m),
+                            self._sample_data(d.num_test, config.seed + 1, m), self.name,
+                            {"source": "synthetic", "dataset": self.name, "seed": config.seed})
+
+  def write_picture(self, out: Mapping, path: str, units) -> str:
+    return self._write(np.asarray(out["samples"]), path)
+
+  def final_report(self, task, run, should_stop=None) -> dict:
+    """The bound on fresh draws beside the paper's and the reference values."""
+    fe, m = run.config.final_eval, run.config.model
+    fresh = self._sample_data(fe.num_examples, REPORT_SEED_OFFSET + fe.seed, m)
+    return final_report(task, run, fresh, self._figures, reference=self._reference(m),
+                        should_stop=should_stop)
 
 
 def tiny_generated(config: ml_collections.ConfigDict, **model) -> ml_collections.ConfigDict:
@@ -67,31 +121,6 @@ def tiny_generated(config: ml_collections.ConfigDict, **model) -> ml_collections
   config.eval.update(method="stratified", num_strata=5, num_images=64, batch_size=32)
   config.final_eval.update(num_examples=64, batch_size=32)
   return config
-
-
-def generated_help(model: C.Section) -> dict:
-  return C.help_of(**{"": C.TOP}, model=model, data=DATA, final_eval=FINAL_EVAL, **C.SHARED)
-
-
-def validate_generated(name: str, config: ml_collections.ConfigDict) -> None:
-  """Checks the data and final_eval sections of a generated-data experiment."""
-  DATA.check("data", config.data)
-  if config.data.dataset != name:
-    raise errors.UserError(f"data.dataset must be {name!r} for the {name} experiment, got "
-                           f"{config.data.dataset!r}.")
-  if "final_eval" not in config:
-    raise errors.UserError(f"The {name} config has no 'final_eval' section; start from "
-                           f"experiments/configs/{name}.py.")
-  FINAL_EVAL.check("final_eval", config.final_eval)
-
-
-def generated_dataset(name: str, config: ml_collections.ConfigDict,
-                      sample_data: Callable[[int, int], np.ndarray]) -> data_lib.Dataset:
-  """Training and test examples drawn once: sample_data(n, seed)."""
-  d = config.data
-  return data_lib.Dataset(sample_data(d.num_train, config.seed),
-                          sample_data(d.num_test, config.seed + 1), name,
-                          {"source": "synthetic", "dataset": name, "seed": config.seed})
 
 
 def final_report(task, run, examples: np.ndarray, figures: Callable, *,
