@@ -1,10 +1,7 @@
 """What the entry points share: flags, the config, one-line errors and exit codes.
 
-A program is a doc, define(flag_values) and main(flag_values). `run(...)`
-runs one in this process and returns its exit code (the tests, `dpm-jax`);
-`cli(run)` runs it as a command. A bad flag or an errors.UserError is one
-line on stderr, `error: ...`, and exit code 2; a stop signal is one line and
-130 (SIGINT) or 143 (SIGTERM); --help is exit code 0.
+A bad flag or an errors.UserError is one line on stderr, `error: ...`, and exit code 2;
+a stop signal is one line and 130 (SIGINT) or 143 (SIGTERM); --help is exit code 0.
 """
 
 import difflib
@@ -114,8 +111,7 @@ def run(doc: str, define: Callable, main: Callable, argv: Sequence[str],
 
 
 def cli(run_program: Callable[[Sequence[str]], int]) -> None:
-  """Runs a program as a command: INFO logs without Orbax's per-save lines, then exits
-  with its code."""
+  """Runs a program as a command (INFO logs, without Orbax's per-save lines)."""
   from dpm_jax import rundir  # pylint: disable=g-import-not-at-top
   logging.use_absl_handler()
   logging.set_verbosity(logging.INFO)
@@ -125,11 +121,9 @@ def cli(run_program: Callable[[Sequence[str]], int]) -> None:
 
 
 def define_cpu_devices(values: flags.FlagValues) -> None:
-  flags.DEFINE_integer(
-      "cpu_devices", None, "When JAX runs on the CPU: the CPU devices it shows, every batch "
-      "split over them. 0: one per core, as many as divide the batch; N > 0: N. No effect "
-      "on GPUs and TPUs. Default: config.compute.cpu_devices when training, else 0.",
-      lower_bound=0, flag_values=values)
+  flags.DEFINE_integer("cpu_devices", None, "On a CPU, the devices JAX shows, every batch split "
+                       "over them: 0 one per core (as many as divide the batch), N.",
+                       lower_bound=0, flag_values=values)
 
 
 def show_cpu_devices(values: flags.FlagValues, *batch_sizes: int, configured: int = 0) -> None:
@@ -140,7 +134,6 @@ def show_cpu_devices(values: flags.FlagValues, *batch_sizes: int, configured: in
 
 
 def define_run_flags(values: flags.FlagValues) -> None:
-  """--workdir, --step, --seed and --cpu_devices: the flags of programs that read a run."""
   flags.DEFINE_string("workdir", None, "Run directory made by a training entry point.",
                       required=True, flag_values=values)
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", lower_bound=0,
@@ -159,19 +152,16 @@ def training_run(name: str, doc: str, argv: Sequence[str]) -> int:
 
   def define(values, argv):
     define_cpu_devices(values)
-    flags.DEFINE_string("workdir", None, "Run directory (checkpoints, metrics, samples). "
-                        "Rerunning with the same one resumes. Default: a new "
-                        "<config.output_dir>/dpm_<experiment><suffix>-<time>.",
-                        flag_values=values)
+    flags.DEFINE_string("workdir", None, "Run directory; rerunning with it resumes (default: "
+                        "a new one under config.output_dir).", flag_values=values)
     config_flags.DEFINE_config_file(
         "config", os.path.join(CONFIG_DIR, f"{name}.py"), "Experiment config file, or the name "
         f"of a shipped one ({', '.join(shipped_configs())}); <file>:tiny is its seconds-long "
         "variant.", flag_values=values, lock_config=True, sys_argv=list(argv))
     flags.DEFINE_bool("print_config", False, "Print the resolved config, each field with its "
                       "meaning, and exit.", flag_values=values)
-    flags.DEFINE_bool("resume_verified", False, "If the newest checkpoint is corrupt, resume "
-                      "from the newest one that verifies, moving the corrupt ones to "
-                      "<workdir>/checkpoints_corrupt/ (default: stop with an error).",
+    flags.DEFINE_bool("resume_verified", False, "Resume from the newest checkpoint that "
+                      "verifies, moving corrupt ones to <workdir>/checkpoints_corrupt/.",
                       flag_values=values)
 
   def main(values):

@@ -18,38 +18,31 @@ from . import common
 def define(values: flags.FlagValues, argv) -> None:
   del argv
   common.define_run_flags(values)
-  flags.DEFINE_string("mode", "sample", "What to generate: sample, or one of the conditional "
-                      "modes the experiment supports (images: inpaint, denoise, superres).",
-                      flag_values=values)
+  flags.DEFINE_string("mode", "sample", "sample, or a conditional mode of the experiment "
+                      "(images: inpaint, denoise, superres).", flag_values=values)
   flags.DEFINE_integer("num_images", 36, "Examples to draw.", lower_bound=1, flag_values=values)
-  flags.DEFINE_string("output", None, "PNG path; a bare file name goes into the run directory "
-                      "(default: <workdir>/samples/<mode>-step<step>-seed<seed>.png).",
-                      flag_values=values)
-  flags.DEFINE_bool("intermediate", False, "Show states at several t as columns.",
-                    flag_values=values)
+  flags.DEFINE_string("output", None, "PNG path; a bare name goes into the run directory "
+                      "(default: samples/<mode>-step<step>-seed<seed>.png).", flag_values=values)
+  flags.DEFINE_bool("intermediate", False, "Show states at several t.", flag_values=values)
   flags.DEFINE_integer("num_intermediate", None, "Intermediate columns (default: config.sample).",
                        lower_bound=1, flag_values=values)
-  flags.DEFINE_enum("mask", None, list(config_lib.MASKS),
-                    "Known pixels for --mode=inpaint (default: config.sample.mask).",
-                    flag_values=values)
-  flags.DEFINE_float("denoise_sigma", None, "Observation noise for --mode=denoise, in model "
-                     "units, > 0 (default: config.sample.denoise_sigma, 1 as the reference).",
+  flags.DEFINE_enum("mask", None, list(config_lib.MASKS), "Known pixels of --mode=inpaint "
+                    "(default: config.sample.mask).", flag_values=values)
+  flags.DEFINE_float("denoise_sigma", None, "Observation noise of --mode=denoise, model units "
+                     "(default: config.sample.denoise_sigma).", flag_values=values)
+  flags.DEFINE_integer("superres_factor", 4, "Downsampling factor of --mode=superres.",
+                       lower_bound=1, flag_values=values)
+  flags.DEFINE_float("superres_noise", 0.1, "Observation noise of --mode=superres, model units.",
                      flag_values=values)
-  flags.DEFINE_integer("superres_factor", 4, "Downsampling factor for --mode=superres; it must "
-                       "divide the image width.", lower_bound=1, flag_values=values)
-  flags.DEFINE_float("superres_noise", 0.1, "Observation noise for --mode=superres (model "
-                     "units), > 0.", flag_values=values)
   flags.DEFINE_bool("skip_first_step", None, "Stop at x_0 like the reference sampler "
                     "(default: config.sample.skip_first_step).", flag_values=values)
-  flags.DEFINE_string("image_size", None, "--mode=sample: the samples' size, N or HxW pixels, "
-                      "for a convolution-only model (any size; default: the training size).",
+  flags.DEFINE_string("image_size", None, "The samples' size, N or HxW pixels (a "
+                      "convolution-only model).", flag_values=values)
+  flags.DEFINE_string("image", None, "An image file to condition on instead of test examples.",
                       flag_values=values)
-  flags.DEFINE_string("image", None, "An image file to condition on instead of test examples "
-                      "(--num_images copies of it): as it is for a convolution-only model, "
-                      "else padded and resized as the folder source does.", flag_values=values)
-  flags.DEFINE_string("box", None, "--mode=inpaint: the region to fill, x,y,width,height in "
-                      "pixels (default with --image: its central third, the paper's Figure 5; "
-                      "else --mask).", flag_values=values)
+  flags.DEFINE_string("box", None, "--mode=inpaint: the region to fill, x,y,width,height "
+                      "(default with --image: its central third, the paper's Figure 5).",
+                      flag_values=values)
   for name in ("denoise_sigma", "superres_noise"):
     flags.register_validator(name, lambda v: v is None or v > 0,
                              message=f"--{name} must be > 0 (the observation's noise)",
