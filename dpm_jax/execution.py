@@ -72,6 +72,9 @@ def show_cpu_devices(count: int) -> int:
   """
   if count < 1:
     raise errors.UserError(f"cpu_devices={count} must be at least 1.")
+  if count > usable_cores():
+    logging.warning("%d CPU devices on %d cores: the devices beyond one per core share them, "
+                    "which is slower.", count, usable_cores())
   if "--xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
     return 0
   try:

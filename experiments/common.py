@@ -5,6 +5,7 @@ a stop signal is one line and 130 (SIGINT) or 143 (SIGTERM); --help is exit code
 """
 
 import difflib
+import logging as std_logging
 import importlib.util
 import os
 import sys
@@ -116,6 +117,7 @@ def cli(run_program: Callable[[Sequence[str]], int]) -> None:
   logging.use_absl_handler()
   logging.set_verbosity(logging.INFO)
   rundir.quiet_orbax_logs()
+  std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)  # absent TPUs
   flags.FLAGS.mark_as_parsed()  # libraries reading absl's global flags (grain's workers)
   sys.exit(run_program(sys.argv))
 
@@ -127,18 +129,19 @@ def define_cpu_devices(values: flags.FlagValues) -> None:
 
 
 def show_cpu_devices(values: flags.FlagValues, *batch_sizes: int, configured: int = 0) -> None:
-  """Shows JAX --cpu_devices (else `configured`) CPU devices, before JAX runs anything."""
+  """Shows JAX --cpu_devices (else `configured`, else one per core, as many as divide the
+  batch sizes) CPU devices, before JAX runs anything."""
   from dpm_jax import execution  # pylint: disable=g-import-not-at-top
   count = configured if values.cpu_devices is None else values.cpu_devices
   execution.show_cpu_devices(count or execution.cpu_devices_for(*batch_sizes))
 
 
-def define_run_flags(values: flags.FlagValues) -> None:
+def define_run_flags(values: flags.FlagValues, seed_default=0, seed_help="The draws' seed.") -> None:
   flags.DEFINE_string("workdir", None, "Run directory made by a training entry point.",
                       required=True, flag_values=values)
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", lower_bound=0,
                        flag_values=values)
-  flags.DEFINE_integer("seed", 0, "The draws' seed.", lower_bound=0, flag_values=values)
+  flags.DEFINE_integer("seed", seed_default, seed_help, lower_bound=0, flag_values=values)
   define_cpu_devices(values)
 
 

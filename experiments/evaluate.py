@@ -17,9 +17,8 @@ from . import common
 
 def define(values: flags.FlagValues, argv) -> None:
   del argv
-  common.define_run_flags(values)
-  values["seed"].default, values["seed"].help = None, (
-      "The draws' seed (default: the run's own evaluation draws, as training's test bound).")
+  common.define_run_flags(values, None, "The draws' seed (default: the run's own evaluation "
+                          "draws, as training's test bound).")
   flags.DEFINE_enum("method", None, ["stratified", "all_t", "one_t"],
                     "stratified: one random t in each of --num_strata strata per example "
                     "(unbiased, seconds); all_t: every t for each example (exact over t, "
@@ -41,13 +40,13 @@ def define(values: flags.FlagValues, argv) -> None:
 def main(values: flags.FlagValues) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   from dpm_jax import evaluate, registry, safety, train  # pylint: disable=g-import-not-at-top
-  common.show_cpu_devices(values, values.batch_size or 1)
+  common.show_cpu_devices(values)  # one per core; each batch splits over those dividing it
   run, task = registry.open_task(values.workdir, values.step)
   ev = run.config.eval.copy_and_resolve_references()
   for name in ("method", "num_images", "num_strata", "num_batches", "batch_size"):
     if values[name].value is not None:
       ev[name] = values[name].value
-  ev.batch_size = min(ev.batch_size, len(task.data.test))
+  ev.batch_size = min(ev.batch_size, ev.num_images or len(task.data.test), len(task.data.test))
   key = train.run_keys(run.config.seed).eval if values.seed is None else jax.random.key(values.seed)
   start = time.time()
 

@@ -36,13 +36,17 @@ def define(values: flags.FlagValues, argv) -> None:
                      flag_values=values)
   flags.DEFINE_bool("skip_first_step", None, "Stop at x_0 like the reference sampler "
                     "(default: config.sample.skip_first_step).", flag_values=values)
-  flags.DEFINE_string("image_size", None, "The samples' size, N or HxW pixels (a "
-                      "convolution-only model).", flag_values=values)
+  flags.DEFINE_list("image_size", None, "The samples' size, N or H,W pixels (a "
+                    "convolution-only model).", flag_values=values)
   flags.DEFINE_string("image", None, "An image file to condition on instead of test examples.",
                       flag_values=values)
-  flags.DEFINE_string("box", None, "--mode=inpaint: the region to fill, x,y,width,height "
-                      "(default with --image: its central third, the paper's Figure 5).",
-                      flag_values=values)
+  flags.DEFINE_list("box", None, "--mode=inpaint: the region to fill, x,y,width,height "
+                    "(default with --image: its central third, the paper's Figure 5).",
+                    flag_values=values)
+  for name, counts, what in (("image_size", (1, 2), "N or H,W"), ("box", (4,), "x,y,width,height")):
+    flags.register_validator(name, lambda v, n=counts: v is None or (
+        len(v) in n and all(p.strip().isdigit() for p in v)),
+        message=f"--{name} takes {what} in pixels", flag_values=values)
   for name in ("denoise_sigma", "superres_noise"):
     flags.register_validator(name, lambda v: v is None or v > 0,
                              message=f"--{name} must be > 0 (the observation's noise)",
@@ -63,7 +67,7 @@ def main(values: flags.FlagValues) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from dpm_jax import experiment, registry, safety, sampling  # pylint: disable=g-import-not-at-top
-  common.show_cpu_devices(values, values.num_images)
+  common.show_cpu_devices(values)  # one per core; the images split over those dividing them
   from_test = values.mode != "sample" and not values.image
   run, task = registry.open_task(values.workdir, values.step, with_data=from_test)
   cfg, exp, n, test = run.config, task.experiment, values.num_images, task.data.test
@@ -72,7 +76,7 @@ def main(values: flags.FlagValues) -> None:
     if len(test) < n:
       raise errors.UserError(f"--num_images={n} exceeds the run's {len(test)} test examples.")
     true = test[np.random.default_rng(values.seed).permutation(len(test))[:n]]
-  box = parse_box(values.box) if values.box else None
+  box = tuple(map(int, values.box)) if values.box else None
   record_t = (sampling.default_record_t(cfg.model.trajectory_length,
                                         values.num_intermediate or cfg.sample.num_intermediate)
               if values.intermediate else ())
@@ -80,34 +84,13 @@ def main(values: flags.FlagValues) -> None:
   out = safety.stoppable("sampling", lambda should_stop: exp.generate(
       task, run.params, values.mode, jax.random.key(values.seed), num_images=n,
       record_t=record_t, skip_first_step=skip, true_examples=true, image=values.image,
-      image_size=parse_size(values.image_size) if values.image_size else None,
+      image_size=(int(values.image_size[0]), int(values.image_size[-1])) if values.image_size
+      else None,
       should_stop=should_stop, mask_kind="box" if box else values.mask or cfg.sample.mask,
       box=box, denoise_sigma=values.denoise_sigma or cfg.sample.denoise_sigma,
       superres_factor=values.superres_factor, superres_noise=values.superres_noise))
   path = experiment.write_outputs(task, out, output_path(values, run.step))
   print(f"{values.mode}: {n} examples from step {run.step} -> {path} (+ .npz)")
-
-
-def parse_size(text: str) -> tuple:
-  """'64' or '48x64' (height x width) -> (H, W)."""
-  try:
-    parts = [int(p) for p in text.lower().split("x")]
-  except ValueError:
-    parts = []
-  if len(parts) not in (1, 2) or min(parts) < 1:
-    raise errors.UserError(f"--image_size={text}: give N or HxW, positive pixel counts.")
-  return (parts[0], parts[-1])
-
-
-def parse_box(text: str) -> tuple:
-  """'x,y,width,height' -> a tuple of four non-negative ints, width and height > 0."""
-  try:
-    box = tuple(int(p) for p in text.split(","))
-  except ValueError:
-    box = ()
-  if len(box) != 4 or min(box) < 0 or min(box[2:]) < 1:
-    raise errors.UserError(f"--box={text}: give x,y,width,height in pixels (width, height > 0).")
-  return box
 
 
 def run(argv) -> int:

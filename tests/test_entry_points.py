@@ -150,3 +150,18 @@ def test_the_installed_package_claims_no_generic_top_level_name(tmp_path):
   with open(os.path.join(ROOT, "pyproject.toml")) as f:
     packages = re.search(r"packages = \[(.*?)\]", f.read(), re.S).group(1)
   assert all(p.strip().strip('"').startswith("dpm_jax") for p in packages.split(",") if p.strip())
+
+
+def test_evaluate_prints_the_test_bound_training_logged(run_dir):
+  """By default the program evaluates as training's periodic bound does (config.eval: the
+  same examples, strata and draws), so the same checkpoint gives the same number."""
+  from dpm_jax import metrics  # pylint: disable=g-import-not-at-top
+  logged = [r for r in metrics.read_metrics(str(run_dir)) if "eval/loss" in r][-1]
+  code, out, err = call(evaluate_program.run, ["e", f"--workdir={run_dir}"])
+  assert code == 0, err
+  printed = float(re.search(r"-\(K - L_null\) = (-?\d+\.\d+)", out).group(1))
+  assert logged["step"] == 4 and printed == pytest.approx(logged["eval/loss"], abs=1e-4)
+  code, out, err = call(evaluate_program.run, ["e", f"--workdir={run_dir}", "--seed=5",
+                                               "--num_images=8"])
+  assert code == 0, err
+  assert "8 test examples" in out
