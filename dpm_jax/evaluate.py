@@ -37,7 +37,6 @@ from dpm_jax import sampling
 if TYPE_CHECKING:
   from dpm_jax import experiment as experiment_lib
 
-LN2 = diffusion.LN2
 METHODS = ("stratified", "all_t", "one_t")
 # The random stream of the stratified estimate's t draws, beside the per-stratum keys.
 T_STREAM = 2**31 - 1
@@ -79,60 +78,24 @@ def check_finite(result: dict, what: str = "the bound") -> None:
           "checkpoint with --step.")
 
 
-def _eval_batch_size(requested: int, n_test: int, num_devices: int) -> int:
-  size = min(requested, n_test)
-  size -= size % num_devices
-  if size < 1:
-    raise ValueError(f"The test split ({n_test} examples) is smaller than the "
-                     f"{num_devices} devices.")
-  return size
-
-
-def _one_t_losses(task, examples, batch_size, *, seed=0):
-  """fn(params, num_batches, key, put=None) -> per-batch bound (bits/unit), one t each.
-
-  Batch i takes batch_size examples in a fixed shuffled order (wrapping
-  around) and the key fold_in(key, i).
-  """
-  order = np.random.default_rng(seed).permutation(len(examples))
-  loss_fn = diffusion.make_loss_fn(task.model, uniform_noise=task.units.uniform_noise, train=False)
-
-  @jax.jit
-  def eval_step(params, batch, rng):
-    return loss_fn(params, task.units.to_model(batch), rng)[0]
-
-  def losses(params, num_batches, key, put=None, should_stop=None):
-    out = []
-    for i in range(num_batches):
-      _poll(should_stop)
-      start = (i * batch_size) % len(examples)
-      batch = examples[np.take(order, np.arange(start, start + batch_size), mode="wrap")]
-      out.append(eval_step(params, put(batch) if put else batch, jax.random.fold_in(key, i)))
-    return np.asarray(jax.device_get(out), np.float64)
-
-  return losses
-
-
 def kl_per_example(task, params, x_0, t, key):
-  """Mean KL over dimensions per example at time steps t (B,): the per-t KL of
-  diffusion.kl_at_t with noise (and dequantisation) drawn from `key`.
-
-  Returns (kl (B,), the forward process).
-  """
+  """Mean KL over dimensions per example (B,) at time steps t (B,): the per-t KL of
+  diffusion.kl_at_t with noise (and dequantisation) drawn from `key`."""
   k_noise, k_unif = jax.random.split(key)
   noise = task.model.Process.draw_noise(k_noise, x_0.shape, x_0.dtype)
   if task.units.uniform_noise:
     x_0 = diffusion.dequantize(x_0, jax.random.uniform(k_unif, x_0.shape, x_0.dtype),
                                task.units.uniform_noise)
-  kl, process = diffusion.kl_at_t(task.model, params, x_0, t.astype(x_0.dtype), noise)
-  return jnp.mean(kl, axis=tuple(range(1, kl.ndim))), process
+  kl, _ = diffusion.kl_at_t(task.model, params, x_0, t.astype(x_0.dtype), noise)
+  return jnp.mean(kl, axis=tuple(range(1, kl.ndim)))
 
 
-def bound_from_kl_sum(kl_sum, process, x_0, unit_dims: int):
+def bound_from_kl_sum(task, params, x_0, kl_sum):
   """Per-example -(K - L_null) in bits per unit from sum_t KL_t (nats per dim)."""
-  h = process.entropies(x_0)
+  h = task.model.apply(params, x_0.dtype, method="process").entropies(x_0)
   h_diff = jnp.broadcast_to(h.start - h.end, x_0.shape)
-  return (kl_sum + jnp.mean(h_diff, axis=tuple(range(1, x_0.ndim)))) / LN2 * unit_dims
+  nats = kl_sum + jnp.mean(h_diff, axis=tuple(range(1, x_0.ndim)))
+  return nats / diffusion.LN2 * task.model.unit_dims
 
 
 def make_test_evaluator(task: experiment_lib.Task, eval_config: ml_collections.ConfigDict,
@@ -143,14 +106,17 @@ def make_test_evaluator(task: experiment_lib.Task, eval_config: ml_collections.C
 
   Returns:
     fn(params, should_stop=None) -> {'eval/loss', 'eval/loss_stderr', the units' extras
-    as 'eval/<name>', 'eval/num_images' or 'eval/num_batches'}; should_stop() is polled
-    between batches (a stop raises errors.Stopped).
+    as 'eval/<name>', 'eval/num_images' or 'eval/num_batches'}.
   """
   ev = eval_config.copy_and_resolve_references()
   if ev.method not in METHODS:
     raise ValueError(f"eval.method must be one of {METHODS}, got {ev.method!r}")
-  ev.batch_size = _eval_batch_size(ev.batch_size, len(task.data.test), par.num_devices)
   examples = task.data.test
+  ev.batch_size = min(ev.batch_size, len(examples))
+  ev.batch_size -= ev.batch_size % par.num_devices
+  if ev.batch_size < 1:
+    raise ValueError(f"The test split ({len(examples)} examples) is smaller than the "
+                     f"{par.num_devices} devices.")
   if ev.method == "stratified":
     examples = test_examples(examples, ev.num_images, ev.batch_size, ev.seed)
   count = ({"eval/num_batches": ev.num_batches} if ev.method == "one_t"
@@ -185,14 +151,26 @@ def bound_one_t(task: experiment_lib.Task, params: Any, examples: np.ndarray, ke
                 should_stop: Optional[Callable[[], bool]] = None):
   """The reference code's test-set estimate: many batches, one random t each.
 
-  Batch i takes batch_size examples of a fixed shuffled order (seed). The
-  standard error is across batches, as the reference code's. `par`: the
-  devices each batch is split over (default: see _placement).
+  Batch i takes batch_size examples of a fixed shuffled order (seed, wrapping around) and
+  the key fold_in(key, i). The standard error is across batches, as the reference code's.
+  `par`: the devices each batch is split over (default: see _placement).
   """
   batch_size = min(batch_size, len(examples))
   _, params, put = _placement(params, batch_size, par)
-  losses = _one_t_losses(task, examples, batch_size, seed=seed)(params, num_batches, key, put,
-                                                                should_stop)
+  order = np.random.default_rng(seed).permutation(len(examples))
+  loss_fn = diffusion.make_loss_fn(task.model, uniform_noise=task.units.uniform_noise, train=False)
+
+  @jax.jit
+  def eval_step(params, batch, rng):
+    return loss_fn(params, task.units.to_model(batch), rng)[0]
+
+  out = []
+  for i in range(num_batches):
+    _poll(should_stop)
+    start = (i * batch_size) % len(examples)
+    batch = examples[np.take(order, np.arange(start, start + batch_size), mode="wrap")]
+    out.append(eval_step(params, put(batch), jax.random.fold_in(key, i)))
+  losses = np.asarray(jax.device_get(out), np.float64)
   return _summary(task, params, losses, extra={
       "per_batch": losses, "num_batches": num_batches,
       "num_images": int(min(len(examples), num_batches * batch_size))})
@@ -214,8 +192,6 @@ def bound_all_t(task: experiment_lib.Task, params: Any, examples: np.ndarray, ke
   """The bound summed over every t = 1 .. T-1 for each example.
 
   Args:
-    task: the model and its data map (dpm_jax.experiment.Task).
-    params: the model's parameters.
     examples: stored test examples (N, ...), e.g. uint8 images.
     key: PRNG key; example i, time step t uses fold_in(fold_in(key, i_batch), t).
     batch_size: examples per network call; all T-1 steps run in one scan.
@@ -235,12 +211,11 @@ def bound_all_t(task: experiment_lib.Task, params: Any, examples: np.ndarray, ke
     x_0 = task.units.to_model(batch)
 
     def body(total, t):
-      kl, process = kl_per_example(task, params, x_0, jnp.full((x_0.shape[0],), t),
-                                   jax.random.fold_in(bkey, t))
+      kl = kl_per_example(task, params, x_0, jnp.full((x_0.shape[0],), t),
+                          jax.random.fold_in(bkey, t))
       return total + kl, jnp.sum(kl)
     total, kl_t = jax.lax.scan(body, jnp.zeros(x_0.shape[0]), jnp.arange(1, T))
-    process = task.model.apply(params, x_0.dtype, method="process")
-    return bound_from_kl_sum(total, process, x_0, task.model.unit_dims), kl_t
+    return bound_from_kl_sum(task, params, x_0, total), kl_t
 
   bits, kl_curve = [], np.zeros(T - 1)
   starts = range(0, len(examples), batch_size)
@@ -257,14 +232,17 @@ def bound_all_t(task: experiment_lib.Task, params: Any, examples: np.ndarray, ke
       "per_image": bits, "kl_per_t": kl_curve / len(examples), "t": np.arange(1, T)})
 
 
-def _stratified_bits_fn(task, num_strata: int):
-  """fn(params, examples, key, batch_size, put=None, to_host=None, should_stop=None) -> bound.
+def bound_stratified(task: experiment_lib.Task, params: Any, examples: np.ndarray, key: jax.Array, *,
+                     num_strata: int = _EVAL["num_strata"], batch_size: int = _EVAL["batch_size"],
+                     par: Optional[parallel.DataParallel] = None,
+                     should_stop: Optional[Callable[[], bool]] = None) -> dict:
+  """A cheaper unbiased estimate: one t in each of num_strata strata of {1..T-1}.
 
-  Per example, sum_t KL_t is estimated by sum_k n_k KL_{t_k}, t_k uniform in
-  stratum k of size n_k; batch b uses fold_in(key, b). `put` (if given)
-  places each batch on the devices, `to_host` brings each result back
-  (DataParallel.to_host: from every process). Bits per unit.
+  sum_t KL_t is estimated per example by sum_k n_k KL_{t_k}, with t_k uniform
+  in stratum k of size n_k; batch b uses fold_in(key, b). `par`: the devices
+  each batch is split over (default: see _placement).
   """
+  par, params, put = _placement(params, batch_size, par)
   T = task.model.config.trajectory_length
   edges = np.linspace(1, T, num_strata + 1).round().astype(int)
   if num_strata < 1 or np.any(np.diff(edges) < 1):
@@ -280,36 +258,16 @@ def _stratified_bits_fn(task, num_strata: int):
       kk = jax.random.fold_in(bkey, k)
       t = lo[k] + jax.random.randint(jax.random.fold_in(kk, T_STREAM), (n,), 0,
                                      sizes[k].astype(jnp.int32))
-      return total + sizes[k] * kl_per_example(task, params, x_0, t, kk)[0], None
+      return total + sizes[k] * kl_per_example(task, params, x_0, t, kk), None
     total, _ = jax.lax.scan(body, jnp.zeros(n), jnp.arange(num_strata))
-    process = task.model.apply(params, x_0.dtype, method="process")
-    return bound_from_kl_sum(total, process, x_0, task.model.unit_dims)
+    return bound_from_kl_sum(task, params, x_0, total)
 
-  def bits(params, examples, key, batch_size, put=None, to_host=None, should_stop=None):
-    put = put or (lambda batch: batch)
-    to_host = to_host or (lambda x: np.asarray(jax.device_get(x)))
-    out = []
-    for b, s in enumerate(range(0, len(examples), batch_size)):
-      _poll(should_stop)
-      out.append(per_batch(params, put(examples[s:s + batch_size]), jax.random.fold_in(key, b)))
-    return np.concatenate([to_host(o) for o in out])
-
-  return bits
-
-
-def bound_stratified(task: experiment_lib.Task, params: Any, examples: np.ndarray, key: jax.Array, *,
-                     num_strata: int = _EVAL["num_strata"], batch_size: int = _EVAL["batch_size"],
-                     par: Optional[parallel.DataParallel] = None,
-                     should_stop: Optional[Callable[[], bool]] = None) -> dict:
-  """A cheaper unbiased estimate: one t in each of num_strata strata of {1..T-1}.
-
-  sum_t KL_t is estimated per example by sum_k n_k KL_{t_k}, with t_k uniform
-  in stratum k of size n_k. `par`: the devices each batch is split over
-  (default: see _placement).
-  """
-  par, params, put = _placement(params, batch_size, par)
-  bits = _stratified_bits_fn(task, num_strata)(params, examples, key, batch_size, put,
-                                               par.to_host, should_stop)
+  out = []
+  for b, s in enumerate(range(0, len(examples), batch_size)):
+    _poll(should_stop)
+    out.append(per_batch(params, put(examples[s:s + batch_size]), jax.random.fold_in(key, b)))
+  # DataParallel.to_host: each result from every process.
+  bits = np.concatenate([par.to_host(o) for o in out])
   return _summary(task, params, bits, extra={"per_image": bits, "num_strata": num_strata})
 
 
@@ -365,8 +323,8 @@ def evaluate_run(task: experiment_lib.Task, run, eval_config: ml_collections.Con
   if ev.method == "all_t":
     written.append(outputs.save_npz(os.path.join(workdir, "kl_per_t_test.npz"), t=result["t"],
                                     kl=result["kl_per_t"]))
-    plotting.plot_kl_per_t(result["t"], result["kl_per_t"],
-                           os.path.join(workdir, "kl_per_t_test.png"))
+    written.append(plotting.plot_kl_per_t(result["t"], result["kl_per_t"],
+                                          os.path.join(workdir, "kl_per_t_test.png")))
   if parzen:
     written.append(outputs.write_json(os.path.join(workdir, "eval_parzen_test.json"), {
         **parzen, "step": run.step, "experiment": task.experiment.name, "source": "test"}))
@@ -398,7 +356,7 @@ def null_bits(task: experiment_lib.Task, params: Any) -> float:
   process = task.model.apply(params, jnp.float32, method="process")
   x = jnp.zeros((1,) + tuple(task.model.data_shape), jnp.float32)
   prior = jnp.broadcast_to(process.entropies(x).prior, x.shape)
-  return -float(jnp.mean(prior)) * task.model.unit_dims / LN2
+  return -float(jnp.mean(prior)) * task.model.unit_dims / diffusion.LN2
 
 
 def _summary(task, params, bits_per_example, extra):
@@ -489,5 +447,5 @@ def parzen_select_and_score(samples: np.ndarray, validation: np.ndarray, test: n
   return {"sigma": best, "sigmas": sigmas.tolist(), "validation_nats": val_scores,
           "num_validation": int(len(validation)),
           "test_nats": mean, "test_nats_stderr": stderr,
-          "test_bits": mean / LN2, "test_bits_stderr": stderr / LN2,
+          "test_bits": mean / diffusion.LN2, "test_bits_stderr": stderr / diffusion.LN2,
           "num_samples": int(len(samples)), "num_test": int(len(test))}

@@ -1,17 +1,7 @@
-"""What an experiment provides, and what it is bound to for a run.
+"""What an experiment provides (`Experiment`), and what it is bound to for a run (`Task`).
 
-An experiment (the 2015 image model on MNIST, binomial diffusion of the
-heartbeat, the Swiss roll, ...) is an `Experiment`: static facts as data
-(its name, the unit of its bound, its sampling modes, the paper's numbers,
-the meaning of its config fields) and eight methods: its config and the
-checks of its model and data sections, its model, its data, how stored
-examples map to model units, its pictures, its sampling modes and, for the
-paper's Table 1, its final report. The training loop, the bound and the
-sampler take an experiment object; only dpm_jax.registry and the entry
-points know the list of them.
-
-`build(experiment, config, dataset, units)` binds one to a config and data:
-a `Task`.
+The training loop, the bound and the sampler take an experiment object; only
+dpm_jax.registry and the entry points know the list of them.
 """
 
 from __future__ import annotations
@@ -134,17 +124,10 @@ class Experiment:
     """Samples in one of `sampling_modes`, in output units.
 
     Args:
-      task, params: the model and its parameters.
-      mode: one of sampling_modes.
-      key: the samples' PRNG key.
-      num_images: how many.
-      record_t: time steps whose states to return too (sampling.make_sampler).
-      skip_first_step: stop at x_0, as the reference sampler.
+      record_t, skip_first_step, should_stop: as sampling.make_sampler's.
       true_examples: stored examples to condition on (conditional modes).
       image: an image file to condition on instead (image experiments).
       image_size: the samples' (H, W), for models of any size (image experiments).
-      should_stop: polled between chunks of the trajectory; a stop raises
-        errors.Stopped.
       **options: the mode's settings (e.g. denoise_sigma).
 
     Returns:
@@ -221,15 +204,7 @@ def with_defaults(experiment: Experiment, config: ml_collections.ConfigDict
 
 @dataclasses.dataclass
 class Task:
-  """An experiment bound to a config, its data and their map to model units.
-
-  Attributes:
-    experiment: the Experiment.
-    config: the run's config.
-    model: the model.
-    data: the stored examples (data_lib.Dataset).
-    units: how stored examples map to model units.
-  """
+  """An experiment bound to a config, its data and their map to model units."""
   experiment: Experiment
   config: ml_collections.ConfigDict
   model: nn.Module
@@ -243,7 +218,6 @@ def build(experiment: Experiment, config: ml_collections.ConfigDict,
   """An experiment bound to a config and data.
 
   Args:
-    experiment: the experiment.
     config: a config of this experiment (validated here).
     dataset: the stored examples; loaded from config.data if None.
     saved_units: a run's saved Units.to_dict(); computed from the training set if None.

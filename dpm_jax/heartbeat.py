@@ -12,8 +12,7 @@ hidden layers of 50, shared over t, and a readout layer learned separately
 for each t, through a sigmoid. By default the readout is added to the logit
 of the forward kernel's rate (model.reverse_offset='forward'), as the
 Gaussian image model's mean and variance are perturbations of the forward
-kernel: a zero readout is then the forward process itself. 'none' reads the
-rate out directly.
+kernel: a zero readout is then the forward process itself.
 """
 
 from __future__ import annotations
@@ -36,7 +35,6 @@ from dpm_jax import schedule
 from dpm_jax import table1
 from dpm_jax.kernels import readout
 
-OFFSETS = ("forward", "none")
 # Three times LeCun's scale: sigmoid units start outside their near-linear
 # range, and training leaves its initial plateau at once instead of after
 # thousands of steps.
@@ -50,7 +48,7 @@ MODEL = config_lib.Section(
     n_layers=(3, config_lib.integer(1), "hidden layers"),
     p=(0.2, config_lib.real(0, 1, lo_open=True, hi_open=True),
        "the stationary distribution's rate: the data's mean"),
-    reverse_offset=("forward", config_lib.choice(*OFFSETS),
+    reverse_offset=("forward", config_lib.choice("forward", "none"),
                     "'forward': the readout added to the logit of the forward kernel's "
                     "rate; 'none': the rate read out directly"),
     **config_lib.LOSS.with_defaults(trajectory_length=2000, t_sampling="per_example"),
@@ -58,16 +56,7 @@ MODEL = config_lib.Section(
 
 
 def model_config() -> ml_collections.ConfigDict:
-  """The paper's heartbeat model: T = 2000 steps of binomial diffusion."""
   return MODEL.config()
-
-
-def validate_model_config(cfg) -> None:
-  MODEL.check("model", cfg)
-  if cfg.period > cfg.sequence_length:
-    raise errors.UserError(
-        f"model.period={cfg.period} exceeds model.sequence_length={cfg.sequence_length}: a "
-        "sequence would hold no pulse.")
 
 
 def sample_data(n: int, seed: int, cfg=None) -> np.ndarray:
@@ -139,7 +128,11 @@ class HeartbeatModel(nn.Module):
 
 
 def make_model(cfg) -> HeartbeatModel:
-  validate_model_config(cfg)
+  MODEL.check("model", cfg)
+  if cfg.period > cfg.sequence_length:
+    raise errors.UserError(
+        f"model.period={cfg.period} exceeds model.sequence_length={cfg.sequence_length}: a "
+        "sequence would hold no pulse.")
   return HeartbeatModel(ml_collections.FrozenConfigDict(cfg))
 
 

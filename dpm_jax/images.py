@@ -5,8 +5,7 @@ Paper sections 2 and 3.2; reference code: train.py, model.py, regression.py.
 The model is dpm_jax.diffusion.DiffusionModel. Images are stored as uint8
 (N, H, W, C) and mapped to model units inside the jitted step by one scalar
 scale and shift, computed on the training set (data.compute_stats); the
-dequantisation noise is one 8-bit bin wide in those units. Sampling modes:
-'sample', 'inpaint', 'denoise' and 'superres' (paper section 2.5).
+dequantisation noise is one 8-bit bin wide in those units.
 
 A Table 1 image experiment (dpm_jax.dead_leaves, dpm_jax.texture) is an
 ImageExperiment given a `Report`: its model is the multi-scale convolutional
@@ -35,23 +34,20 @@ from dpm_jax import plotting
 from dpm_jax import sampling
 from dpm_jax import table1
 
-DEQUANTIZATIONS = ("bin", "reference")
-SCALE_FROM = ("train_set", "first_batch")
-SOURCES = data_lib.SOURCES + ("folder",)
 C = config_lib
 
 # How stored 8-bit images become model units, shared by every image data section.
 UNITS = C.Section(
-    scale_from=("train_set", C.choice(*SCALE_FROM),
+    scale_from=("train_set", C.choice("train_set", "first_batch"),
                 "'train_set': scale and shift from the whole training set (of images not "
                 "held in memory, a fixed sample of 1000); 'first_batch': from one training "
                 "minibatch (the reference code)"),
-    dequantization=("bin", C.choice(*DEQUANTIZATIONS),
+    dequantization=("bin", C.choice("bin", "reference"),
                     "'bin': uniform noise one 8-bit bin wide (a bound on the 8-bit data); "
                     "'reference': (1/255)/scale, the reference code's"),
 )
 DATA = C.Section(
-    source=("embedded", C.choice(*SOURCES),
+    source=("embedded", C.choice(*data_lib.SOURCES, "folder"),
             "'embedded' (5000 MNIST digits shipped with the package), 'idx' (IDX files in "
             "dir), 'tfds' (tensorflow-datasets' prepared data) or 'folder' (your images in "
             "dir)"),
@@ -86,10 +82,9 @@ class Report:
   """What a Table 1 image experiment adds: the paper's row and its final report.
 
   Attributes:
-    paper: the paper's Table 1 numbers.
-    source: 'fresh' draws or 'held_out' examples.
+    paper, source: the experiment's `paper` and `report_source`.
     examples: (config, num, seed) -> num uint8 images of final_eval.image_size.
-    figures: (task, params, examples, workdir, key) -> paths of the figures written.
+    figures: as table1.final_report's.
   """
   paper: Mapping[str, float]
   source: str
@@ -101,7 +96,6 @@ class ImageExperiment(experiment.Experiment):
   """The 2015 image model on a data set of images.
 
   Args:
-    name, description: as experiment.Experiment's.
     model_defaults: the image model's fields that define this experiment (the image
       size; a Table 1 experiment's convolution-only network), over IMAGE_MODEL's.
     data: the data section's fields (DATA, or a Table 1 experiment's own).
@@ -121,10 +115,9 @@ class ImageExperiment(experiment.Experiment):
     self._model_defaults = dict(model_defaults or {})
     self._data, self._data_defaults = data, dict(data_defaults or {})
     self._load, self._check_data, self._report = load, check_data, report
-    if report is not None:
-      self.paper, self.report_source = report.paper, report.source
     sections = dict(model=C.IMAGE_MODEL, data=data, **C.SHARED)
     if report is not None:
+      self.paper, self.report_source = report.paper, report.source
       sections["final_eval"] = FINAL_EVAL
     self.help = C.help_of(**{"": C.TOP}, **sections)
 
@@ -231,8 +224,7 @@ class ImageExperiment(experiment.Experiment):
 
 def tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """An image config shrunk to run in seconds on a CPU (tests, smoke runs, the
-  `:tiny` variant of the config files): T = 50 (20 for a Table 1 model), 4
-  convolution channels, 20 steps."""
+  `:tiny` variant of the config files)."""
   config.train.update(num_steps=20, log_every_steps=5, eval_every_steps=10,
                       checkpoint_every_steps=10, sample_every_steps=0)
   config.eval.update(num_batches=3, num_strata=5)

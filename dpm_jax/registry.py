@@ -1,14 +1,8 @@
 """The experiments, by name: what the entry points and `open_run` use to find one.
 
-  registry.get("heartbeat")          the Experiment (dpm_jax.experiment)
-  registry.of_config(config)         the Experiment a config (or a saved run's config) names
-  registry.open_run(workdir)         a run directory's parameters, config and experiment
-
 Adding an experiment is one module (an Experiment), one entry in EXPERIMENTS
 below and one config, experiments/configs/<name>.py; registering it puts it
-in the tests' matrix (tests/test_matrix.py) and in `dpm-jax train`. The
-training loop, the bound and the sampler take an experiment object and never
-import this module.
+in the tests' matrix (tests/test_matrix.py) and in `dpm-jax train`.
 """
 
 from __future__ import annotations
@@ -51,15 +45,11 @@ def get(name: str) -> experiment_lib.Experiment:
 _LEGACY_DATASETS = {"heartbeat": "heartbeat", "swiss_roll": "swiss_roll", "cifar10": "cifar10"}
 
 
-def name_of(config: ml_collections.ConfigDict) -> str:
+def of_config(config: ml_collections.ConfigDict) -> experiment_lib.Experiment:
   """The experiment a config names (`config.experiment`; older runs: by data set)."""
   if "experiment" in config:
-    return config.experiment
-  return _LEGACY_DATASETS.get(config.get("data", {}).get("dataset"), "mnist")
-
-
-def of_config(config: ml_collections.ConfigDict) -> experiment_lib.Experiment:
-  return get(name_of(config))
+    return get(config.experiment)
+  return get(_LEGACY_DATASETS.get(config.get("data", {}).get("dataset"), "mnist"))
 
 
 def open_run(workdir: str, step: Optional[int] = None):

@@ -66,26 +66,18 @@ def condition_step(mu, sigma, *, mask=None, known=None, y=None, denoise_sigma=No
   return mu, sigma
 
 
-# Reverse steps per jitted call: a stop request is honoured between calls.
-STEPS_PER_CALL = 100
-
-
 def make_sampler(model: nn.Module, *, num_images: int,
                  skip_first_step: bool = False, record_t: Sequence[int] = (),
                  log_r: Optional[Callable] = None,
                  par: Optional[parallel.DataParallel] = None,
-                 steps_per_call: int = STEPS_PER_CALL,
+                 steps_per_call: int = 100,
                  shape: Optional[Sequence[int]] = None) -> Callable:
-  """Builds a sampler fn(params, key, *, should_stop=None, **conditioning).
+  """Builds a sampler of the reverse trajectory of any model (dpm_jax.diffusion).
 
-  The reverse trajectory of any model (dpm_jax.diffusion's module
-  docstring): x_{T-1} from the process's prior, then its reverse kernels.
-  Conditioning applies to Gaussian models only. The trajectory runs as a
-  jitted lax.scan of `steps_per_call` steps at a time (the last call's
-  surplus steps leave x as it is), polling should_stop() between calls.
+  x_{T-1} comes from the process's prior, then its reverse kernels apply.
+  Conditioning applies to Gaussian models only.
 
   Args:
-    model: the model.
     num_images: batch of samples drawn per call.
     skip_first_step: stop at x_0 as the reference sampler (no fixed step).
     record_t: time steps whose states x_t to return as well (x_{T-1} is the
@@ -94,14 +86,13 @@ def make_sampler(model: nn.Module, *, num_images: int,
     par: the devices the images are split over (dpm_jax.parallel); default:
       the most local devices whose count divides num_images. The samples do
       not depend on it: the noise is drawn for the whole batch.
-    steps_per_call: reverse steps per jitted call; the samples do not
-      depend on it (each step's noise is drawn from fold_in(key, t)).
+    steps_per_call: reverse steps per jitted call; the samples do not depend on it.
     shape: the shape of one sample, default model.data_shape; another only for
       a model that applies at any size (convolutions only).
 
   Returns:
-    fn(params, key, *, should_stop=None, x_init=None, mask=None, known=None,
-    y=None, denoise_sigma=None) -> samples (B, ...), or (samples, states)
+    fn(params, key, *, should_stop=None, mask=None, known=None, y=None,
+    denoise_sigma=None) -> samples (B, ...), or (samples, states)
     with states (len(record_t), B, ...) when record_t is given. Denoising
     starts from y (as the reference code), inpainting from N(0, I) with the
     known pixels set. A stop request raises Stopped.
@@ -115,21 +106,21 @@ def make_sampler(model: nn.Module, *, num_images: int,
   length = max(1, min(steps_per_call, T - 1))
 
   def conditioner(cond):
-    if not any(cond.get(k) is not None for k in ("mask", "y")) and log_r is None:
+    if cond["mask"] is None and cond["y"] is None and log_r is None:
       return lambda p: p
     return lambda p: condition_step(*p, log_r=log_r, **cond)
 
   @jax.jit
-  def chunk(params, key, cond, x, states, t_first, fresh):
+  def chunk(params, key, cond, x, states, t_first):
     """Reverse steps t_first .. t_first - length + 1 (those >= 1) from x; the first call
-    starts x at the prior (or y) if fresh, else at x_init, and the call that reaches
-    t = 1 ends with the fixed first step. One program for every call."""
+    starts x at the prior (or y), and the call that reaches t = 1 ends with the fixed
+    first step. One program for every call."""
     process = model.apply(params, jnp.float32, method="process")
     condition = conditioner(cond)
-    prior = (cond["y"] if cond.get("y") is not None else
+    prior = (cond["y"] if cond["y"] is not None else
              process.prior_sample(jax.random.fold_in(key, T), shape, jnp.float32))
-    x = jnp.where(fresh, prior, x)
-    if cond.get("mask") is not None:
+    x = jnp.where(t_first == T - 1, prior, x)
+    if cond["mask"] is not None:
       x = jnp.where(cond["mask"], cond["known"], x)
     x = split(x.astype(jnp.float32))
     states = jnp.where(t_first == T - 1, _record(states, record, T - 1, x), states)
@@ -149,7 +140,7 @@ def make_sampler(model: nn.Module, *, num_images: int,
           jnp.float32), x)
     return x, jnp.where(last, _record(states, record, -1, x), states)
 
-  def sampler(params, key, *, should_stop=None, x_init=None, mask=None, known=None, y=None,
+  def sampler(params, key, *, should_stop=None, mask=None, known=None, y=None,
               denoise_sigma=None):
     if y is not None and denoise_sigma is None:
       raise ValueError("denoising needs denoise_sigma with y")
@@ -159,14 +150,12 @@ def make_sampler(model: nn.Module, *, num_images: int,
     # The parameters, replicated on the sampler's devices (a no-op when they
     # already are; a copy when training placed them on other devices).
     params = par.put_replicated(params)
-    fresh = x_init is None
-    x = jnp.zeros(shape, jnp.float32) if fresh else jnp.asarray(x_init, jnp.float32)
+    x = jnp.zeros(shape, jnp.float32)
     states = jnp.zeros((record.shape[0],) + shape, jnp.float32)
     for t_first in range(T - 1, 0, -length):
       if should_stop is not None and should_stop():
         raise errors.Stopped()
-      x, states = chunk(params, key, cond, x, states, jnp.asarray(t_first, jnp.int32),
-                        jnp.asarray(fresh and t_first == T - 1))
+      x, states = chunk(params, key, cond, x, states, jnp.asarray(t_first, jnp.int32))
     return (x, states) if record_t else x
 
   return sampler
@@ -184,16 +173,14 @@ MASKS = config_lib.MASKS
 
 
 def inpaint_mask(kind: str, spatial_width: int, n_colors: int = 1, *, height: Optional[int] = None,
-                 box: Optional[Sequence[int]] = None, fraction: float = 0.5,
-                 seed: int = 0) -> np.ndarray:
+                 box: Optional[Sequence[int]] = None) -> np.ndarray:
   """A boolean (H, W, C) mask, True where the pixel is known.
 
   Args:
     kind: 'right_half' (the reference code's mask: the left half is generated),
       'left_half', 'centre_square' (the central half of each side unknown),
-      'random_pixels' (a `fraction` of them known) or 'box' (`box` unknown).
-    spatial_width: W; height: H (default W).
-    n_colors: C.
+      'random_pixels' (half of them known, a fixed draw) or 'box' (`box` unknown).
+    spatial_width, n_colors: W and C; height: H (default W).
     box: (x, y, width, height) of the unknown region, for kind='box'.
 
   Raises:
@@ -209,7 +196,7 @@ def inpaint_mask(kind: str, spatial_width: int, n_colors: int = 1, *, height: Op
     mask[:] = True
     mask[h // 4:h - h // 4, w // 4:w - w // 4] = False
   elif kind == "random_pixels":
-    known = np.random.default_rng(seed).random((h, w)) < fraction
+    known = np.random.default_rng(0).random((h, w)) < 0.5
     mask[:] = known[:, :, None]
   elif kind == "box":
     x, y, bw, bh = (int(v) for v in box)
@@ -281,21 +268,15 @@ def generate(model: nn.Module, params: Any, stats: data_lib.DataStats, mode: str
   """Runs one sampling mode and returns its arrays in [0, 1] pixel units.
 
   Args:
-    model, params: the model.
     stats: the run's DataStats (pixels <-> model units).
     mode: 'sample', 'inpaint' (mask_kind known; 'box': all but `box`), 'denoise'
       (observation x + denoise_sigma * N(0, I) in model units; the reference used
       1) or 'superres' (a mean-pooled observation, by superres_factor, with
       superres_noise, sampled through the perturbed posterior of section 2.5).
-    key: PRNG key.
-    num_images: batch size.
     true_images: uint8 images (num_images, H, W, C), needed except for 'sample'.
-    mask_kind, box, denoise_sigma, superres_factor, superres_noise: see above.
     image_size: (H, W) of the samples, for models that apply at any size
       (convolutions only); default the model's, or true_images'.
-    record_t: time steps whose states to return (see make_sampler).
-    skip_first_step: stop at x_0 as the reference sampler.
-    should_stop: polled between chunks of the trajectory (see make_sampler).
+    record_t, skip_first_step, should_stop: as make_sampler's.
 
   Returns:
     dict with 'samples' (N, H, W, C), 'states' (K, N, H, W, C) if record_t,

@@ -63,10 +63,6 @@ def model_config() -> ml_collections.ConfigDict:
   return MODEL.config()
 
 
-def validate_model_config(cfg) -> None:
-  MODEL.check("model", cfg)
-
-
 def _raw_roll(n: int, rng: np.random.Generator, noise_std: float) -> np.ndarray:
   theta = THETA_RANGE[0] + (THETA_RANGE[1] - THETA_RANGE[0]) * rng.random(n)
   x = np.stack([theta * np.cos(theta), theta * np.sin(theta)], axis=1)
@@ -139,7 +135,6 @@ class SwissRollModel(nn.Module):
     return 2  # bits per point
 
   def _initial_beta(self) -> np.ndarray:
-    """beta_1 = step1_beta; then the reference code's 1 / linspace(T, 2, T)."""
     cfg = self.config
     beta = schedule.beta_baseline(cfg.trajectory_length)
     beta[0] = cfg.step1_beta
@@ -156,7 +151,6 @@ class SwissRollModel(nn.Module):
           (cfg.trajectory_length - 1,))
 
   def beta_arr(self, dtype=jnp.float32):
-    """beta_1 fixed; the others learned through a sigmoid (or the fixed initial schedule)."""
     beta = jnp.asarray(self._initial_beta(), dtype)
     if self.config.learn_beta:
       beta = beta.at[1:].set(jax.nn.sigmoid(self.beta_logits.astype(dtype)))
@@ -178,7 +172,7 @@ class SwissRollModel(nn.Module):
 
 
 def make_model(cfg) -> SwissRollModel:
-  validate_model_config(cfg)
+  MODEL.check("model", cfg)
   return SwissRollModel(ml_collections.FrozenConfigDict(cfg))
 
 
@@ -213,8 +207,7 @@ def figures(task, params, examples: np.ndarray, workdir: str, key) -> list:
 
 
 def reference(cfg) -> dict:
-  """The data's true log likelihood per point; None (JSON null) for a noiseless roll, a
-  curve without a density."""
+  """The data's true log likelihood per point; None (JSON null) for a noiseless roll."""
   value = true_log_likelihood_bits(cfg)
   return {"true_log_likelihood_bits": value if math.isfinite(value) else None}
 

@@ -1,13 +1,4 @@
-"""The paper's Table 1 experiments: what they share, and their final report.
-
-Two of them (the heartbeat, the Swiss roll) draw their data from a known
-distribution (GeneratedExperiment): training and test examples once with the
-run's seed, and the final report's examples afresh. After training, the final report of every
-Table 1 experiment evaluates the bound exact over t (every t, Monte Carlo
-only over the forward noise) on fresh or held-out examples and writes
-<workdir>/eval.json beside the paper's numbers, the per-t KL
-(kl_per_t_fresh.png, .npz) and the experiment's figures.
-"""
+"""The paper's Table 1 experiments: what they share, and their final report."""
 
 from __future__ import annotations
 
@@ -46,16 +37,15 @@ FINAL_EVAL = C.Section(
 
 class GeneratedExperiment(experiment.Experiment):
   """A Table 1 experiment whose data a generator draws (the heartbeat, the Swiss roll):
-  synthetic data instead of images, Adam in place of the paper's SFO (a quasi-Newton
-  method optax lacks), and a final report on fresh draws.
+  training and test examples once with the run's seed, Adam in place of the paper's SFO
+  (a quasi-Newton method optax lacks), and a final report on fresh draws.
 
   Args:
-    name, description, unit, paper: as experiment.Experiment's.
     model: the model section's fields.
     make_model: (model config) -> the model; validates the section.
     sample_data: (n, seed, model config) -> n examples, float32.
     write_picture: (samples (N, ...), path) -> path.
-    figures: (task, params, examples, workdir, key) -> paths of the final report's figures.
+    figures: as final_report's.
     reference: (model config) -> values printed beside the paper's (the data's true log
       likelihood, or None where the data have no density).
   """
@@ -94,7 +84,6 @@ class GeneratedExperiment(experiment.Experiment):
     return self._make_model(config.model)
 
   def load_data(self, config: ml_collections.ConfigDict) -> data_lib.Dataset:
-    """Training and test examples drawn once with the run's seed."""
     d, m = config.data, config.model
     return data_lib.Dataset(self._sample_data(d.num_train, config.seed, m),
                             self._sample_data(d.num_test, config.seed + 1, m), self.name,
@@ -104,7 +93,6 @@ class GeneratedExperiment(experiment.Experiment):
     return self._write(np.asarray(out["samples"]), path)
 
   def final_report(self, task, run, should_stop=None) -> dict:
-    """The bound on fresh draws beside the paper's and the reference values."""
     fe, m = run.config.final_eval, run.config.model
     fresh = self._sample_data(fe.num_examples, REPORT_SEED_OFFSET + fe.seed, m)
     return final_report(task, run, fresh, self._figures, reference=self._reference(m),
@@ -125,10 +113,11 @@ def tiny_generated(config: ml_collections.ConfigDict, **model) -> ml_collections
 
 def final_report(task, run, examples: np.ndarray, figures: Callable, *,
                  reference: Optional[Mapping] = None, should_stop=None) -> dict:
-  """Evaluates a finished run on `examples`; writes eval.json, the per-t KL and the figures.
+  """Evaluates a finished run on `examples` by the bound exact over t (every t, Monte Carlo
+  only over the forward noise); writes <workdir>/eval.json beside the paper's numbers, the
+  per-t KL (kl_per_t_fresh.png, .npz) and the figures.
 
   Args:
-    task: the run's Task (dpm_jax.experiment), its model and units.
     run: the run (dpm_jax.rundir.load_run).
     examples: fresh or held-out examples (the experiment's report_source).
     figures: (task, params, examples, workdir, key) -> paths of the figures written.
@@ -139,8 +128,7 @@ def final_report(task, run, examples: np.ndarray, figures: Callable, *,
   Returns:
     The report written to <workdir>/eval.json.
   """
-  exp, config, workdir = task.experiment, run.config, run.workdir
-  fe = config.final_eval
+  exp, workdir, fe = task.experiment, run.workdir, run.config.final_eval
   start = time.time()
   result = evaluate.bound_all_t(task, run.params, examples, jax.random.key(fe.seed),
                                 batch_size=fe.batch_size, should_stop=should_stop)

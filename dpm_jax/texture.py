@@ -54,8 +54,6 @@ TEXTURE = images.ImageExperiment(
     model_defaults=dict(images.CONVOLUTIONAL, trajectory_length=500),
     data_defaults=dict(source="folder", dir=TEXTURES, folder_mode="crops",
                        crops_per_image=10000, test_crops=512, holdout_fraction=0.25),
-    load=lambda config: image_folder.load(config.data, width=config.model.spatial_width,
-                                          n_colors=config.model.n_colors, seed=config.seed),
     # arXiv 1503.03585 v8, Table 1, bark: bits per pixel.
     report=images.Report({"K_bits": -0.55, "K_minus_L_null_bits": 1.5}, "held_out",
                          report_examples, figures))
