@@ -16,6 +16,7 @@ experiments.<name>` (and `python -m benchmarks.run`) from a checkout.
 import importlib
 import sys
 
+from dpm_jax import errors
 from . import common
 from . import evaluate
 from . import sample
@@ -40,7 +41,7 @@ def main(argv=None) -> int:
     try:
       doc = (f"dpm-jax train {rest[0]}: trains the {rest[0]} experiment "
              f"({registry.get(rest[0]).description}).")
-    except common.errors.UserError as err:
+    except errors.UserError as err:
       return usage(str(err))
     return common.training_run(rest[0], doc, [f"dpm-jax train {rest[0]}"] + rest[1:])
   if command == "experiments":
