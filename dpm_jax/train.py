@@ -157,9 +157,8 @@ def _train(config, experiment, workdir, manager, dataset, plan, resume_verified,
                               loss_count=jnp.zeros_like(state.loss_count))
       if step == num_steps or is_time(step, cfg.checkpoint_every_steps, num_steps):
         saver.save(step, state)
-      pending = [name for name, (every, _) in actions.items()
-                 if is_time(step, every, num_steps)]
-      pending = run_actions(actions, pending, step, state, record, stop)
+      due = [name for name, (every, _) in actions.items() if is_time(step, every, num_steps)]
+      pending = run_actions(actions, due, step, state, record, stop)
       if pending:  # a stop signal interrupted them: the record waits for them
         raise interrupt(saver, stop, workdir, step, state, record, pending)
       if record:
@@ -168,6 +167,8 @@ def _train(config, experiment, workdir, manager, dataset, plan, resume_verified,
         plot_curves(workdir, unit)
       if stop.should_stop():
         raise interrupt(saver, stop, workdir, step, state)
+      if step == start + 1 or due:  # examples/s counts training steps, not compiling or actions
+        throughput.reset()
   rundir.check_save_errors(manager, wait=True)  # the last save, cause first
   return state
 
