@@ -19,8 +19,7 @@ import pytest
 
 import runs
 from conftest import ROOT
-from dpm_jax import registry, train
-from experiments import cli, evaluate as evaluate_program, common, sample as sample_program
+from experiments import evaluate as evaluate_program, common, sample as sample_program
 
 pytestmark = pytest.mark.slow
 

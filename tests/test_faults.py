@@ -27,10 +27,10 @@ import pytest
 
 import runs
 from conftest import ROOT
-from dpm_jax import config as config_lib, data, evaluate as evaluate_lib, metrics, outputs
+from dpm_jax import data, evaluate as evaluate_lib, metrics, outputs
 from dpm_jax import errors
 from dpm_jax import experiment as experiment_lib
-from dpm_jax import registry, rundir, safety, train
+from dpm_jax import registry, rundir, train
 from experiments import cli, evaluate as evaluate_program, mnist as mnist_program
 from experiments import sample as sample_program
 

@@ -1,9 +1,7 @@
 """Your own images (dpm_jax.image_folder) and the dead leaves generator: examples made
 on demand, the training stream, and the errors of a bad folder."""
 
-import os
 
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image, ImageOps

@@ -3,7 +3,6 @@ one user-error type, every config field's meaning beside its default."""
 
 import ast
 import inspect
-import os
 import pathlib
 import subprocess
 import sys

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 import runs
-from dpm_jax import registry, rundir, sampling, train
-from experiments import cli, evaluate as evaluate_program, common, sample as sample_program
+from dpm_jax import registry, rundir, sampling
+from experiments import cli, evaluate as evaluate_program, common
 
 pytestmark = pytest.mark.slow
 

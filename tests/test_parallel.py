@@ -1,6 +1,5 @@
 """Data parallelism: two CPU devices against one, in this process (conftest shows two)."""
 
-import json
 import os
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import pytest
 
 import runs
 from conftest import ROOT, image_task
-from dpm_jax import data, diffusion, evaluate, parallel, rundir, sampling, train
+from dpm_jax import data, diffusion, evaluate, parallel, rundir, sampling
 from dpm_jax import errors, execution
 from experiments.configs import test as test_config
 from runs import small_digits, train_small

@@ -3,9 +3,7 @@ full or unwritable disks, SIGTERM in any phase, bad arguments, two writers."""
 
 import json
 import os
-import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +16,7 @@ import pytest
 import runs
 from conftest import ROOT
 from dpm_jax import errors
-from dpm_jax import rundir, step as step_lib, train
+from dpm_jax import rundir, step as step_lib
 from experiments.configs import test as test_config
 from runs import digits
 

@@ -45,7 +45,7 @@ def test_heartbeat_config_trains_on_stratified_batches_read_out_in_blocks():
   (dpm_jax.kernels.readout): T-1 divides the batch, and a model
   without convolutions takes it whole (no micro-batches), with nothing switched off
   in the config."""
-  from dpm_jax import heartbeat, parallel, registry  # pylint: disable=g-import-not-at-top
+  from dpm_jax import heartbeat, registry  # pylint: disable=g-import-not-at-top
   config = heartbeat_config.get_config()
   experiment_lib.validate(registry.of_config(config), config)
   T, batch = config.model.trajectory_length, config.train.batch_size

@@ -17,7 +17,7 @@ import pytest
 
 import runs
 from conftest import ROOT
-from dpm_jax import config as config_lib, data as data_lib, metrics, optim, parallel, registry
+from dpm_jax import config as config_lib, data as data_lib, metrics, optim, registry
 from dpm_jax import errors
 from dpm_jax import experiment as experiment_lib, execution
 from dpm_jax import rundir, train
