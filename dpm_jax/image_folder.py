@@ -133,8 +133,8 @@ class FolderImages(data_lib.Examples):
   def fingerprint(self) -> str:
     h = hashlib.sha256(repr((self.mode, self.width, self.n_colors, self.seed,
                              self.crops_per_image, self.region)).encode())
-    for name in self.files:
-      h.update(f"{name}:{os.path.getsize(os.path.join(self.root, name))};".encode())
+    for name in self.files:  # the name's bytes as the file system holds them
+      h.update(os.fsencode(name) + f":{os.path.getsize(os.path.join(self.root, name))};".encode())
     return h.hexdigest()
 
   def _file(self, i: int) -> np.ndarray:
@@ -161,7 +161,7 @@ class FolderImages(data_lib.Examples):
         image = self._file(i % len(self.files))
       except _Unreadable as err:
         self.failures += 1
-        logging.warning("Skipping %s: %s", self.files[i % len(self.files)], err)
+        logging.warning("Skipping %s: %s", shown(self.files[i % len(self.files)]), err)
         continue
       if self.mode == "resize":
         return pad_and_resize(image, self.width)
@@ -176,6 +176,12 @@ def _split(files: Sequence[str], test_fraction: float) -> tuple:
   return [files[i] for i in sorted(order[:n_train])], [files[i] for i in sorted(order[n_train:])]
 
 
+def shown(name: str) -> str:
+  """A file name as text, its bytes that are not UTF-8 written as \\xNN (a name from
+  os.listdir holds them as surrogates, which no UTF-8 stream or JSON file takes)."""
+  return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def check_files(folder: str, files: Sequence[str]) -> tuple:
   """(readable files, their (width, height), damaged files)."""
   readable, sizes, damaged = [], [], []
@@ -185,7 +191,7 @@ def check_files(folder: str, files: Sequence[str]) -> tuple:
       readable.append(name)
     except _Unreadable as err:
       damaged.append(name)
-      logging.warning("Skipping the damaged image %s: %s", os.path.join(folder, name), err)
+      logging.warning("Skipping the damaged image %s: %s", shown(os.path.join(folder, name)), err)
   return readable, sizes, damaged
 
 
@@ -196,12 +202,12 @@ def _files(data_config: ml_collections.ConfigDict, width: int) -> tuple:
   files, sizes, damaged = check_files(folder, find_images(folder))
   if not files:
     raise errors.UserError(f"Every image in {folder} is damaged ({len(damaged)} files, e.g. "
-                             f"{damaged[0]}): none can be decoded. Replace the files.")
+                             f"{shown(damaged[0])}): none can be decoded. Replace the files.")
   if d.folder_mode == "crops":
     small = [f for f, (w, h) in zip(files, sizes) if min(w, h) < width]
     if small:
       raise errors.UserError(
-          f"{len(small)} image(s) in {folder} (e.g. {small[0]}, {sizes[files.index(small[0])]}) "
+          f"{len(small)} image(s) in {folder} (e.g. {shown(small[0])}, {sizes[files.index(small[0])]}) "
           f"are smaller than the {width} x {width} crop; lower model.spatial_width, or use "
           "data.folder_mode='resize'.")
   if len(files) == 1:
@@ -258,7 +264,7 @@ def load(data_config: ml_collections.ConfigDict, *, width: int, n_colors: int,
                     len(damaged), len(damaged) + len(files), folder)
   provenance = {"source": "folder", "dir": folder, "folder_mode": d.folder_mode,
                 "num_files": len(files), "damaged_files": len(damaged),
-                "damaged": damaged[:20],
+                "damaged": [shown(name) for name in damaged[:20]],
                 "stats_from": f"{min(data_lib.STATS_EXAMPLES, len(train))} training examples "
                               "(a fixed sample)"}
   return data_lib.Dataset(train, test, os.path.basename(folder.rstrip(os.sep)) or "folder",

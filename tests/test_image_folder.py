@@ -2,6 +2,9 @@
 on demand, the training stream, and the errors of a bad folder."""
 
 
+import json
+import os
+
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
@@ -114,6 +117,28 @@ def test_damaged_files_are_skipped_and_counted(photos):
   assert record["damaged_files"] == 2 and sorted(record["damaged"]) == ["a/broken.png",
                                                                         "empty.jpg"]
   assert len(dataset.train) + len(dataset.test) == 20
+
+
+def test_file_names_that_are_not_utf8(photos):
+  """Names are bytes to the file system: read, fingerprinted and reported as \\xNN."""
+  raw = (photos / "a" / "00.png").read_bytes()
+  folder = os.fsencode(str(photos))
+  with open(os.path.join(folder, b"\xff\xfe0.png"), "wb") as f:
+    f.write(raw)
+  with open(os.path.join(folder, b"b", b"broken-\xe9.png"), "wb") as f:
+    f.write(raw[:40])
+  dataset = image_folder.load(folder_config(photos), width=8, n_colors=1, seed=0)
+  assert len(dataset.train) + len(dataset.test) == 21
+  assert data.fingerprint(dataset) != data.fingerprint(image_folder.load(
+      folder_config(photos / "a"), width=8, n_colors=1, seed=0))
+  record = dataset.record()
+  assert record["damaged"] == ["b/broken-\\xe9.png"]
+  json.dumps(record, ensure_ascii=False).encode("utf-8")  # a UTF-8 file takes it
+  def example(name):  # the file read by its name as the file system holds it
+    part = dataset.train if name in dataset.train.files else dataset.test
+    return part[np.asarray([part.files.index(name)])][0]
+
+  np.testing.assert_array_equal(example("\udcff\udcfe0.png"), example("a/00.png"))
 
 
 @pytest.mark.parametrize("make,message", [
