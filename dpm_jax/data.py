@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import math
 import os
+import re
 import socket
 import struct
 import zipfile
@@ -295,10 +296,12 @@ def load_embedded() -> Dataset:
 
 
 def read_idx_images(path: str) -> np.ndarray:
-  """An IDX3 ubyte image file (optionally gzipped) as uint8 (N, H, W)."""
-  opener = gzip.open if path.endswith(".gz") else open
+  """An IDX3 ubyte image file as uint8 (N, H, W), gzipped or not: gzip is told by its
+  header and IDX by its magic number, not by the file's name."""
   try:
-    with opener(path, "rb") as f:
+    with open(path, "rb") as raw:
+      gzipped = raw.read(2) == b"\x1f\x8b"
+    with (gzip.open if gzipped else open)(path, "rb") as f:
       header = f.read(16)
       if len(header) < 16:
         raise errors.UserError(f"{path} is too short to be an IDX image file.")
@@ -318,15 +321,17 @@ def read_idx_images(path: str) -> np.ndarray:
   return data.reshape(n, rows, cols)
 
 
-def _find_idx(directory: str, stem: str) -> str:
-  for name in (f"{stem}.gz", stem, stem.replace("-idx3-", ".idx3-") + ".gz"):
-    path = os.path.join(directory, name)
-    if os.path.exists(path):
-      return path
-  raise errors.UserError(
-      f"No {stem}[.gz] in data.dir={directory!r}. Point data.dir at a folder "
-      "with the standard IDX files train-images-idx3-ubyte.gz and "
-      "t10k-images-idx3-ubyte.gz (MNIST or Fashion-MNIST). " + OFFLINE_OPTIONS)
+def _find_idx(directory: str, split: str) -> str:
+  """The image file of `split` ('train' or 't10k'): named <split>-images then idx3-ubyte
+  with '-' or '.' between (the MNIST site's unpacked names use '.'), compressed or not."""
+  found = sorted(name for name in os.listdir(directory)
+                 if re.fullmatch(rf"{split}-images[-.]idx3-ubyte(\.gz)?", name, re.I))
+  if not found:
+    raise errors.UserError(
+        f"No {split}-images-idx3-ubyte[.gz] in data.dir={directory!r}. Point data.dir at a "
+        f"folder with the standard IDX files train-images-idx3-ubyte.gz and "
+        "t10k-images-idx3-ubyte.gz (MNIST or Fashion-MNIST). " + OFFLINE_OPTIONS)
+  return os.path.join(directory, found[0])  # the same images, compressed or not
 
 
 def load_idx(directory: str, name: str = "idx") -> Dataset:
@@ -336,8 +341,8 @@ def load_idx(directory: str, name: str = "idx") -> Dataset:
                     + OFFLINE_OPTIONS)
   if not os.path.isdir(directory):
     raise errors.UserError(f"data.dir={directory!r} is not a folder. " + OFFLINE_OPTIONS)
-  train = read_idx_images(_find_idx(directory, "train-images-idx3-ubyte"))
-  test = read_idx_images(_find_idx(directory, "t10k-images-idx3-ubyte"))
+  train = read_idx_images(_find_idx(directory, "train"))
+  test = read_idx_images(_find_idx(directory, "t10k"))
   return Dataset(train[..., None], test[..., None], f"{name}_idx",
                  {"source": "idx", "dataset": name, "dir": directory})
 

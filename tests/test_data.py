@@ -12,10 +12,11 @@ from dpm_jax import data as data_lib
 from dpm_jax import errors
 
 
-def write_idx(path, images):
+def write_idx(path, images, gzipped=None):
   n, h, w = images.shape
   payload = struct.pack(">IIII", 0x00000803, n, h, w) + images.astype(np.uint8).tobytes()
-  with (gzip.open if path.endswith(".gz") else open)(path, "wb") as f:
+  gzipped = path.endswith(".gz") if gzipped is None else gzipped
+  with (gzip.open if gzipped else open)(path, "wb") as f:
     f.write(payload)
 
 
@@ -41,13 +42,19 @@ def test_embedded_rejects_other_datasets():
     data_lib.load_dataset(Cfg(source="embedded", dataset="cifar10"))
 
 
-@pytest.mark.parametrize("suffix", [".gz", ""])
-def test_idx_round_trip(tmp_path, suffix):
+@pytest.mark.parametrize("name,gzipped", [
+    ("{}-images-idx3-ubyte.gz", True), ("{}-images-idx3-ubyte", False),
+    ("{}-images.idx3-ubyte", False),  # the MNIST site's files, unpacked
+    ("{}-images-idx3-ubyte.gz", False),  # unpacked under the packed name
+    ("{}-images-idx3-ubyte", True),  # packed under the unpacked name
+])
+def test_idx_files_are_read_by_content_whatever_their_names(tmp_path, name, gzipped):
   rng = np.random.default_rng(0)
   train = rng.integers(0, 256, (30, 28, 28), dtype=np.uint8)
   test = rng.integers(0, 256, (10, 28, 28), dtype=np.uint8)
-  write_idx(str(tmp_path / f"train-images-idx3-ubyte{suffix}"), train)
-  write_idx(str(tmp_path / f"t10k-images-idx3-ubyte{suffix}"), test)
+  for split, images in (("train", train), ("t10k", test)):
+    write_idx(str(tmp_path / "staging"), images, gzipped)
+    os.replace(tmp_path / "staging", tmp_path / name.format(split))
   ds = data_lib.load_idx(str(tmp_path), "fashion_mnist")
   np.testing.assert_array_equal(ds.train[..., 0], train)
   np.testing.assert_array_equal(ds.test[..., 0], test)
@@ -70,7 +77,10 @@ def test_idx_errors_name_the_problem(tmp_path):
   with pytest.raises(errors.UserError, match="truncated or corrupt"):
     data_lib.read_idx_images(str(bad))
   bad.write_bytes(b"not gzip at all, definitely not")
-  with pytest.raises(errors.UserError, match="Cannot read IDX file"):
+  with pytest.raises(errors.UserError, match="is not an IDX3 ubyte image file"):
+    data_lib.read_idx_images(str(bad))
+  bad.write_bytes(gzip.compress(struct.pack(">IIII", 0x00000803, 5, 28, 28))[:-9])
+  with pytest.raises(errors.UserError, match="Cannot read IDX file.*damaged"):
     data_lib.read_idx_images(str(bad))
 
 
