@@ -289,11 +289,11 @@ def bound(task: experiment_lib.Task, params: Any, examples: np.ndarray, key: jax
 
 def evaluate_run(task: experiment_lib.Task, run, eval_config: ml_collections.ConfigDict,
                  key: jax.Array, *, parzen_samples: int = 0, parzen_validation: int = 1000,
-                 progress=None, should_stop=None) -> dict:
+                 output_dir: Optional[str] = None, progress=None, should_stop=None) -> dict:
   """The bound of a run (dpm_jax.rundir.Run) on its test examples by eval_config (config.eval's
   fields; method may also be 'all_t'), and, with parzen_samples, the Parzen window; writes
-  <workdir>/eval_<method>_test.json (all_t: kl_per_t_test.npz/.png; Parzen:
-  eval_parzen_test.json).
+  eval_<method>_test.json into output_dir (default: the run's directory; all_t also
+  kl_per_t_test.npz/.png; Parzen: eval_parzen_test.json).
 
   Returns:
     The report (with 'parzen' when asked for) and 'written', the files' paths.
@@ -302,7 +302,7 @@ def evaluate_run(task: experiment_lib.Task, run, eval_config: ml_collections.Con
     errors.UserError: settings outside the run's range, or a bound that is not finite
       (then nothing is written).
   """
-  ev, workdir, start = eval_config, run.workdir, time.time()
+  ev, workdir, start = eval_config, output_dir or run.workdir, time.time()
   T = run.config.model.trajectory_length
   if ev.method == "stratified" and ev.num_strata > T - 1:
     raise errors.UserError(f"--num_strata={ev.num_strata} exceeds the run's {T - 1} time steps "

@@ -6,10 +6,12 @@ dpm_jax.registry and the entry points know the list of them.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from typing import Any, Mapping, Optional, Sequence
 
+from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -184,11 +186,34 @@ def validate(experiment: Experiment, config: ml_collections.ConfigDict) -> None:
   experiment.validate(config)
 
 
-def with_defaults(experiment: Experiment, config: ml_collections.ConfigDict
-                  ) -> ml_collections.ConfigDict:
-  """A saved run's config with the fields it lacks (added since it was saved) at their
-  defaults, which keep the earlier behaviour."""
-  config = ml_collections.ConfigDict(config.to_dict())
+def saved_config(experiment: Experiment, saved: Mapping, where: str,
+                 check: bool = True) -> ml_collections.ConfigDict:
+  """A run's saved config (a checkpoint's), read like a config file.
+
+  Fields added since it was saved take their defaults, which keep the earlier
+  behaviour; fields this version does not know are kept, unused. Both are logged,
+  one line each, naming the fields.
+
+  Args:
+    saved: the config as saved (a dict or ConfigDict).
+    where: the checkpoint, for messages.
+    check: whether to check every value against its domain (as validate).
+
+  Raises:
+    errors.UserError: with check, a field outside its domain, naming it and `where`.
+  """
+  config = ml_collections.ConfigDict(copy.deepcopy(
+      saved.to_dict() if isinstance(saved, ml_collections.ConfigDict) else dict(saved)))
+  defaults = experiment.default_config()
+  known, have = dict(config_lib.leaves(defaults)), dict(config_lib.leaves(config))
+  unknown = sorted(set(have) - set(known) - set(config_lib.LEGACY_FIELDS))
+  if unknown:
+    logging.warning("The config saved in %s has field(s) this version does not read, kept "
+                    "unused: %s.", where, ", ".join(unknown))
+  missing = [name for name in known if name not in have]
+  if missing:
+    logging.warning("The config saved in %s lacks field(s) added since; using their defaults: "
+                    "%s.", where, ", ".join(f"{name} = {known[name]!r}" for name in missing))
 
   def fill(into, defaults):
     for key, value in defaults.items():
@@ -198,7 +223,13 @@ def with_defaults(experiment: Experiment, config: ml_collections.ConfigDict
           into[key], ml_collections.ConfigDict):
         fill(into[key], value)
 
-  fill(config, experiment.default_config())
+  fill(config, defaults)
+  config.experiment = experiment.name
+  if check:
+    try:
+      validate(experiment, config)
+    except errors.UserError as err:
+      raise errors.UserError(f"The config saved in {where} is not valid: {err}") from err
   return config
 
 

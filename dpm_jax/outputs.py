@@ -31,6 +31,26 @@ def atomic_path(path: str):
       os.remove(tmp)
 
 
+def writable_folder(what: str, folder: str, fix: str) -> str:
+  """Checks, before any work is done, that `folder` can be written: with a probe file
+  in it, or in its nearest existing parent (nothing is created).
+
+  Raises:
+    errors.UserError: it cannot (a read-only run, a file in the way), naming `fix`.
+  """
+  existing = os.path.abspath(folder)
+  while not os.path.lexists(existing):
+    existing = os.path.dirname(existing)
+  probe = os.path.join(existing, f".write_test.{os.getpid()}")
+  try:
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as err:
+    raise errors.UserError(f"Cannot write to {what} {folder} ({err.strerror or err}); {fix}.") from err
+  return folder
+
+
 def json_ready(obj: Any) -> Any:
   """obj with NaN and infinities as None (JSON null: undefined) and numpy scalars as Python's."""
   if isinstance(obj, dict):

@@ -8,6 +8,7 @@ in the tests' matrix (tests/test_matrix.py) and in `dpm-jax train`.
 from __future__ import annotations
 
 import difflib
+import os
 from typing import Mapping, Optional
 
 import ml_collections
@@ -53,16 +54,17 @@ def of_config(config: ml_collections.ConfigDict) -> experiment_lib.Experiment:
 
 
 def open_run(workdir: str, step: Optional[int] = None):
-  """(run, experiment) of a run directory: its parameters and config (with the fields
-  added since it was saved, at their defaults) at `step` (default: the latest).
+  """(run, experiment) of a run directory: its parameters and config (read by
+  experiment.saved_config) at `step` (default: the latest).
 
   Raises:
-    errors.UserError: no run there, or a checkpoint that does not verify.
+    errors.UserError: no run there, a checkpoint that does not verify, or a saved
+      config with a field outside its domain.
   """
   run = rundir.load_run(workdir, step)
   experiment = of_config(run.config)
-  run.config = experiment_lib.with_defaults(experiment, run.config)
-  run.config.experiment = experiment.name
+  run.config = experiment_lib.saved_config(
+      experiment, run.config, os.path.join(rundir.checkpoint_dir(workdir), str(run.step)))
   return run, experiment
 
 

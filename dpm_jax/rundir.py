@@ -9,6 +9,7 @@ evaluation read a run through `load_run` and never import the training loop.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import json
 import logging as py_logging
@@ -18,6 +19,7 @@ import shutil
 import socket
 import sys
 import time
+import traceback
 from typing import Any, Callable, Optional
 
 from absl import logging
@@ -27,6 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from dpm_jax import errors
+from dpm_jax import outputs
 
 
 CHECKPOINT_DIR = "checkpoints"
@@ -48,7 +51,9 @@ class _OrbaxFilter(py_logging.Filter):
       return True
     if record.levelno >= py_logging.WARNING:
       message = record.getMessage()
-      return "read only" not in message and "read_only" not in message
+      # Read-only notices, and a reader's view of a step that training removes meanwhile.
+      return not any(notice in message for notice in
+                     ("read only", "read_only", "Metadata file does not exist"))
     return False
 
 
@@ -311,28 +316,83 @@ class Run:
 
 
 def load_run(workdir: str, step: Optional[int] = None) -> Run:
-  """Loads the config, data stats and parameters of a run (latest step by default)."""
+  """Loads the config, data stats and parameters of a run (latest step by default).
+
+  The run may be training meanwhile: a reader sees committed checkpoints only (those
+  Orbax lists, listed again each time a step is chosen), and a step pruned or still
+  being removed while it is read is a race, answered by choosing again. Only a step
+  that stays listed and fails verification twice is called corrupt.
+
+  Raises:
+    errors.UserError: no run or no committed checkpoint there; `step` is not one
+      of its checkpoints; or the checkpoint is corrupt.
+  """
   if not os.path.isdir(checkpoint_dir(workdir)):
     raise errors.UserError(
         f"No checkpoints in {checkpoint_dir(workdir)}; point --workdir at a run "
         "directory made by the training entry point (python -m experiments.mnist).")
   quiet_orbax_logs()  # a read-only manager's notices are not faults
-  manager = make_manager(workdir, max_to_keep=None, read_only=True)
-  try:
-    if step is None:
-      step = latest_step(manager)
-      if step is None:
-        raise errors.UserError(f"{checkpoint_dir(workdir)} holds no complete checkpoint yet.")
-    elif step not in manager.all_steps():
-      raise errors.UserError(
-          f"No checkpoint at step {step} in {checkpoint_dir(workdir)}; "
-          f"available: {list(manager.all_steps())}.")
-    state, meta = restore(manager, step)
-  finally:
-    manager.close()
+  chosen, state, meta = _read_committed(workdir, step)
   params = jax.tree.map(np.asarray, state["params"])
   return Run(config=ml_collections.ConfigDict(meta["config"]), params=params,
-             stats=meta["data_stats"], step=int(step), workdir=workdir, data=meta.get("data"))
+             stats=meta["data_stats"], step=chosen, workdir=workdir, data=meta.get("data"))
+
+
+_READ_TRIES = 10
+
+
+def _after_failed_read(seconds: float) -> None:
+  """Waits `seconds` (a removal in progress finishes meanwhile), then collects what the
+  failed Orbax read left behind. Its pending reads of the removed step complete on
+  other threads, into an event loop already closed, and its coroutines raise as they
+  are collected; that failure was answered (by reading again, or by the error
+  raised), so it is not printed."""
+  def hook(unraisable):
+    frames = traceback.extract_tb(unraisable.exc_traceback)
+    if not any("/orbax/" in f.filename or "/asyncio/" in f.filename for f in frames):
+      sys.__unraisablehook__(unraisable)
+
+  previous, sys.unraisablehook = sys.unraisablehook, hook
+  try:
+    time.sleep(seconds)
+    gc.collect()
+  finally:
+    sys.unraisablehook = previous
+
+
+def _read_committed(workdir: str, step: Optional[int]) -> tuple[int, Any, dict]:
+  """(step, state, meta) of `step`, or of the newest committed step if None."""
+  failures: dict[int, int] = {}
+  for attempt in range(_READ_TRIES):
+    try:
+      manager = make_manager(workdir, max_to_keep=None, read_only=True)  # lists the steps
+    except FileNotFoundError:  # a step removed while Orbax listed it
+      continue
+    try:
+      # Orbax lists any folder named by a step; one it committed holds its step metadata.
+      steps = [s for s in manager.all_steps() if os.path.exists(os.path.join(
+          str(manager.directory), str(s), "_CHECKPOINT_METADATA"))]
+      if step is not None and step not in steps:
+        raise errors.UserError(
+            f"No checkpoint at step {step} in {manager.directory}; available: {sorted(steps)}"
+            " (training keeps the newest train.keep_checkpoints).")
+      if not steps:
+        raise errors.UserError(f"{manager.directory} holds no complete checkpoint yet.")
+      chosen = max(steps) if step is None else step
+      try:
+        return chosen, *restore(manager, chosen)
+      except _Corrupt as err:
+        message = str(err)  # not the error: its frames hold the failed read
+    finally:
+      manager.close()
+    _after_failed_read(0.1 * (attempt + 1))
+    failures[chosen] = failures.get(chosen, 0) + 1
+    if os.path.isdir(os.path.join(checkpoint_dir(workdir), str(chosen))) and failures[chosen] >= 2:
+      raise _Corrupt(message)
+  raise errors.UserError(
+      f"Could not read a checkpoint in {checkpoint_dir(workdir)}: {_READ_TRIES} times in a row "
+      "the one chosen was removed while being read. Lower the training's checkpoint rate, or "
+      "read a copy of the run.")
 
 
 def close_quietly(manager: ocp.CheckpointManager) -> None:
@@ -347,16 +407,9 @@ def close_quietly(manager: ocp.CheckpointManager) -> None:
 
 def prepare_workdir(workdir: str) -> int:
   """Creates workdir and checks that it can be written; returns its free bytes."""
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_test.{os.getpid()}")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-    return shutil.disk_usage(workdir).free
-  except OSError as err:
-    raise errors.UserError(f"Cannot write to the run directory {workdir}: "
-                      f"{err.strerror or err}. Choose a writable --workdir.") from err
+  outputs.writable_folder("the run directory", workdir, "choose a writable --workdir")
+  os.makedirs(workdir, exist_ok=True)
+  return shutil.disk_usage(workdir).free
 
 
 def check_space(manager: ocp.CheckpointManager, nbytes: int) -> None:

@@ -264,7 +264,9 @@ def restore_or_create(experiment, config, workdir, manager, tx, dataset, resume_
   """
   def restore_step(step):
     meta = rundir.read_meta(manager, step)
-    saved = experiment_lib.with_defaults(experiment, ml_collections.ConfigDict(meta["config"]))
+    # Only the fields fixed on resume matter here, and those are compared below.
+    saved = experiment_lib.saved_config(experiment, meta["config"], os.path.join(
+        rundir.checkpoint_dir(workdir), str(step)), check=False)
     changes = config_lib.changes(rundir.config_to_dict(saved), rundir.config_to_dict(config))
     error = config_lib.resume_error(changes, workdir)
     if error:

@@ -3,7 +3,8 @@
   python -m experiments.evaluate --workdir=runs/mnist
 
 Prints -(K - L_null) in bits per unit (the paper's Table 1) and, for images, the
-NLL bound in bits/dim; writes <workdir>/eval_<method>_test.json. The settings
+NLL bound in bits/dim; writes eval_<method>_test.json into --output (default: the
+run directory; a read-only run needs another folder). The settings
 default to the run's config.eval, so that on the same checkpoint it gives
 training's test bound; the flags override them.
 """
@@ -30,6 +31,8 @@ def define(values: flags.FlagValues, argv) -> None:
                             ("batch_size", 1, "Examples per network call")):
     flags.DEFINE_integer(name, None, f"{what} (default: the run's config.eval.{name}).",
                          lower_bound=lower, flag_values=values)
+  flags.DEFINE_string("output", None, "Folder for the results (default: the run directory).",
+                      flag_values=values)
   flags.DEFINE_integer("parzen_samples", 0, "> 0: also the Parzen-window log likelihood of this "
                        "many samples (the paper's MNIST metric; it used 10000).", lower_bound=0,
                        flag_values=values)
@@ -39,8 +42,10 @@ def define(values: flags.FlagValues, argv) -> None:
 
 def main(values: flags.FlagValues) -> None:
   import jax  # pylint: disable=g-import-not-at-top
-  from dpm_jax import evaluate, registry, safety, train  # pylint: disable=g-import-not-at-top
+  from dpm_jax import evaluate, outputs, registry, safety, train  # pylint: disable=g-import-not-at-top
   common.show_cpu_devices(values)  # one per core; each batch splits over those dividing it
+  output = outputs.writable_folder("the results' folder", values.output or values.workdir,
+                                   "write them elsewhere with --output=FOLDER")
   run, task = registry.open_task(values.workdir, values.step)
   ev = run.config.eval.copy_and_resolve_references()
   for name in ("method", "num_images", "num_strata", "num_batches", "batch_size"):
@@ -57,7 +62,8 @@ def main(values: flags.FlagValues) -> None:
 
   r = safety.stoppable("the evaluation", lambda should_stop: evaluate.evaluate_run(
       task, run, ev, key, parzen_samples=values.parzen_samples,
-      parzen_validation=values.parzen_validation, progress=progress, should_stop=should_stop))
+      parzen_validation=values.parzen_validation, output_dir=output, progress=progress,
+      should_stop=should_stop))
   print(evaluate.describe(r, task.units))
 
 

@@ -66,8 +66,10 @@ def output_path(values, step: int) -> str:
 def main(values: flags.FlagValues) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from dpm_jax import experiment, registry, safety, sampling  # pylint: disable=g-import-not-at-top
+  from dpm_jax import experiment, outputs, registry, safety, sampling  # pylint: disable=g-import-not-at-top
   common.show_cpu_devices(values)  # one per core; the images split over those dividing them
+  outputs.writable_folder("the samples' folder", os.path.dirname(output_path(values, 0)),
+                          "write them elsewhere with --output=FOLDER/NAME.png")
   from_test = values.mode != "sample" and not values.image
   run, task = registry.open_task(values.workdir, values.step, with_data=from_test)
   cfg, exp, n, test = run.config, task.experiment, values.num_images, task.data.test

@@ -164,3 +164,82 @@ def test_evaluate_prints_the_test_bound_training_logged(run_dir):
                                                "--num_images=8"])
   assert code == 0, err
   assert "8 test examples" in out
+
+
+def _read_only(run_dir, tmp_path):
+  """A shell prefix that shows run_dir read-only at tmp_path/ro (a bind mount in a
+  user and mount namespace of its own), or skips where the kernel does not allow one."""
+  if not shutil.which("unshare") or subprocess.run(
+      ["unshare", "-rm", "true"], capture_output=True).returncode:
+    pytest.skip("no unprivileged mount namespaces here for a read-only bind mount")
+  ro = tmp_path / "ro"
+  ro.mkdir()
+  return ["unshare", "-rm", "sh", "-c", f'mount --bind -o ro "{run_dir}" "{ro}" && exec "$@"',
+          "sh"], ro
+
+
+def test_a_read_only_run_is_sampled_and_evaluated_elsewhere_or_said_at_once(run_dir, tmp_path):
+  prefix, ro = _read_only(run_dir, tmp_path)
+
+  def program(*args):
+    return subprocess.run(prefix + [sys.executable, "-m"] + list(args), cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+  probe = program("experiments.evaluate", f"--workdir={ro}", "--num_images=8")
+  assert probe.returncode == 2 and "Traceback" not in probe.stderr, probe.stderr[-2000:]
+  assert probe.stderr.strip().splitlines()[-1] == (
+      f"error: Cannot write to the results' folder {ro} (Read-only file system); write them "
+      "elsewhere with --output=FOLDER.")
+  assert "-(K - L_null)" not in probe.stdout  # said before the work
+  res = program("experiments.sample", f"--workdir={ro}", "--num_images=2")
+  assert res.returncode == 2 and "Traceback" not in res.stderr
+  assert f"Cannot write to the samples' folder {ro}/samples (Read-only" in res.stderr
+  elsewhere = tmp_path / "results"
+  res = program("experiments.evaluate", f"--workdir={ro}", "--num_images=8",
+                f"--output={elsewhere}")
+  assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-2000:]
+  assert (elsewhere / "eval_stratified_test.json").exists()
+  res = program("experiments.sample", f"--workdir={ro}", "--num_images=2",
+                f"--output={elsewhere}/s.png")
+  assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr[-2000:]
+  assert (elsewhere / "s.png").exists() and (elsewhere / "s.npz").exists()
+
+
+def _with_saved_config(run_dir, tmp_path, edit):
+  """A copy of run_dir whose checkpoint's saved config `edit` changed (a dict, in place)."""
+  import json  # pylint: disable=g-import-not-at-top
+  copy = tmp_path / "edited"
+  shutil.copytree(run_dir, copy)
+  meta_file = copy / "checkpoints" / "4" / "meta" / "metadata"
+  meta = json.loads(meta_file.read_text())
+  edit(meta["config"])
+  meta_file.write_text(json.dumps(meta))
+  return copy
+
+
+@pytest.mark.parametrize("edit,program,message", [
+    (lambda c: c["eval"].update(num_strata=None), evaluate_program,
+     "eval.num_strata must be a positive integer"),
+    (lambda c: c["sample"].update(mask="bottom_half"), sample_program, "sample.mask must be one of"),
+])
+def test_a_saved_config_is_checked_like_a_config_file(run_dir, tmp_path, edit, program, message):
+  edited = _with_saved_config(run_dir, tmp_path, edit)
+  code, _, err = call(program.run, ["p", f"--workdir={edited}", "--num_images=4"])
+  assert code == 2 and "Traceback" not in err, err
+  (line,) = err.strip().splitlines()
+  assert line.startswith(f"error: The config saved in {edited}/checkpoints/4 is not valid: "
+                         f"{message}"), line
+
+
+def test_saved_fields_unknown_or_missing_are_named(run_dir, tmp_path, caplog):
+  def edit(config):
+    config["model"]["future_field"] = 3
+    del config["eval"]["num_strata"]  # saved by a version before the field
+
+  edited = _with_saved_config(run_dir, tmp_path, edit)
+  code, out, err = call(evaluate_program.run, ["e", f"--workdir={edited}"])
+  assert code == 0, err
+  assert "20 strata" in out  # the default, where the run's own was 5
+  logged = caplog.text
+  assert "does not read, kept unused: model.future_field" in logged
+  assert "lacks field(s) added since; using their defaults: eval.num_strata = 20" in logged

@@ -124,6 +124,44 @@ def test_digest_mismatch_is_detected(run):
     rundir.load_run(str(run))
 
 
+def test_a_reader_passes_over_an_unfinished_step_folder(run):
+  """Training calls it an error (resuming before it would discard training); a reader
+  reads the newest committed checkpoint and calls nothing corrupt."""
+  os.makedirs(run / "checkpoints" / "15")
+  assert rundir.load_run(str(run)).step == 8
+  with pytest.raises(errors.UserError, match=r"No checkpoint at step 15 .*available: \[4, 8\]"):
+    rundir.load_run(str(run), step=15)
+
+
+def test_readers_of_a_run_that_checkpoints_every_step_see_verified_states(tmp_path):
+  """Orbax commits a step by renaming its folder and prunes old ones by deleting them:
+  loads that overlap either read again, and none fails."""
+  workdir = tmp_path / "live"
+  trainer = subprocess.Popen(
+      [sys.executable, "-m", "experiments.heartbeat",
+       "--config=experiments/configs/heartbeat.py:tiny", f"--workdir={workdir}",
+       "--config.train.num_steps=150", "--config.train.checkpoint_every_steps=1",
+       "--config.train.eval_every_steps=0", "--config.train.keep_checkpoints=2"],
+      cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  loaded, failures = [], []
+  try:
+    while trainer.poll() is None:
+      if not (workdir / "checkpoints" / "1").exists() and not loaded:
+        time.sleep(0.05)
+        continue
+      try:
+        loaded.append(rundir.load_run(str(workdir)).step)  # verified against its SHA-256
+      except Exception as err:  # pylint: disable=broad-except
+        failures.append(f"{type(err).__name__}: {err}")
+  finally:
+    trainer.kill()
+    _, stderr = trainer.communicate()
+  assert trainer.returncode == 0, stderr[-2000:]
+  assert not failures, failures[:5]
+  assert len(loaded) >= 20 and len(set(loaded)) >= 10, loaded
+  assert loaded == sorted(loaded)  # each read the newest committed step
+
+
 def test_state_digest_ignores_nesting_but_not_values():
   a = {"w": np.arange(6.0).reshape(2, 3), "b": np.zeros(2)}
   assert rundir.state_digest(a) == rundir.state_digest([a["b"], {"x": a["w"]}])
