@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import hashlib
 import os
-from typing import Sequence
+from typing import Mapping, Optional, Sequence
 
 from absl import logging
 import ml_collections
@@ -195,32 +195,35 @@ def check_files(folder: str, files: Sequence[str]) -> tuple:
   return readable, sizes, damaged
 
 
-def _files(data_config: ml_collections.ConfigDict, width: int) -> tuple:
-  """(folder, readable files, their sizes, damaged files), checked for `width`."""
+def _files(data_config: ml_collections.ConfigDict, crops: Mapping[str, int]) -> tuple:
+  """(folder, readable files, their sizes, damaged files), checked for every crop the
+  run takes: `crops` maps what sets each width ('model.spatial_width' first: the
+  training crop) to the width."""
   d = data_config
   folder = os.path.abspath(os.path.expanduser(d.dir)) if d.dir else ""
   files, sizes, damaged = check_files(folder, find_images(folder))
   if not files:
     raise errors.UserError(f"Every image in {folder} is damaged ({len(damaged)} files, e.g. "
                              f"{shown(damaged[0])}): none can be decoded. Replace the files.")
+  setting, width = max(crops.items(), key=lambda item: item[1])
   if d.folder_mode == "crops":
     small = [f for f, (w, h) in zip(files, sizes) if min(w, h) < width]
     if small:
       raise errors.UserError(
           f"{len(small)} image(s) in {folder} (e.g. {shown(small[0])}, {sizes[files.index(small[0])]}) "
-          f"are smaller than the {width} x {width} crop; lower model.spatial_width, or use "
-          "data.folder_mode='resize'.")
+          f"are smaller than the {width} x {width} crop of {setting}: use larger images, lower "
+          "that width, or use data.folder_mode='resize'.")
   if len(files) == 1:
     if d.folder_mode != "crops":
       raise errors.UserError(f"{folder} holds one image: resize mode needs several to hold "
                                "some out; use data.folder_mode='crops', which holds out a "
                                "region of it.")
-    w = sizes[0][0]
-    if round(d.holdout_fraction * w) < width or round((1 - d.holdout_fraction) * w) < width:
+    w, train_width = sizes[0][0], next(iter(crops.values()))
+    if round(d.holdout_fraction * w) < width or round((1 - d.holdout_fraction) * w) < train_width:
       raise errors.UserError(
-          f"The image in {folder} is {w} pixels wide: its training region and its held-out "
-          f"{d.holdout_fraction:g} must each hold a {width}-pixel crop; change "
-          "data.holdout_fraction or model.spatial_width.")
+          f"The image in {folder} is {w} pixels wide: its training region must hold a "
+          f"{train_width}-pixel crop and its held-out {d.holdout_fraction:g} a {width}-pixel "
+          f"crop ({setting}); change data.holdout_fraction or that width.")
   return folder, files, sizes, damaged
 
 
@@ -228,7 +231,7 @@ def held_out(data_config: ml_collections.ConfigDict, *, width: int, n_colors: in
              seed: int = TEST_CROP_SEED) -> FolderImages:
   """`count` held-out examples of a given width: crops at fixed places (crops mode) from
   the held-out images or region, or the held-out images resized (resize mode)."""
-  folder, files, _, _ = _files(data_config, width)
+  folder, files, _, _ = _files(data_config, {"the held-out crop": width})
   return _part(data_config, folder, files, True, count, width=width, n_colors=n_colors,
                seed=seed)
 
@@ -245,16 +248,20 @@ def _part(d, folder, files, test: bool, count: int, **kwargs) -> FolderImages:
   return FolderImages(folder, files, mode=d.folder_mode, crops_per_image=per_image, **kwargs)
 
 
-def load(data_config: ml_collections.ConfigDict, *, width: int, n_colors: int,
-         seed: int) -> data_lib.Dataset:
-  """The training and test examples of an image folder.
+def load(data_config: ml_collections.ConfigDict, *, width: int, n_colors: int, seed: int,
+         later_crops: Optional[Mapping[str, int]] = None) -> data_lib.Dataset:
+  """The training and test examples (width x width) of an image folder.
+
+  Args:
+    later_crops: widths of held-out crops the run takes later (its final report), by
+      what sets each, checked now so that a run never fails after training.
 
   Raises:
     errors.UserError: no folder, no images, only damaged ones, or images smaller
-      than the crop; the message names the folder and the fix.
+      than a crop; the message names the folder, the setting and the fix.
   """
   d = data_config
-  folder, files, _, damaged = _files(d, width)
+  folder, files, _, damaged = _files(d, {"model.spatial_width": width, **(later_crops or {})})
   train = _part(d, folder, files, False, d.crops_per_image, width=width, n_colors=n_colors,
                 seed=seed)
   test = _part(d, folder, files, True, d.test_crops, width=width, n_colors=n_colors,

@@ -85,11 +85,14 @@ class Report:
     paper, source: the experiment's `paper` and `report_source`.
     examples: (config, num, seed) -> num uint8 images of final_eval.image_size.
     figures: as table1.final_report's.
+    crops: (config) -> the widths of the held-out crops examples and figures take
+      from an image folder, by what sets each (checked before training).
   """
   paper: Mapping[str, float]
   source: str
   examples: Callable[..., np.ndarray]
   figures: Callable[..., list]
+  crops: Callable[..., Mapping[str, int]] = lambda config: {}
 
 
 class ImageExperiment(experiment.Experiment):
@@ -133,6 +136,11 @@ class ImageExperiment(experiment.Experiment):
   def validate(self, config: ml_collections.ConfigDict) -> None:
     C.validate_model_config(config.model)
     self._data.check("data", config.data)
+    d = config.data
+    if self._data is DATA and d.dir and d.source not in ("idx", "folder"):
+      raise errors.UserError(
+          f"data.dir={d.dir!r} is read by data.source='folder' (your images) or 'idx' (IDX "
+          f"files) only, not by data.source={d.source!r}: set data.source, or drop data.dir.")
     if self._report is not None:
       if not any_size(config.model):
         raise errors.UserError(
@@ -155,7 +163,8 @@ class ImageExperiment(experiment.Experiment):
     if config.data.source == "folder":
       m = config.model
       return image_folder.load(config.data, width=m.spatial_width, n_colors=m.n_colors,
-                               seed=config.seed)
+                               seed=config.seed,
+                               later_crops=self._report and self._report.crops(config))
     return data_lib.load_dataset(config.data)
 
   def units(self, config: ml_collections.ConfigDict, dataset: Optional[data_lib.Dataset] = None,

@@ -30,12 +30,17 @@ def report_examples(config: ml_collections.ConfigDict, num: int, seed: int) -> n
                                seed=image_folder.TEST_CROP_SEED + seed)[:num]
 
 
+def figure5_width(config: ml_collections.ConfigDict) -> int:
+  """Figure 5's held-out region: three training crops wide."""
+  return 3 * config.model.spatial_width
+
+
 def figures(task, params: Any, examples: np.ndarray, workdir: str, key) -> list:
   """Figure 5: a held-out region three crops wide, its central third replaced by
   noise, and that centre inpainted (paper section 2.5)."""
   del examples
   config, m = task.config, task.config.model
-  region = image_folder.held_out(config.data, width=3 * m.spatial_width, n_colors=m.n_colors,
+  region = image_folder.held_out(config.data, width=figure5_width(config), n_colors=m.n_colors,
                                  count=1)[:1]
   size = region.shape[1]
   n = 2
@@ -56,4 +61,6 @@ TEXTURE = images.ImageExperiment(
                        crops_per_image=10000, test_crops=512, holdout_fraction=0.25),
     # arXiv 1503.03585 v8, Table 1, bark: bits per pixel.
     report=images.Report({"K_bits": -0.55, "K_minus_L_null_bits": 1.5}, "held_out",
-                         report_examples, figures))
+                         report_examples, figures, crops=lambda config: {
+                             "final_eval.image_size": config.final_eval.image_size,
+                             "Figure 5's region, 3 x model.spatial_width": figure5_width(config)}))

@@ -188,14 +188,18 @@ def training_run(name: str, doc: str, argv: Sequence[str]) -> int:
     train.train_and_evaluate(experiment, config, workdir, resume_verified=values.resume_verified)
     if experiment.report_source is not None:
       report = safety.stoppable("the final report (rerun to make it)",
-                                lambda should_stop: final_report(workdir, should_stop))
+                                lambda should_stop: final_report(workdir, config, should_stop))
       print(table1.summary_line(report) + f"\nwrote {os.path.join(workdir, 'eval.json')}")
 
   return run(doc, define, main, argv, default_config=os.path.join(CONFIG_DIR, f"{name}.py"))
 
 
-def final_report(workdir: str, should_stop=None) -> dict:
-  """The final report of a finished run of a Table 1 experiment."""
-  from dpm_jax import registry  # pylint: disable=g-import-not-at-top
-  run_, task = registry.open_task(workdir, with_data=False)
-  return task.experiment.final_report(task, run_, should_stop=should_stop)
+def final_report(workdir: str, config, should_stop=None) -> dict:
+  """The final report of a finished run of a Table 1 experiment, by the program's config:
+  a setting changed on resume holds to the end, also for a run that had finished."""
+  from dpm_jax import experiment as experiment_lib, registry  # pylint: disable=g-import-not-at-top
+  run_, experiment = registry.open_run(workdir)
+  run_.config = config
+  task = experiment_lib.build(experiment, config, experiment_lib.empty_dataset(experiment, config),
+                              run_.stats)
+  return experiment.final_report(task, run_, should_stop=should_stop)

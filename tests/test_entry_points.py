@@ -243,3 +243,16 @@ def test_saved_fields_unknown_or_missing_are_named(run_dir, tmp_path, caplog):
   logged = caplog.text
   assert "does not read, kept unused: model.future_field" in logged
   assert "lacks field(s) added since; using their defaults: eval.num_strata = 20" in logged
+
+
+def test_a_setting_changed_on_a_finished_run_holds_to_its_final_report(tmp_path):
+  """Rerunning a finished Table 1 run trains nothing; its final report reads the
+  command's config, not the last checkpoint's."""
+  from experiments import heartbeat  # pylint: disable=g-import-not-at-top
+  args = ["h", "--config=experiments/configs/heartbeat.py:tiny", f"--workdir={tmp_path}"]
+  code, _, err = call(heartbeat.run, args)
+  assert code == 0, err
+  code, _, err = call(heartbeat.run, args + ["--config.final_eval.num_examples=16"])
+  assert code == 0, err
+  import json  # pylint: disable=g-import-not-at-top
+  assert json.loads((tmp_path / "eval.json").read_text())["num_images"] == 16

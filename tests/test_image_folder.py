@@ -195,3 +195,31 @@ def test_dead_leaves_examples_are_tiles_of_fresh_draws():
   stream = data.train_batches(train, 8, 0, 3)
   np.testing.assert_array_equal(next(stream), train[24:32])  # step 3: examples 24..31
   assert not np.array_equal(dataset.test[0], train[0])  # other draws
+
+
+def test_crops_the_final_report_takes_are_checked_before_training(tmp_path):
+  """Images large enough for training crops but not for the final report's: one line
+  naming the setting, before any step is trained."""
+  for i in range(3):
+    write(tmp_path / "images", f"{i}.png", np.full((50, 50), 40 * i, np.uint8))
+  config = runs.config("texture", "tiny")
+  config.data.dir = str(tmp_path / "images")
+  config.model.spatial_width = 16  # crops of 16 fit, Figure 5's 48 fit; 64 does not
+  config.final_eval.image_size = 64
+  with pytest.raises(errors.UserError, match=r"smaller than the 64 x 64 crop of "
+                                             r"final_eval.image_size: use larger images"):
+    runs.train(config, str(tmp_path / "run"))
+  assert not list((tmp_path / "run").glob("checkpoints/*"))
+  config.final_eval.image_size = 32
+  config.model.spatial_width = 24
+  with pytest.raises(errors.UserError, match=r"72 x 72 crop of Figure 5's region"):
+    runs.train(config, str(tmp_path / "run"))
+
+
+def test_a_data_dir_that_the_source_does_not_read_is_an_error():
+  config = runs.config("mnist", "tiny")
+  config.data.dir = "/tmp/myimgs"
+  with pytest.raises(errors.UserError, match=r"data.dir='/tmp/myimgs' is read by "
+                                             r"data.source='folder'.* not by "
+                                             r"data.source='embedded'"):
+    registry.get("mnist").validate(config)
