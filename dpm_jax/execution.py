@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from typing import Optional, Sequence
 
 from absl import logging
@@ -58,25 +59,50 @@ def cpu_devices_for(*batch_sizes: int, cores: Optional[int] = None) -> int:
   return largest_divisor_at_most(math.gcd(*map(int, batch_sizes)), cores)
 
 
-def show_cpu_devices(count: int) -> int:
-  """Has JAX show `count` CPU devices; call before JAX runs anything.
+_XLA_COUNT = "--xla_force_host_platform_device_count"
+
+
+def _environment_count() -> tuple[str, int]:
+  """(variable, count) of a CPU device count the user set in the environment, or ('', 0)."""
+  match = re.search(_XLA_COUNT + r"=(\d+)", os.environ.get("XLA_FLAGS", ""))
+  if match:
+    return "XLA_FLAGS", int(match.group(1))
+  if os.environ.get("JAX_NUM_CPU_DEVICES", "").strip().isdigit():
+    return "JAX_NUM_CPU_DEVICES", int(os.environ["JAX_NUM_CPU_DEVICES"])
+  return "", 0
+
+
+def show_cpu_devices(count: Optional[int], default: Optional[int] = None) -> int:
+  """Has JAX show `count` CPU devices (None: the user's environment's, else `default`);
+  call before JAX runs anything.
 
   XLA's CPU convolution runs on one core per device, so devices are how a
   CPU's cores all work on one step (a GPU's or TPU's devices are unaffected).
-  An explicit XLA_FLAGS=--xla_force_host_platform_device_count=N wins. Returns
-  the count set, or 0 when XLA_FLAGS decides or JAX has already started (then
-  with a warning, the devices unchanged).
+  A count set in the environment is used as set: XLA_FLAGS' always (JAX cannot
+  change it), JAX_NUM_CPU_DEVICES' unless `count` is given; the log says which.
+  Returns the count set, or 0 when the environment decides or JAX has already
+  started (then with a warning, the devices unchanged).
 
   Raises:
     errors.UserError: a count below 1.
   """
-  if count < 1:
+  if count is not None and count < 1:
     raise errors.UserError(f"cpu_devices={count} must be at least 1.")
+  variable, env_count = _environment_count()
+  if variable == "XLA_FLAGS" or (variable and count is None):
+    if count is not None and count != env_count:
+      logging.warning("Keeping the %d CPU devices %s sets (asked for %d): change %s to change "
+                      "them.", env_count, variable, count, variable)
+    else:
+      logging.info("Using the %d CPU devices %s sets.", env_count, variable)
+    return 0
+  if variable:
+    logging.info("--cpu_devices / compute.cpu_devices=%d replaces JAX_NUM_CPU_DEVICES=%d.",
+                 count, env_count)
+  count = default if count is None else count
   if count > usable_cores():
     logging.warning("%d CPU devices on %d cores: the devices beyond one per core share them, "
                     "which is slower.", count, usable_cores())
-  if "--xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
-    return 0
   try:
     jax.config.update("jax_num_cpu_devices", count)
   except RuntimeError as err:  # JAX has already started its backends
@@ -145,8 +171,9 @@ def check_batch_divides(batch_size: int, num_devices: int,
   if batch_size % num_devices:
     raise errors.UserError(
         f"{what}={batch_size} is not divisible by the {num_devices} devices; choose a "
-        "multiple of the device count, or another count (--cpu_devices, "
-        "compute.cpu_devices on a CPU).")
+        "multiple of the device count, or another count (" + (
+            f"XLA_FLAGS' {_XLA_COUNT}, which sets it here" if _environment_count()[0] ==
+            "XLA_FLAGS" else "--cpu_devices, compute.cpu_devices on a CPU") + ").")
 
 
 @dataclasses.dataclass(frozen=True)

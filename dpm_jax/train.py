@@ -271,8 +271,11 @@ def restore_or_create(experiment, config, workdir, manager, tx, dataset, resume_
     error = config_lib.resume_error(changes, workdir)
     if error:
       raise errors.UserError(error)
+    saved_fields = dict(config_lib.leaves(ml_collections.ConfigDict(meta["config"])))
     for change in changes:
-      logging.info("Resuming with a changed setting: %s", change)
+      logging.info("Resuming with a changed setting: %s%s", change,
+                   "" if change.field in saved_fields
+                   else " (the checkpoint predates the field: its default)")
     check_same_data(meta.get("data"), dataset, workdir)
     task = experiment_lib.build(experiment, config, dataset, meta["data_stats"])
     target = jax.eval_shape(lambda: step_lib.create_train_state(

@@ -133,7 +133,7 @@ def show_cpu_devices(values: flags.FlagValues, *batch_sizes: int, configured: in
   batch sizes) CPU devices, before JAX runs anything."""
   from dpm_jax import execution  # pylint: disable=g-import-not-at-top
   count = configured if values.cpu_devices is None else values.cpu_devices
-  execution.show_cpu_devices(count or execution.cpu_devices_for(*batch_sizes))
+  execution.show_cpu_devices(count or None, execution.cpu_devices_for(*batch_sizes))
 
 
 def define_run_flags(values: flags.FlagValues, seed_default=0, seed_help="The draws' seed.") -> None:

@@ -160,3 +160,28 @@ def test_plan(monkeypatch):
   config.compute.cpu_devices = 0
   with pytest.raises(errors.UserError, match="train.batch_size=7 is not divisible by the 2"):
     execution.plan(config.compute, 7, model)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env,count,devices,logged", [
+    ({"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}, None, 3,
+     "Using the 3 CPU devices XLA_FLAGS sets"),
+    ({"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}, 2, 3,
+     "Keeping the 3 CPU devices XLA_FLAGS sets (asked for 2): change XLA_FLAGS"),
+    ({"JAX_NUM_CPU_DEVICES": "4"}, None, 4, "Using the 4 CPU devices JAX_NUM_CPU_DEVICES sets"),
+    ({"JAX_NUM_CPU_DEVICES": "4"}, 2, 2, "compute.cpu_devices=2 replaces JAX_NUM_CPU_DEVICES=4"),
+])
+def test_the_user_s_device_settings_are_used_or_named(env, count, devices, logged):
+  script = ("import sys, jax\nfrom absl import logging\nfrom dpm_jax import errors, execution\n"
+            "logging.set_verbosity(logging.INFO)\n"
+            f"execution.show_cpu_devices({count}, 1)\nprint(jax.device_count())\n"
+            "try:\n  execution.check_batch_divides(97, jax.device_count())\n"
+            "except errors.UserError as err:\n  print(err)\n")
+  clean = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+  res = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**clean, **env},
+                       capture_output=True, text=True, timeout=120)
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert res.stdout.split()[0] == str(devices) and logged in res.stderr, res.stderr
+  fix = ("XLA_FLAGS' --xla_force_host_platform_device_count" if "XLA_FLAGS" in env
+         else "--cpu_devices")
+  assert fix in res.stdout

@@ -1,6 +1,7 @@
 """Training: optimiser semantics, end-to-end runs, exact resume, errors, the CLI."""
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -284,6 +285,25 @@ def test_changed_model_config_is_an_error(run_copy):
                      match=r"(?s)may not change.*model.n_hidden_conv: checkpoint 4, now 5.*"
                            r"may change:.*train.num_steps: checkpoint 10, now 20"):
     runs.train(config, str(run_copy), dataset=digits())
+
+
+@pytest.mark.slow
+def test_a_field_the_checkpoint_predates_is_named_on_resume(run_copy, caplog):
+  """A run saved before a field existed ran with its default; resuming with another value
+  is a change from that default, and the log says where the value came from."""
+  meta_file = run_copy / "checkpoints" / "10" / "meta" / "metadata"
+  meta = json.loads(meta_file.read_text())
+  del meta["config"]["eval"]["num_strata"]
+  meta["config"]["model"]["future_field"] = 1
+  meta_file.write_text(json.dumps(meta))
+  config = tiny_config(num_steps=12)
+  config.eval.num_strata = 3
+  caplog.set_level(logging.INFO)
+  assert int(runs.train(config, str(run_copy), dataset=digits()).step) == 12
+  assert "lacks field(s) added since; using their defaults: eval.num_strata = 20" in caplog.text
+  assert ("Resuming with a changed setting: eval.num_strata: checkpoint 20, now 3 (the "
+          "checkpoint predates the field: its default)") in caplog.text
+  assert "does not read, kept unused: model.future_field" in caplog.text
 
 
 @pytest.mark.slow
