@@ -325,6 +325,11 @@ COMPUTE = Section(
     cpu_devices=(0, integer(0), "on a CPU, the devices every batch is split over: 0 every "
                  "device (the entry points show one per core), N the first N; --cpu_devices "
                  "wins"),
+    matmul_precision=("highest", choice("highest", "high", "default"),
+                      "float32 matmuls and convolutions on GPUs and TPUs: 'highest' float32 "
+                      "(the bound is a float32 bound), 'high' (3 bfloat16 passes, TF32 on "
+                      "GPUs), 'default' (1 bfloat16 pass on TPUs, TF32 on GPUs); a CPU computes "
+                      "float32 at each"),
 )
 EVAL = Section(
     method=("stratified", choice(*EVAL_METHODS),

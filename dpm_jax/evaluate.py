@@ -314,7 +314,8 @@ def evaluate_run(task: experiment_lib.Task, run, eval_config: ml_collections.Con
   result = bound(task, run.params, test, key, ev, progress=progress, should_stop=should_stop)
   out = report(result)
   out.update(method=ev.method, step=run.step, seconds=time.time() - start,
-             experiment=task.experiment.name, source="test", data=run.data)
+             experiment=task.experiment.name, source="test", data=run.data,
+             matmul_precision=execution.precision_in_force())
   check_finite(out, f"The {ev.method} bound of step {run.step}")
   parzen = parzen_samples and parzen_window(
       task, run.params, test, key, num_samples=parzen_samples, num_validation=parzen_validation,

@@ -185,11 +185,13 @@ class Plan:
     conv: the convolution kernel, 'cpu' or 'xla' (dpm_jax.kernels).
     micro_batch_size: examples per micro-batch per device; 0 for none.
     concurrent_micro_batches: micro-batches a device computes side by side.
+    precision: float32 matmuls' and convolutions' precision (matmul_precision).
   """
   devices: tuple
   conv: str
   micro_batch_size: int
   concurrent_micro_batches: int
+  precision: str = "highest"
 
   @property
   def par(self) -> parallel.DataParallel:
@@ -202,7 +204,8 @@ class Plan:
                 if self.concurrent_micro_batches > 1 else "")
              if self.micro_batch_size else "no micro-batches")
     return (f"{len(self.devices)} {self.devices[0].platform.upper()} device(s) in "
-            f"{jax.process_count()} process(es), the {self.conv} convolution, {micro}")
+            f"{jax.process_count()} process(es), the {self.conv} convolution, {micro}, "
+            f"matmuls at {self.precision!r} precision")
 
 
 def plan(compute: ml_collections.ConfigDict, batch_size: int, model,
@@ -231,7 +234,23 @@ def plan(compute: ml_collections.ConfigDict, batch_size: int, model,
   micro = micro_batch_size(compute.micro_batch_size, batch_size, len(devices), model)
   concurrent = concurrent_micro_batches(compute.concurrent_micro_batches, micro, batch_size,
                                         len(devices))
-  return Plan(devices, conv_kernel(compute.conv), micro, concurrent)
+  return Plan(devices, conv_kernel(compute.conv), micro, concurrent, compute.matmul_precision)
+
+
+def matmul_precision(compute: ml_collections.ConfigDict):
+  """A context under which JAX traces float32 matmuls and convolutions at
+  compute.matmul_precision: training, sampling and evaluation run under it.
+
+  On TPUs 'default' is one bfloat16 pass and on recent GPUs TF32 (about 3
+  significant digits); the bound's smallest t, where most of it lies, perturb x_t
+  by sqrt(beta_t) ~ 1e-3 of a unit, so the default here is 'highest'.
+  """
+  return jax.default_matmul_precision(compute.matmul_precision)
+
+
+def precision_in_force() -> str:
+  """The matmul precision JAX traces with now, for result files."""
+  return jax.config.jax_default_matmul_precision or "default"
 
 
 def forward_par(batch_size: int) -> parallel.DataParallel:

@@ -14,6 +14,7 @@ from dpm_jax import config as config_lib
 from dpm_jax import data as data_lib
 from dpm_jax import errors
 from dpm_jax import evaluate
+from dpm_jax import execution
 from dpm_jax import experiment
 from dpm_jax import outputs
 from dpm_jax import plotting
@@ -134,7 +135,8 @@ def final_report(task, run, examples: np.ndarray, figures: Callable, *,
                                 batch_size=fe.batch_size, should_stop=should_stop)
   report = evaluate.report(result)
   report.update(experiment=exp.name, step=run.step, method="all_t", source=exp.report_source,
-                seconds=time.time() - start, paper=dict(exp.paper or {}), **(reference or {}))
+                seconds=time.time() - start, paper=dict(exp.paper or {}),
+                matmul_precision=execution.precision_in_force(), **(reference or {}))
   evaluate.check_finite(report, "the final bound")
   outputs.save_npz(os.path.join(workdir, "kl_per_t_fresh.npz"), t=result["t"],
                    kl=result["kl_per_t"])

@@ -94,8 +94,9 @@ def train_and_evaluate(experiment: experiment_lib.Experiment, config: ml_collect
       stop.cleanups.append(lock.release)
     manager = rundir.make_manager(workdir, config.train.keep_checkpoints)
     try:
-      return _train(config, experiment, workdir, manager, dataset, plan, resume_verified,
-                    free, stop)
+      with execution.matmul_precision(config.compute):
+        return _train(config, experiment, workdir, manager, dataset, plan, resume_verified,
+                      free, stop)
     finally:
       rundir.close_quietly(manager)
 

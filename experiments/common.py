@@ -197,9 +197,10 @@ def training_run(name: str, doc: str, argv: Sequence[str]) -> int:
 def final_report(workdir: str, config, should_stop=None) -> dict:
   """The final report of a finished run of a Table 1 experiment, by the program's config:
   a setting changed on resume holds to the end, also for a run that had finished."""
-  from dpm_jax import experiment as experiment_lib, registry  # pylint: disable=g-import-not-at-top
+  from dpm_jax import execution, experiment as experiment_lib, registry  # pylint: disable=g-import-not-at-top
   run_, experiment = registry.open_run(workdir)
   run_.config = config
   task = experiment_lib.build(experiment, config, experiment_lib.empty_dataset(experiment, config),
                               run_.stats)
-  return experiment.final_report(task, run_, should_stop=should_stop)
+  with execution.matmul_precision(config.compute):
+    return experiment.final_report(task, run_, should_stop=should_stop)

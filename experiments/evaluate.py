@@ -42,7 +42,7 @@ def define(values: flags.FlagValues, argv) -> None:
 
 def main(values: flags.FlagValues) -> None:
   import jax  # pylint: disable=g-import-not-at-top
-  from dpm_jax import evaluate, outputs, registry, safety, train  # pylint: disable=g-import-not-at-top
+  from dpm_jax import evaluate, execution, outputs, registry, safety, train  # pylint: disable=g-import-not-at-top
   common.show_cpu_devices(values)  # one per core; each batch splits over those dividing it
   output = outputs.writable_folder("the results' folder", values.output or values.workdir,
                                    "write them elsewhere with --output=FOLDER")
@@ -60,10 +60,11 @@ def main(values: flags.FlagValues) -> None:
     print(f"  batch {done}/{total}, {elapsed:.0f} s elapsed, "
           f"ETA {elapsed / done * (total - done):.0f} s", flush=True)
 
-  r = safety.stoppable("the evaluation", lambda should_stop: evaluate.evaluate_run(
-      task, run, ev, key, parzen_samples=values.parzen_samples,
-      parzen_validation=values.parzen_validation, output_dir=output, progress=progress,
-      should_stop=should_stop))
+  with execution.matmul_precision(run.config.compute):
+    r = safety.stoppable("the evaluation", lambda should_stop: evaluate.evaluate_run(
+        task, run, ev, key, parzen_samples=values.parzen_samples,
+        parzen_validation=values.parzen_validation, output_dir=output, progress=progress,
+        should_stop=should_stop))
   print(evaluate.describe(r, task.units))
 
 

@@ -66,7 +66,7 @@ def output_path(values, step: int) -> str:
 def main(values: flags.FlagValues) -> None:
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from dpm_jax import experiment, outputs, registry, safety, sampling  # pylint: disable=g-import-not-at-top
+  from dpm_jax import execution, experiment, outputs, registry, safety, sampling  # pylint: disable=g-import-not-at-top
   common.show_cpu_devices(values)  # one per core; the images split over those dividing them
   outputs.writable_folder("the samples' folder", os.path.dirname(output_path(values, 0)),
                           "write them elsewhere with --output=FOLDER/NAME.png")
@@ -83,14 +83,15 @@ def main(values: flags.FlagValues) -> None:
                                         values.num_intermediate or cfg.sample.num_intermediate)
               if values.intermediate else ())
   skip = cfg.sample.skip_first_step if values.skip_first_step is None else values.skip_first_step
-  out = safety.stoppable("sampling", lambda should_stop: exp.generate(
-      task, run.params, values.mode, jax.random.key(values.seed), num_images=n,
-      record_t=record_t, skip_first_step=skip, true_examples=true, image=values.image,
-      image_size=(int(values.image_size[0]), int(values.image_size[-1])) if values.image_size
-      else None,
-      should_stop=should_stop, mask_kind="box" if box else values.mask or cfg.sample.mask,
-      box=box, denoise_sigma=values.denoise_sigma or cfg.sample.denoise_sigma,
-      superres_factor=values.superres_factor, superres_noise=values.superres_noise))
+  with execution.matmul_precision(cfg.compute):
+    out = safety.stoppable("sampling", lambda should_stop: exp.generate(
+        task, run.params, values.mode, jax.random.key(values.seed), num_images=n,
+        record_t=record_t, skip_first_step=skip, true_examples=true, image=values.image,
+        image_size=(int(values.image_size[0]), int(values.image_size[-1])) if values.image_size
+        else None,
+        should_stop=should_stop, mask_kind="box" if box else values.mask or cfg.sample.mask,
+        box=box, denoise_sigma=values.denoise_sigma or cfg.sample.denoise_sigma,
+        superres_factor=values.superres_factor, superres_noise=values.superres_noise))
   path = experiment.write_outputs(task, out, output_path(values, run.step))
   print(f"{values.mode}: {n} examples from step {run.step} -> {path} (+ .npz)")
 

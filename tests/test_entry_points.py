@@ -256,3 +256,15 @@ def test_a_setting_changed_on_a_finished_run_holds_to_its_final_report(tmp_path)
   assert code == 0, err
   import json  # pylint: disable=g-import-not-at-top
   assert json.loads((tmp_path / "eval.json").read_text())["num_images"] == 16
+
+
+def test_evaluation_runs_at_the_run_s_precision_and_records_it(run_dir, tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  edited = _with_saved_config(run_dir, tmp_path,
+                              lambda c: c["compute"].update(matmul_precision="default"))
+  for workdir, precision in ((run_dir, "highest"), (edited, "default")):
+    code, _, err = call(evaluate_program.run, ["e", f"--workdir={workdir}", "--num_images=8",
+                                               f"--output={tmp_path / precision}"])
+    assert code == 0, err
+    result = json.loads((tmp_path / precision / "eval_stratified_test.json").read_text())
+    assert result["matmul_precision"] == precision

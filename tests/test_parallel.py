@@ -150,6 +150,7 @@ def test_plan(monkeypatch):
   monkeypatch.setattr(execution, "usable_cores", lambda: 2)
   assert execution.plan(config.compute, 512, model).concurrent_micro_batches == 1
   assert "2 CPU device(s)" in plan.describe() and "micro-batches of 64" in plan.describe()
+  assert "matmuls at 'highest' precision" in plan.describe()
   config.compute.cpu_devices = 1
   one = execution.plan(config.compute, 512, model)
   assert len(one.devices) == 1 and one.concurrent_micro_batches == 2
@@ -185,3 +186,49 @@ def test_the_user_s_device_settings_are_used_or_named(env, count, devices, logge
   fix = ("XLA_FLAGS' --xla_force_host_platform_device_count" if "XLA_FLAGS" in env
          else "--cpu_devices")
   assert fix in res.stdout
+
+
+def _matmuls(stablehlo: str) -> list:
+  return [line for line in stablehlo.splitlines()
+          if "stablehlo.dot_general" in line or "stablehlo.convolution" in line]
+
+
+@pytest.mark.parametrize("precision,shown", [("high", "HIGH"), ("highest", "HIGHEST")])
+def test_training_traces_its_matmuls_at_the_configured_precision(tmp_path, monkeypatch,
+                                                                  precision, shown):
+  """A CPU computes float32 at any precision, so the lowered program is what shows it."""
+  from dpm_jax import step as step_lib  # pylint: disable=g-import-not-at-top
+  lowered, real = [], step_lib.jit_train_step
+
+  def spy(task, plan):
+    train_step = real(task, plan)
+
+    def step(*args):
+      lowered.append(lowered or train_step.lower(*args).as_text())
+      return train_step(*args)
+    return step
+
+  monkeypatch.setattr(step_lib, "jit_train_step", spy)
+  config = test_config.get_config()
+  config.train.update(num_steps=1, eval_every_steps=0, sample_every_steps=0)
+  config.compute.matmul_precision = precision
+  runs.train(config, str(tmp_path), dataset=small_digits())
+  ops = _matmuls(lowered[0])
+  assert ops and all(f"precision = [{shown}, {shown}]" in op or
+                     f"precision_config = [#stablehlo<precision {shown}>" in op for op in ops)
+
+
+def test_the_bound_traces_its_matmuls_at_the_configured_precision():
+  config = test_config.get_config()
+  task = image_task(config.model, np.zeros((8, 28, 28, 1), np.uint8), STATS)
+  params = diffusion.init_params(task.model, jax.random.key(0))
+  x = np.zeros((4, 28, 28, 1), np.float32)
+  t = np.full((4,), 3, np.int32)
+  kl = jax.jit(lambda p, x, t, k: evaluate.kl_per_example(task, p, x, t, k))
+  for precision in ("default", "highest"):
+    config.compute.matmul_precision = precision
+    with execution.matmul_precision(config.compute):
+      text = kl.lower(params, x, t, jax.random.key(1)).as_text()
+      assert execution.precision_in_force() == precision
+    ops = _matmuls(text)
+    assert ops and all(precision.upper() in op for op in ops), ops[:2]
