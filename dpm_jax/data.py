@@ -12,11 +12,14 @@ import dataclasses
 import functools
 import gzip
 import hashlib
+import http.client
 import math
 import os
 import re
 import socket
 import struct
+import urllib.error
+import urllib.request
 import zipfile
 import zlib
 from typing import Optional
@@ -25,6 +28,7 @@ import ml_collections
 
 import numpy as np
 from dpm_jax import errors
+from dpm_jax import outputs
 
 EMBEDDED_FILE = os.path.join(os.path.dirname(__file__), "data", "mnist_5k.npz")
 IMAGE_SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
@@ -43,6 +47,28 @@ OFFLINE_OPTIONS = (
     "machine with internet (tfds.data_source(name, download=True, "
     "download_and_prepare_kwargs={'file_format': 'array_record'})) and copy "
     "its data_dir here, then set data.tfds_data_dir.")
+
+# What data.download=True fetches for data.source='idx': the image files (the labels go
+# unused) from tensorflow-datasets' URLs (tensorflow_datasets/image_classification/mnist.py),
+# each checked against the size in bytes and SHA-256 tfds publishes for it
+# (tensorflow_datasets/url_checksums/mnist.txt and fashion_mnist.txt, tfds 4.9.10).
+IDX_URLS = {"mnist": "https://storage.googleapis.com/cvdf-datasets/mnist/",
+            "fashion_mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"}
+IDX_CHECKSUMS = {
+    "mnist": {
+        "train-images-idx3-ubyte.gz": (
+            9912422, "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
+        "t10k-images-idx3-ubyte.gz": (
+            1648877, "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
+    },
+    "fashion_mnist": {
+        "train-images-idx3-ubyte.gz": (
+            26421880, "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"),
+        "t10k-images-idx3-ubyte.gz": (
+            4422102, "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"),
+    },
+}
+DOWNLOAD_TIMEOUT_S = 30.0  # per connection attempt and per read, not for the whole file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,7 +285,7 @@ def load_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
           "data.source='idx' or 'tfds'.")
     return load_embedded()
   if source == "idx":
-    return load_idx(data_config.dir, name=data_config.dataset)
+    return load_idx(data_config.dir, name=data_config.dataset, download=data_config.download)
   if source == "tfds":
     return load_tfds(data_config.dataset, data_dir=data_config.tfds_data_dir or None,
                      download=data_config.download)
@@ -321,30 +347,92 @@ def read_idx_images(path: str) -> np.ndarray:
   return data.reshape(n, rows, cols)
 
 
+def _idx_files(directory: str, split: str) -> list:
+  """The image files of `split` ('train' or 't10k'), sorted: named <split>-images then
+  idx3-ubyte with '-' or '.' between (the MNIST site's unpacked names use '.'),
+  compressed or not."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(name for name in os.listdir(directory)
+                if re.fullmatch(rf"{split}-images[-.]idx3-ubyte(\.gz)?", name, re.I))
+
+
 def _find_idx(directory: str, split: str) -> str:
-  """The image file of `split` ('train' or 't10k'): named <split>-images then idx3-ubyte
-  with '-' or '.' between (the MNIST site's unpacked names use '.'), compressed or not."""
-  found = sorted(name for name in os.listdir(directory)
-                 if re.fullmatch(rf"{split}-images[-.]idx3-ubyte(\.gz)?", name, re.I))
+  """The path of the image file of `split` ('train' or 't10k')."""
+  found = _idx_files(directory, split)
   if not found:
     raise errors.UserError(
         f"No {split}-images-idx3-ubyte[.gz] in data.dir={directory!r}. Point data.dir at a "
         f"folder with the standard IDX files train-images-idx3-ubyte.gz and "
-        "t10k-images-idx3-ubyte.gz (MNIST or Fashion-MNIST). " + OFFLINE_OPTIONS)
+        "t10k-images-idx3-ubyte.gz (MNIST or Fashion-MNIST), or set "
+        "--config.data.download=True to fetch them (needs internet). " + OFFLINE_OPTIONS)
   return os.path.join(directory, found[0])  # the same images, compressed or not
 
 
-def load_idx(directory: str, name: str = "idx") -> Dataset:
-  """train-images-idx3-ubyte(.gz) and t10k-images-idx3-ubyte(.gz) of a folder."""
+def load_idx(directory: str, name: str = "idx", download: bool = False) -> Dataset:
+  """train-images-idx3-ubyte(.gz) and t10k-images-idx3-ubyte(.gz) of a folder; with
+  `download`, those missing are first fetched into it (download_idx)."""
   if not directory:
     raise errors.UserError("data.source='idx' needs data.dir, the folder holding the IDX files. "
                     + OFFLINE_OPTIONS)
+  directory = os.path.expanduser(directory)
+  if download:
+    download_idx(directory, name)
   if not os.path.isdir(directory):
-    raise errors.UserError(f"data.dir={directory!r} is not a folder. " + OFFLINE_OPTIONS)
+    raise errors.UserError(f"data.dir={directory!r} is not a folder; set "
+                           "--config.data.download=True to fetch the IDX files into it (needs "
+                           "internet). " + OFFLINE_OPTIONS)
   train = read_idx_images(_find_idx(directory, "train"))
   test = read_idx_images(_find_idx(directory, "t10k"))
   return Dataset(train[..., None], test[..., None], f"{name}_idx",
                  {"source": "idx", "dataset": name, "dir": directory})
+
+
+def download_idx(directory: str, dataset: str) -> None:
+  """Fetches into `directory` (created) the gzipped IDX image files of `dataset` it lacks.
+
+  Each file is written beside its target, checked against its published size and
+  SHA-256 (IDX_CHECKSUMS), then renamed: a failure leaves no file, whole or partial.
+
+  Raises:
+    errors.UserError: a data set with no known files, a folder that cannot be written, a
+      host that cannot be reached, an HTTP error or a damaged download; one line naming
+      the URL or folder and the fix.
+  """
+  missing = [f"{split}-images-idx3-ubyte.gz" for split in ("train", "t10k")
+             if not _idx_files(directory, split)]
+  if not missing:
+    return
+  if dataset not in IDX_URLS:
+    raise errors.UserError(
+        f"data.download=True fetches the IDX files of {sorted(IDX_URLS)} only, not of "
+        f"data.dataset={dataset!r}; copy its IDX files into data.dir={directory!r} by hand.")
+  outputs.writable_folder("data.dir", directory, "point data.dir at a folder you can write")
+  os.makedirs(directory, exist_ok=True)
+  for file in missing:
+    url, (size, sha256) = IDX_URLS[dataset] + file, IDX_CHECKSUMS[dataset][file]
+    digest, n = hashlib.sha256(), 0
+    with outputs.atomic_path(os.path.join(directory, file)) as tmp, open(tmp, "wb") as f:
+      try:
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+          while chunk := response.read(1 << 20):
+            digest.update(chunk)
+            n += len(chunk)
+            f.write(chunk)
+      except (OSError, http.client.HTTPException) as err:  # URLError and timeouts are OSErrors
+        if isinstance(err, urllib.error.HTTPError):
+          reason = f"HTTP {err.code} {err.reason}"
+        else:
+          cause = getattr(err, "reason", err)  # URLError wraps the socket's error
+          reason = f"{type(cause).__name__}: {cause}" if isinstance(cause, Exception) else cause
+        raise errors.UserError(
+            f"Could not download {url} ({reason}); copy the files into "
+            f"data.dir={directory!r} by hand, or run where the host can be reached. "
+            + OFFLINE_OPTIONS) from err
+      if (n, digest.hexdigest()) != (size, sha256):
+        raise errors.UserError(
+            f"{url}: SHA-256 {digest.hexdigest()} ({n} bytes) does not match the published "
+            f"{sha256} ({size} bytes); the download is damaged; nothing was kept; retry.")
 
 
 def _can_reach() -> bool:

@@ -55,7 +55,8 @@ DATA = C.Section(
              "'mnist', 'fashion_mnist' or 'cifar10' (sources embedded, idx, tfds)"),
     dir=("", C.TEXT, "the folder of IDX files (source='idx') or of images (source='folder')"),
     tfds_data_dir=("", C.TEXT, "tfds data_dir ('' = tfds' default)"),
-    download=(False, C.BOOLEAN, "let tfds download the data set (needs internet)"),
+    download=(False, C.BOOLEAN, "fetch the data set when it is not there: tfds' download, or "
+              "the IDX files into data.dir (source='idx'); needs internet"),
     **UNITS,
     folder_mode=("resize", C.choice(*image_folder.MODES),
                  "source='folder': 'resize' (pad to a square, bicubic resize: the reference "

@@ -1,8 +1,13 @@
 """Data sources, preprocessing and batching."""
 
+import functools
 import gzip
+import hashlib
+import http.server
 import os
+import socket
 import struct
+import threading
 import time
 
 import numpy as np
@@ -65,7 +70,7 @@ def test_idx_errors_name_the_problem(tmp_path):
     data_lib.load_idx("")
   with pytest.raises(errors.UserError, match="is not a folder.*Offline options"):
     data_lib.load_idx(str(tmp_path / "nope"))
-  with pytest.raises(errors.UserError, match="No train-images-idx3-ubyte"):
+  with pytest.raises(errors.UserError, match="No train-images-idx3-ubyte.*data.download=True"):
     data_lib.load_idx(str(tmp_path))
   bad = tmp_path / "train-images-idx3-ubyte.gz"
   with gzip.open(bad, "wb") as f:
@@ -82,6 +87,114 @@ def test_idx_errors_name_the_problem(tmp_path):
   bad.write_bytes(gzip.compress(struct.pack(">IIII", 0x00000803, 5, 28, 28))[:-9])
   with pytest.raises(errors.UserError, match="Cannot read IDX file.*damaged"):
     data_lib.read_idx_images(str(bad))
+
+
+class IdxServer:
+  """A local HTTP server of IDX files that the downloader's URLs and checksums point at."""
+
+  def __init__(self, folder, monkeypatch):
+    rng = np.random.default_rng(4)
+    self.images = {"train": rng.integers(0, 256, (30, 28, 28), dtype=np.uint8),
+                   "t10k": rng.integers(0, 256, (10, 28, 28), dtype=np.uint8)}
+    self.requests = []
+    checksums = {}
+    for split, images in self.images.items():
+      name = f"{split}-images-idx3-ubyte.gz"
+      write_idx(str(folder / name), images)
+      raw = (folder / name).read_bytes()
+      checksums[name] = (len(raw), hashlib.sha256(raw).hexdigest())
+    requests = self.requests
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+      def do_GET(self):
+        requests.append(self.path)
+        super().do_GET()
+
+      def log_message(self, *args):
+        pass
+
+    self.server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
+    self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+    threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.01},
+                     daemon=True).start()
+    monkeypatch.setitem(data_lib.IDX_URLS, "mnist", self.url)
+    monkeypatch.setitem(data_lib.IDX_CHECKSUMS, "mnist", checksums)
+    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+      monkeypatch.delenv(var, raising=False)
+
+  def close(self):
+    self.server.shutdown()
+    self.server.server_close()
+
+
+@pytest.fixture
+def idx_server(tmp_path, monkeypatch):
+  (tmp_path / "served").mkdir()
+  server = IdxServer(tmp_path / "served", monkeypatch)
+  yield server
+  server.close()
+
+
+def test_idx_download_fetches_the_image_files_then_loads_them(tmp_path, idx_server):
+  class Cfg(dict):
+    __getattr__ = dict.__getitem__
+  folder = tmp_path / "data" / "mnist"
+  ds = data_lib.load_dataset(Cfg(source="idx", dataset="mnist", dir=str(folder), download=True))
+  np.testing.assert_array_equal(ds.train[..., 0], idx_server.images["train"])
+  np.testing.assert_array_equal(ds.test[..., 0], idx_server.images["t10k"])
+  files = ["t10k-images-idx3-ubyte.gz", "train-images-idx3-ubyte.gz"]
+  assert sorted(idx_server.requests) == ["/" + f for f in files]
+  assert sorted(os.listdir(folder)) == files
+
+
+def test_idx_download_refuses_a_file_that_does_not_match_its_checksum(tmp_path, idx_server,
+                                                                      monkeypatch):
+  size, _ = data_lib.IDX_CHECKSUMS["mnist"]["train-images-idx3-ubyte.gz"]
+  monkeypatch.setitem(data_lib.IDX_CHECKSUMS["mnist"], "train-images-idx3-ubyte.gz",
+                      (size, hashlib.sha256(b"the published file").hexdigest()))
+  folder = tmp_path / "data"
+  with pytest.raises(errors.UserError, match=r"train-images-idx3-ubyte.gz: SHA-256 .* does not "
+                     r"match the published .*damaged; nothing was kept; retry"):
+    data_lib.load_idx(str(folder), "mnist", download=True)
+  assert os.listdir(folder) == []
+
+
+def test_idx_download_from_an_unreachable_host_is_one_line_naming_the_url(tmp_path, idx_server,
+                                                                          monkeypatch):
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  monkeypatch.setitem(data_lib.IDX_URLS, "mnist", f"http://127.0.0.1:{port}/")
+  folder = tmp_path / "data"
+  with pytest.raises(errors.UserError) as err:
+    data_lib.load_idx(str(folder), "mnist", download=True)
+  message = str(err.value)
+  assert "\n" not in message
+  url = f"http://127.0.0.1:{port}/train-images-idx3-ubyte.gz"
+  assert message.startswith(f"Could not download {url} (")
+  assert "by hand" in message and "Offline options" in message
+  assert os.listdir(folder) == []
+  # An HTTP error: a file the server does not have.
+  (tmp_path / "served" / "t10k-images-idx3-ubyte.gz").unlink()
+  monkeypatch.setitem(data_lib.IDX_URLS, "mnist", idx_server.url)
+  with pytest.raises(errors.UserError, match=r"Could not download http://.*/t10k-images-idx3-"
+                     r"ubyte.gz \(HTTP 404 .*by hand"):
+    data_lib.load_idx(str(folder), "mnist", download=True)
+  assert os.listdir(folder) == ["train-images-idx3-ubyte.gz"]
+
+
+def test_idx_download_fetches_only_missing_files(tmp_path, idx_server):
+  folder = tmp_path / "data"
+  folder.mkdir()
+  write_idx(str(folder / "train-images.idx3-ubyte"), idx_server.images["train"])  # unpacked
+  ds = data_lib.load_idx(str(folder), "mnist", download=True)
+  assert idx_server.requests == ["/t10k-images-idx3-ubyte.gz"]
+  np.testing.assert_array_equal(ds.test[..., 0], idx_server.images["t10k"])
+  data_lib.load_idx(str(folder), "mnist", download=True)
+  assert idx_server.requests == ["/t10k-images-idx3-ubyte.gz"]
+  with pytest.raises(errors.UserError, match="fetches the IDX files of .* only"):
+    data_lib.load_idx(str(tmp_path / "empty"), "cifar10", download=True)
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/share/datasets/fashion-mnist"),
