@@ -303,6 +303,9 @@ TRAIN = Section(
                         "last step); 0: off"),
     sample_num_images=(36, integer(1), "samples per grid"),
     max_nonfinite_steps=(20, integer(1), "stop after this many non-finite losses in a row"),
+    ema_decay=(0.0, real(0, 1, hi_open=True), "an exponential moving average of the "
+               "parameters, which evaluation and sampling use: 0 off (the reference code), "
+               "e.g. 0.999; on or off for the whole run"),
 )
 OPTIMIZER = Section(
     name=("rmsprop", choice(*OPTIMIZERS), "'rmsprop' (the reference code's, no bias "

@@ -315,7 +315,7 @@ def evaluate_run(task: experiment_lib.Task, run, eval_config: ml_collections.Con
   out = report(result)
   out.update(method=ev.method, step=run.step, seconds=time.time() - start,
              experiment=task.experiment.name, source="test", data=run.data,
-             matmul_precision=execution.precision_in_force())
+             params=run.params_kind, matmul_precision=execution.precision_in_force())
   check_finite(out, f"The {ev.method} bound of step {run.step}")
   parzen = parzen_samples and parzen_window(
       task, run.params, test, key, num_samples=parzen_samples, num_validation=parzen_validation,
@@ -328,15 +328,17 @@ def evaluate_run(task: experiment_lib.Task, run, eval_config: ml_collections.Con
                                           os.path.join(workdir, "kl_per_t_test.png")))
   if parzen:
     written.append(outputs.write_json(os.path.join(workdir, "eval_parzen_test.json"), {
-        **parzen, "step": run.step, "experiment": task.experiment.name, "source": "test"}))
-  return {**result, "method": ev.method, "step": run.step, "parzen": parzen or None,
-          "written": written}
+        **parzen, "step": run.step, "experiment": task.experiment.name, "source": "test",
+        "params": run.params_kind}))
+  return {**result, "method": ev.method, "step": run.step, "params": run.params_kind,
+          "parzen": parzen or None, "written": written}
 
 
 def describe(result: dict, units) -> str:
   """The lines a program prints for evaluate_run's result."""
   unit = result["unit"]
-  text = (f"step {result['step']}, {result['num_images']} test examples, method "
+  text = (f"step {result['step']} ({result['params']} parameters), {result['num_images']} test "
+          f"examples, method "
           f"{result['method']}" + (f", {result['num_strata']} strata" if "num_strata" in result
                                   else "") + ":\n"
           f"  -(K - L_null) = {result['neg_K_minus_L_null_bits_per_' + unit]:.4f} "

@@ -53,29 +53,30 @@ def of_config(config: ml_collections.ConfigDict) -> experiment_lib.Experiment:
   return get(_LEGACY_DATASETS.get(config.get("data", {}).get("dataset"), "mnist"))
 
 
-def open_run(workdir: str, step: Optional[int] = None):
-  """(run, experiment) of a run directory: its parameters and config (read by
-  experiment.saved_config) at `step` (default: the latest).
+def open_run(workdir: str, step: Optional[int] = None, params: str = "ema"):
+  """(run, experiment) of a run directory: its parameters (`params`: as load_run's)
+  and config (read by experiment.saved_config) at `step` (default: the latest).
 
   Raises:
     errors.UserError: no run there, a checkpoint that does not verify, or a saved
       config with a field outside its domain.
   """
-  run = rundir.load_run(workdir, step)
+  run = rundir.load_run(workdir, step, params)
   experiment = of_config(run.config)
   run.config = experiment_lib.saved_config(
       experiment, run.config, os.path.join(rundir.checkpoint_dir(workdir), str(run.step)))
   return run, experiment
 
 
-def open_task(workdir: str, step: Optional[int] = None, with_data: bool = True):
+def open_task(workdir: str, step: Optional[int] = None, with_data: bool = True,
+              params: str = "ema"):
   """(run, task) of a run directory: the task holds the model and, with_data, the run's
   own data (run_data), else no examples (for what needs only the model).
 
   Raises:
     errors.UserError: as open_run and run_data.
   """
-  run, experiment = open_run(workdir, step)
+  run, experiment = open_run(workdir, step, params)
   dataset = (run_data(run, experiment) if with_data
              else experiment_lib.empty_dataset(experiment, run.config))
   return run, experiment_lib.build(experiment, run.config, dataset, run.stats)

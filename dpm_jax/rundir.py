@@ -301,22 +301,29 @@ class Run:
   """What sampling and evaluation need from a run directory.
 
   Attributes:
-    config: the run's config, as saved (experiment.with_defaults fills newer fields).
-    params: the parameters, numpy arrays.
+    config: the run's config, as saved (experiment.saved_config reads it).
+    params: the parameters evaluation and sampling use, numpy arrays.
+    params_kind: which they are: 'ema' (the moving average of a run with
+      train.ema_decay > 0) or 'raw' (the optimiser's).
     stats: how stored examples map to model units (experiment.Units.to_dict).
     data: what the run recorded of its data (data.Dataset.record), or None
       for runs saved before it was recorded.
   """
   config: ml_collections.ConfigDict
   params: Any
+  params_kind: str
   stats: dict
   step: int
   workdir: str
   data: Optional[dict] = None
 
 
-def load_run(workdir: str, step: Optional[int] = None) -> Run:
-  """Loads the config, data stats and parameters of a run (latest step by default).
+PARAMS = ("ema", "raw")
+
+
+def load_run(workdir: str, step: Optional[int] = None, params: str = "ema") -> Run:
+  """Loads the config, data stats and parameters of a run (latest step by default):
+  with params='ema' their moving average where the run keeps one, else the raw ones.
 
   The run may be training meanwhile: a reader sees committed checkpoints only (those
   Orbax lists, listed again each time a step is chosen), and a step pruned or still
@@ -333,9 +340,11 @@ def load_run(workdir: str, step: Optional[int] = None) -> Run:
         "directory made by the training entry point (python -m experiments.mnist).")
   quiet_orbax_logs()  # a read-only manager's notices are not faults
   chosen, state, meta = _read_committed(workdir, step)
-  params = jax.tree.map(np.asarray, state["params"])
-  return Run(config=ml_collections.ConfigDict(meta["config"]), params=params,
-             stats=meta["data_stats"], step=chosen, workdir=workdir, data=meta.get("data"))
+  kind = "ema" if params == "ema" and "ema_params" in state else "raw"
+  return Run(config=ml_collections.ConfigDict(meta["config"]),
+             params=jax.tree.map(np.asarray, state["ema_params" if kind == "ema" else "params"]),
+             params_kind=kind, stats=meta["data_stats"], step=chosen, workdir=workdir,
+             data=meta.get("data"))
 
 
 _READ_TRIES = 10

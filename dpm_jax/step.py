@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from flax import struct
 from flax.training import train_state
 
 from dpm_jax import diffusion
@@ -28,12 +29,41 @@ class TrainState(train_state.TrainState):
   nonfinite_streak: jax.Array
 
 
-def create_train_state(model: nn.Module, params: Any,
-                       tx: optax.GradientTransformation) -> TrainState:
-  return TrainState.create(
-      apply_fn=model.apply, params=params, tx=tx,
-      loss_sum=jnp.zeros([], jnp.float32), loss_count=jnp.zeros([], jnp.int32),
-      nonfinite_streak=jnp.zeros([], jnp.int32))
+  @property
+  def eval_params(self) -> Any:
+    """The parameters evaluation and sampling use."""
+    return self.params
+
+
+class EMATrainState(TrainState):
+  """A TrainState that also keeps an exponential moving average of the parameters,
+  updated after every step, which evaluation and sampling use. Its checkpoints hold
+  the average, so a resumed run continues it exactly."""
+  ema_params: Any
+  ema_decay: float = struct.field(pytree_node=False, default=0.999)
+
+  @property
+  def eval_params(self) -> Any:
+    return self.ema_params
+
+  def apply_gradients(self, *, grads, **kwargs) -> "EMATrainState":
+    new = super().apply_gradients(grads=grads, **kwargs)
+    return new.replace(ema_params=optax.incremental_update(new.params, self.ema_params,
+                                                           1.0 - self.ema_decay))
+
+
+def create_train_state(model: nn.Module, params: Any, tx: optax.GradientTransformation,
+                       ema_decay: float = 0.0) -> TrainState:
+  """The state at step 0; with ema_decay > 0 an EMATrainState, its average starting at
+  `params`."""
+  sums = dict(loss_sum=jnp.zeros([], jnp.float32), loss_count=jnp.zeros([], jnp.int32),
+              nonfinite_streak=jnp.zeros([], jnp.int32))
+  if ema_decay:
+    # A copy: the train step donates the state, and one buffer cannot be donated twice.
+    return EMATrainState.create(apply_fn=model.apply, params=params, tx=tx,
+                                ema_params=jax.tree.map(jnp.copy, params), ema_decay=ema_decay,
+                                **sums)
+  return TrainState.create(apply_fn=model.apply, params=params, tx=tx, **sums)
 
 
 def jit_train_step(task, plan: execution.Plan) -> Callable:

@@ -136,7 +136,8 @@ def final_report(task, run, examples: np.ndarray, figures: Callable, *,
   report = evaluate.report(result)
   report.update(experiment=exp.name, step=run.step, method="all_t", source=exp.report_source,
                 seconds=time.time() - start, paper=dict(exp.paper or {}),
-                matmul_precision=execution.precision_in_force(), **(reference or {}))
+                params=run.params_kind, matmul_precision=execution.precision_in_force(),
+                **(reference or {}))
   evaluate.check_finite(report, "the final bound")
   outputs.save_npz(os.path.join(workdir, "kl_per_t_fresh.npz"), t=result["t"],
                    kl=result["kl_per_t"])

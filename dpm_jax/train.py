@@ -194,7 +194,7 @@ def train_metrics(state, step_metrics, schedule, step, throughput) -> dict:
 
 def evaluate_test(evaluator, state, step, unit, stop, summary) -> dict:
   """The periodic test bound (eval/*), polling for a stop between batches."""
-  record = evaluator(state.params, should_stop=stop.should_stop)
+  record = evaluator(state.eval_params, should_stop=stop.should_stop)
   report(f"step {step}: eval bound {record['eval/loss']:.4f} +- "
          f"{record['eval/loss_stderr']:.4f} bits/{unit} (-(K-L_null))" + summary(record))
   return record
@@ -202,7 +202,7 @@ def evaluate_test(evaluator, state, step, unit, stop, summary) -> dict:
 
 def write_samples(task, sampler, state, step, workdir, key, stop) -> dict:
   """A picture of samples, workdir/samples/step_<8-digit step>.png (process 0)."""
-  samples = sampler(state.params, key, should_stop=stop.should_stop)
+  samples = sampler(state.eval_params, key, should_stop=stop.should_stop)
   if jax.process_index() == 0:
     if not np.all(np.isfinite(np.asarray(samples))):
       logging.warning("step %d: the samples are not finite; no picture written.", step)
@@ -272,6 +272,11 @@ def restore_or_create(experiment, config, workdir, manager, tx, dataset, resume_
     error = config_lib.resume_error(changes, workdir)
     if error:
       raise errors.UserError(error)
+    if bool(saved.train.ema_decay) != bool(config.train.ema_decay):
+      raise errors.UserError(
+          f"train.ema_decay: checkpoint {saved.train.ema_decay}, now {config.train.ema_decay}: "
+          "the average starts at a run's first step, so it is on or off for the whole run "
+          "(its decay may change); keep it as the run has it, or use a new --workdir.")
     saved_fields = dict(config_lib.leaves(ml_collections.ConfigDict(meta["config"])))
     for change in changes:
       logging.info("Resuming with a changed setting: %s%s", change,
@@ -280,7 +285,8 @@ def restore_or_create(experiment, config, workdir, manager, tx, dataset, resume_
     check_same_data(meta.get("data"), dataset, workdir)
     task = experiment_lib.build(experiment, config, dataset, meta["data_stats"])
     target = jax.eval_shape(lambda: step_lib.create_train_state(
-        task.model, diffusion.init_params(task.model, jax.random.key(0)), tx))
+        task.model, diffusion.init_params(task.model, jax.random.key(0)), tx,
+        config.train.ema_decay))
     return task, rundir.restore(manager, step, target)[0]
 
   if resume_verified:
@@ -292,7 +298,7 @@ def restore_or_create(experiment, config, workdir, manager, tx, dataset, resume_
     report(f"No checkpoint in {rundir.checkpoint_dir(workdir)}: starting at step 0.")
     task = experiment_lib.build(experiment, config, dataset)
     params = diffusion.init_params(task.model, run_keys(config.seed).init)
-    return task, step_lib.create_train_state(task.model, params, tx), 0
+    return task, step_lib.create_train_state(task.model, params, tx, config.train.ema_decay), 0
   report(f"Resumed from step {start} in {workdir}")
   return (*restored, start)
 
@@ -363,12 +369,14 @@ def report(line: str) -> None:
 
 
 def log_start(task, config, start, num_steps, state, workdir, free):
+  ema = config.train.ema_decay
   report(
       f"Training {task.experiment.name} ({task.model.__class__.__name__}) on {task.data.name}: "
       f"{len(task.data.train)} train / {len(task.data.test)} test examples, batch "
       f"{config.train.batch_size}, "
-      f"steps {start}..{num_steps}, {diffusion.count_params(state.params)} "
-      f"parameters, workdir {workdir} ({free / 2**20:.0f} MiB free, "
+      f"steps {start}..{num_steps}, {diffusion.count_params(state.params)} parameters"
+      + (f" (evaluated and sampled as their moving average, decay {ema})" if ema else "")
+      + f", workdir {workdir} ({free / 2**20:.0f} MiB free, "
       f"{rundir.state_nbytes(state) / 2**20:.1f} MiB a checkpoint)")
 
 

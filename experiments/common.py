@@ -142,6 +142,9 @@ def define_run_flags(values: flags.FlagValues, seed_default=0, seed_help="The dr
   flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).", lower_bound=0,
                        flag_values=values)
   flags.DEFINE_integer("seed", seed_default, seed_help, lower_bound=0, flag_values=values)
+  flags.DEFINE_enum("params", "ema", ["ema", "raw"], "ema: the parameters' moving average where "
+                    "the run keeps one (train.ema_decay > 0), else the raw ones; raw: the "
+                    "optimiser's.", flag_values=values)
   define_cpu_devices(values)
 
 

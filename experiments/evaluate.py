@@ -46,7 +46,7 @@ def main(values: flags.FlagValues) -> None:
   common.show_cpu_devices(values)  # one per core; each batch splits over those dividing it
   output = outputs.writable_folder("the results' folder", values.output or values.workdir,
                                    "write them elsewhere with --output=FOLDER")
-  run, task = registry.open_task(values.workdir, values.step)
+  run, task = registry.open_task(values.workdir, values.step, params=values.params)
   ev = run.config.eval.copy_and_resolve_references()
   for name in ("method", "num_images", "num_strata", "num_batches", "batch_size"):
     if values[name].value is not None:

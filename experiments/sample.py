@@ -71,7 +71,8 @@ def main(values: flags.FlagValues) -> None:
   outputs.writable_folder("the samples' folder", os.path.dirname(output_path(values, 0)),
                           "write them elsewhere with --output=FOLDER/NAME.png")
   from_test = values.mode != "sample" and not values.image
-  run, task = registry.open_task(values.workdir, values.step, with_data=from_test)
+  run, task = registry.open_task(values.workdir, values.step, with_data=from_test,
+                                 params=values.params)
   cfg, exp, n, test = run.config, task.experiment, values.num_images, task.data.test
   true = None
   if from_test:
@@ -92,8 +93,11 @@ def main(values: flags.FlagValues) -> None:
         should_stop=should_stop, mask_kind="box" if box else values.mask or cfg.sample.mask,
         box=box, denoise_sigma=values.denoise_sigma or cfg.sample.denoise_sigma,
         superres_factor=values.superres_factor, superres_noise=values.superres_noise))
-  path = experiment.write_outputs(task, out, output_path(values, run.step))
-  print(f"{values.mode}: {n} examples from step {run.step} -> {path} (+ .npz)")
+  used_ema = np.asarray(run.params_kind == "ema")
+  path = experiment.write_outputs(task, dict(out, ema_params=used_ema),
+                                  output_path(values, run.step))
+  print(f"{values.mode}: {n} examples from step {run.step} ({run.params_kind} parameters) -> "
+        f"{path} (+ .npz)")
 
 
 def run(argv) -> int:

@@ -268,3 +268,31 @@ def test_evaluation_runs_at_the_run_s_precision_and_records_it(run_dir, tmp_path
     assert code == 0, err
     result = json.loads((tmp_path / precision / "eval_stratified_test.json").read_text())
     assert result["matmul_precision"] == precision
+
+
+def test_a_run_with_a_moving_average_is_evaluated_and_sampled_with_it(tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+  from dpm_jax import errors  # pylint: disable=g-import-not-at-top
+  config = runs.config("mnist", "tiny")
+  config.train.update(num_steps=4, ema_decay=0.5)
+  runs.train(config, str(tmp_path))
+  printed = {}
+  for params in ("ema", "raw"):
+    code, out, err = call(evaluate_program.run, ["e", f"--workdir={tmp_path}", "--num_images=8",
+                                                 f"--params={params}",
+                                                 f"--output={tmp_path / params}"])
+    assert code == 0, err
+    assert f"({params} parameters)" in out
+    result = json.loads((tmp_path / params / "eval_stratified_test.json").read_text())
+    assert result["params"] == params
+    printed[params] = result["neg_K_minus_L_null_bits_per_pixel"]
+  assert printed["ema"] != printed["raw"]
+  code, out, err = call(sample_program.run, ["s", f"--workdir={tmp_path}", "--num_images=2",
+                                             f"--output={tmp_path}/s.png"])
+  assert code == 0 and "(ema parameters)" in out, err
+  with np.load(tmp_path / "s.npz") as arrays:
+    assert bool(arrays["ema_params"])
+  config.train.update(num_steps=6, ema_decay=0.0)
+  with pytest.raises(errors.UserError, match=r"train.ema_decay: checkpoint 0.5, now 0.0: the "
+                                             r"average starts at a run's first step"):
+    runs.train(config, str(tmp_path))

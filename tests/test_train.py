@@ -21,7 +21,7 @@ from conftest import ROOT
 from dpm_jax import config as config_lib, data as data_lib, metrics, optim, registry
 from dpm_jax import errors
 from dpm_jax import experiment as experiment_lib, execution
-from dpm_jax import rundir, train
+from dpm_jax import diffusion, rundir, step as step_lib, train
 from experiments.configs import test as test_config
 from runs import digits
 
@@ -45,8 +45,9 @@ def run_cli(args, timeout=300, **kwargs):
 
 
 def final_params(workdir):
-  run = rundir.load_run(workdir)
-  return run.step, jax.tree.leaves(run.params)
+  """(step, the parameters, and their moving average where the run keeps one)."""
+  run, raw = rundir.load_run(workdir), rundir.load_run(workdir, params="raw")
+  return run.step, jax.tree.leaves((run.params, raw.params))
 
 
 def deterministic_metrics(workdir):
@@ -73,6 +74,22 @@ def run_copy(trained_run, tmp_path):
 
 # ----------------------------------------------------------------------------
 # The optimiser.
+
+
+def test_the_moving_average_follows_every_step():
+  """ema <- decay * ema + (1 - decay) * params after each update; evaluation uses it."""
+  model = diffusion.make_model(test_config.get_config().model)
+  params = diffusion.init_params(model, jax.random.key(0))
+  tx = optax.sgd(0.1)
+  state = step_lib.create_train_state(model, params, tx, ema_decay=0.9)
+  grads = jax.tree.map(jnp.ones_like, params)
+  one = state.apply_gradients(grads=grads)
+  two = one.apply_gradients(grads=grads)
+  for p0, p1, p2, ema in zip(*map(jax.tree.leaves, (params, one.params, two.params,
+                                                   two.eval_params))):
+    np.testing.assert_allclose(ema, 0.9 * (0.9 * p0 + 0.1 * p1) + 0.1 * p2, rtol=1e-6)
+  plain = step_lib.create_train_state(model, params, tx)
+  assert plain.eval_params is plain.params and not hasattr(plain, "ema_params")
 
 
 def test_nonfinite_rule_zeroes_only_the_bad_tensor_and_counts_it():
@@ -191,7 +208,8 @@ def _wait_for_step(workdir, step, proc, timeout=240):
 # Two CPU devices, as this process has: the uninterrupted run is made here, in process.
 KILL_ARGS = ["experiments.mnist", "--config=experiments/configs/test.py", "--cpu_devices=2",
              "--config.train.num_steps=60", "--config.train.log_every_steps=2",
-             "--config.train.checkpoint_every_steps=7", "--config.train.eval_every_steps=20"]
+             "--config.train.checkpoint_every_steps=7", "--config.train.eval_every_steps=20",
+             "--config.train.ema_decay=0.9"]  # the average too resumes bit for bit
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +247,7 @@ def test_kill_and_rerun_reproduces_the_uninterrupted_run(tmp_path, sig, uninterr
   assert "Resumed from step" in rerun.stderr
   step_a, params_a = final_params(str(ref))
   step_b, params_b = final_params(str(killed))
-  assert step_a == step_b == 60
+  assert step_a == step_b == 60 and rundir.load_run(str(killed)).params_kind == "ema"
   for x, y in zip(params_a, params_b):
     np.testing.assert_array_equal(x, y)
   assert deterministic_metrics(ref) == deterministic_metrics(killed)
