@@ -25,7 +25,8 @@ def test_notebook_is_valid_and_has_no_outputs():
 
 
 @pytest.mark.slow
-def test_notebook_runs_in_tiny_mode(tmp_path, monkeypatch):
+@pytest.mark.parametrize("devices", [1, 8])  # a Colab v5e-1, a Kaggle v5e-8
+def test_notebook_runs_in_tiny_mode(tmp_path, monkeypatch, devices):
   # A 'python3' kernel spec that runs this interpreter, found before any other.
   spec_dir = tmp_path / "jupyter" / "kernels" / "python3"
   spec_dir.mkdir(parents=True)
@@ -37,6 +38,10 @@ def test_notebook_runs_in_tiny_mode(tmp_path, monkeypatch):
   monkeypatch.setenv("DPM_NOTEBOOK_TINY", "1")
   monkeypatch.setenv("DPM_NOTEBOOK_WORKDIR", str(workdir))
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+           if not f.startswith("--xla_force_host_platform_device_count")]
+  monkeypatch.setenv("XLA_FLAGS", " ".join(flags + [
+      f"--xla_force_host_platform_device_count={devices}"]))
 
   nb = nbformat.read(NOTEBOOK, as_version=4)
   client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=300,
@@ -55,3 +60,7 @@ def test_notebook_runs_in_tiny_mode(tmp_path, monkeypatch):
   assert figures[-3:] == [1, 2, 1], figures
   printed = "".join(o.get("text", "") for c in cells for o in c.get("outputs", []))
   assert "step 6: test bound" in printed and "trained to step 6" in printed
+  assert f"batch 32 split over {devices} CPU device(s), {32 // devices} each" in printed
+  with open(NOTEBOOK) as f:
+    text = f.read()
+  assert "v2-8" not in text and "tfds" not in text  # a retired runtime; TensorFlow's data
