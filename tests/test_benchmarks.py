@@ -1,6 +1,7 @@
 """The benchmark scripts run end to end (quick mode) and write their results."""
 
 import json
+import os
 
 import jax
 import pytest
@@ -92,3 +93,21 @@ def test_profile_writes_every_op_s_time_in_its_group(tmp_path):
   assert [g["group"] for g in saved["groups"]] == list(profile.GROUPS)
   assert sum(g["seconds"] for g in saved["groups"]) == pytest.approx(results["op_seconds_per_step"])
   assert saved["op_seconds_per_step"] > 0 and saved["step_s"] > 0
+
+
+@pytest.mark.slow
+def test_the_accelerator_benchmark_in_its_quick_mode(tmp_path):
+  from benchmarks import accelerator  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "accelerator.json"
+  results = accelerator.main(["--quick", f"--workdir={tmp_path / 'run'}", f"--output={out}"])
+  saved = json.loads(out.read_text())
+  assert saved["backend"] == "cpu" and saved["quick"] is True
+  rows = {(r["method"], r["precision"]): r for r in saved["bounds"]}
+  assert sorted(rows) == [("all_t", "default"), ("all_t", "highest"),
+                          ("stratified", "default"), ("stratified", "highest")]
+  for method in ("stratified", "all_t"):  # a CPU computes float32 at every precision
+    assert rows[method, "highest"]["bits_per_pixel"] == rows[method, "default"]["bits_per_pixel"]
+  assert (tmp_path / "run" / "samples").is_dir() and os.path.exists(saved["training"]["samples"])
+  table = (tmp_path / "accelerator.md").read_text()
+  assert table == results["markdown"] and "| all_t | default | 8 |" in table
+  assert "| mnist | JAX" in table
