@@ -17,6 +17,7 @@ samples and inpaints larger images.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
@@ -227,9 +228,13 @@ class ImageExperiment(experiment.Experiment):
     if self._report is None:
       return super().final_report(task, run, should_stop)
     fe = run.config.final_eval
+    # 8-bit data dequantised by a uniform draw w wide (model units): a density of at
+    # most 1 / w per dimension, so K <= -log2(w) bits per dimension, whatever the model.
+    ceiling = -task.model.unit_dims * math.log2(task.units.uniform_noise)
     return table1.final_report(task, run, self._report.examples(run.config, fe.num_examples,
                                                                 fe.seed),
-                               self._report.figures, should_stop=should_stop)
+                               self._report.figures, reference={"ceiling_bits": ceiling},
+                               should_stop=should_stop)
 
 
 def tiny(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

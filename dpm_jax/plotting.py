@@ -152,6 +152,20 @@ def save_binary_panels(panels: Sequence, titles: Sequence[str], path: str) -> st
   return _savefig(fig, path, dpi=100)
 
 
+def save_pictures(paths: Sequence[str], titles: Sequence[str], path: str) -> str:
+  """PNG files side by side, one row each, titled: a figure of figures."""
+  from matplotlib import image as mpl_image  # pylint: disable=g-import-not-at-top
+  pictures = [mpl_image.imread(p) for p in paths]
+  fig = _figure(figsize=(8, sum(3.2 * p.shape[0] / p.shape[1] + 0.4 for p in pictures)))
+  for i, (picture, title) in enumerate(zip(pictures, titles)):
+    ax = fig.add_subplot(len(pictures), 1, i + 1)
+    ax.imshow(picture)
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+  fig.tight_layout()
+  return _savefig(fig, path, dpi=120)
+
+
 def save_scatter(points, path: str, title: str = "") -> str:
   """2-D points as a scatter plot on [-2.5, 2.5]^2."""
   fig = _figure(figsize=(4, 4))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Mapping, Optional
+from typing import Callable, Mapping, Optional, Sequence
 
 import jax
 import ml_collections
@@ -159,3 +159,52 @@ def summary_line(report: dict) -> str:
   if true_ll is not None:
     line += f"; the data's true log likelihood {true_ll:.3f}"
   return line + f"; {report['num_images']} {report['source'].replace('_', '-')} examples"
+
+
+def write_table(rows: Sequence[Mapping], workdir: str) -> dict:
+  """Writes table1.json, table1.md and table1.png into workdir from its rows' final
+  reports.
+
+  Args:
+    rows: per row, its final report (eval.json) with 'run' (the row's run directory,
+      relative to workdir), 'steps' and 'seconds' (its training's wall time, None if
+      unknown) added.
+
+  Returns:
+    {'rows': ..., 'markdown': the table}.
+  """
+  table = []
+  for r in rows:
+    paper = r.get("paper") or {}
+    k, se = r["K_bits"], r["K_bits_stderr"]
+    table.append(dict(
+        experiment=r["experiment"], unit=r["unit"], K_bits=k, K_bits_stderr=se,
+        K_minus_L_null_bits=r["K_minus_L_null_bits"], L_null_bits=r["L_null_bits"],
+        paper_K_bits=paper.get("K_bits"),
+        paper_K_minus_L_null_bits=paper.get("K_minus_L_null_bits"),
+        K_minus_paper_in_stderr=(k - paper["K_bits"]) / se if "K_bits" in paper and se else None,
+        ceiling_bits=r.get("ceiling_bits"), steps=r["steps"], seconds=r["seconds"],
+        examples=r["num_images"], source=r["source"], run=r["run"]))
+
+  def number(value, digits=3):
+    return "-" if value is None else f"{value:.{digits}f}"
+
+  lines = ["| row | K | paper K | (K - paper) / s.e. | K - L_null | paper | L_null | "
+           "ceiling of K | steps | training |", "|---" * 10 + "|"]
+  for t in table:
+    lines.append(
+        f"| {t['experiment']} (bits per {t['unit']}) | {number(t['K_bits'])} +- "
+        f"{number(t['K_bits_stderr'])} | {number(t['paper_K_bits'])} | "
+        f"{number(t['K_minus_paper_in_stderr'], 1)} | {number(t['K_minus_L_null_bits'])} | "
+        f"{number(t['paper_K_minus_L_null_bits'])} | {number(t['L_null_bits'])} | "
+        f"{number(t['ceiling_bits'])} | {t['steps']} | "
+        + ("-" if t["seconds"] is None else f"{t['seconds'] / 60:.1f} min") + " |")
+  markdown = "\n".join(lines) + "\n"
+  outputs.write_json(os.path.join(workdir, "table1.json"), {"rows": table})
+  with outputs.atomic_path(os.path.join(workdir, "table1.md")) as tmp, open(tmp, "w") as f:
+    f.write(markdown)
+  figures = [next(os.path.join(workdir, r["run"], p) for p in r["figures"] if "kl_per_t" not in p)
+             for r in rows]  # each row's own figure: its samples beside its data
+  titles = [f"{r['experiment']}: {os.path.basename(p)}" for r, p in zip(rows, figures)]
+  plotting.save_pictures(figures, titles, os.path.join(workdir, "table1.png"))
+  return {"rows": table, "markdown": markdown}

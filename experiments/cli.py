@@ -6,6 +6,7 @@
   dpm-jax experiments                                  (the registered experiments)
   dpm-jax sample --workdir=runs/mnist --mode=inpaint
   dpm-jax evaluate --workdir=runs/mnist
+  dpm-jax table1 --workdir=runs/table1                 (the paper's Table 1, its CPU rows)
   dpm-jax benchmark --quick
 
 `dpm-jax <command> --help` lists a command's flags; `dpm-jax train <experiment>
@@ -20,8 +21,9 @@ from dpm_jax import errors
 from . import common
 from . import evaluate
 from . import sample
+from . import table1
 
-COMMANDS = ("train", "sample", "evaluate", "experiments", "benchmark")
+COMMANDS = ("train", "sample", "evaluate", "table1", "experiments", "benchmark")
 
 
 def main(argv=None) -> int:
@@ -53,7 +55,7 @@ def main(argv=None) -> int:
     package = __package__.rpartition(".")[0]
     importlib.import_module(f"{package}.benchmarks.run" if package else "benchmarks.run").main(rest)
     return 0
-  program = sample if command == "sample" else evaluate
+  program = {"sample": sample, "evaluate": evaluate, "table1": table1}[command]
   return program.run([f"dpm-jax {command}"] + rest)
 
 

@@ -1,5 +1,6 @@
 """The paper's Table 1 experiments: the Swiss roll model, and short runs of both entry configs."""
 
+import json
 import math
 
 import jax
@@ -93,3 +94,27 @@ def test_check_grads_swiss_roll_network_and_loss_float64():
     loss_fn = diffusion.make_loss_fn(model)
     g = lambda p: loss_fn(p, x, jax.random.key(4))[0]
     check_grads(jax.jit(g), (params,), order=1, modes=("rev",), atol=1e-5, rtol=1e-5, eps=1e-6)
+
+
+@pytest.mark.slow
+def test_the_table_1_command_writes_the_table_and_reuses_finished_rows(tmp_path):
+  from experiments import cli  # pylint: disable=g-import-not-at-top
+  args = ["table1", f"--workdir={tmp_path}", "--quick", "--rows=heartbeat,swiss_roll"]
+  assert cli.main(args) == 0
+  rows = json.loads((tmp_path / "table1.json").read_text())["rows"]
+  assert [r["experiment"] for r in rows] == ["heartbeat", "swiss_roll"]
+  for r in rows:
+    assert r["K_bits"] == pytest.approx(r["L_null_bits"] + r["K_minus_L_null_bits"])
+    assert r["K_minus_paper_in_stderr"] == pytest.approx(
+        (r["K_bits"] - r["paper_K_bits"]) / r["K_bits_stderr"])
+    assert r["K_bits"] <= r["ceiling_bits"] + 5 * r["K_bits_stderr"] and r["steps"] == 20
+    assert r["seconds"] > 0
+  assert rows[0]["ceiling_bits"] == pytest.approx(-math.log2(5))  # the data's entropy
+  table = (tmp_path / "table1.md").read_text()
+  assert table.count("\n") == 4 and "| swiss_roll (bits per point) |" in table
+  assert (tmp_path / "table1.png").stat().st_size > 10000
+  report = tmp_path / "heartbeat" / "eval.json"
+  before = report.stat().st_mtime_ns
+  assert cli.main(args) == 0  # finished rows: reused, not evaluated again
+  assert report.stat().st_mtime_ns == before
+  assert json.loads((tmp_path / "table1.json").read_text())["rows"] == rows
