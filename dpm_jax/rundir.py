@@ -318,9 +318,6 @@ class Run:
   data: Optional[dict] = None
 
 
-PARAMS = ("ema", "raw")
-
-
 def load_run(workdir: str, step: Optional[int] = None, params: str = "ema") -> Run:
   """Loads the config, data stats and parameters of a run (latest step by default):
   with params='ema' their moving average where the run keeps one, else the raw ones.
