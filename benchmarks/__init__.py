@@ -1,4 +1,4 @@
-"""The project's benchmarks (docs/performance.md): python -m benchmarks.<name>."""
+"""The project's benchmarks: python -m benchmarks.<name>."""
 
 import importlib
 import os
@@ -6,8 +6,8 @@ import os
 
 def output_path(committed: str, elsewhere: str) -> str:
   """A benchmark's default results file: benchmarks/<committed> from a checkout (the
-  figures the repository keeps and docs/performance.md quotes), else runs/<elsewhere>
-  under the working directory (never inside an installed package)."""
+  figures the repository keeps), else runs/<elsewhere> under the working directory
+  (never inside an installed package)."""
   here = os.path.dirname(os.path.abspath(__file__))
   if os.path.exists(os.path.join(here, os.pardir, "pyproject.toml")):
     return os.path.join(here, committed)

@@ -9,7 +9,7 @@ MNIST model with the reference recipe for 2000 steps on the embedded digits, eva
 the trained model's stratified and all-t bounds at 'highest' and at 'default' matmul
 precision side by side (a TPU's default is one bfloat16 pass, a recent GPU's TF32), and
 writes a sample grid. Results: benchmarks/accelerator.json and accelerator.md from a
-checkout (what docs/performance.md shows), else runs/accelerator.{json,md}.
+checkout (the figures the repository keeps), else runs/accelerator.{json,md}.
 """
 
 from __future__ import annotations
