@@ -448,23 +448,13 @@ class Change:
     return f"{self.field}: checkpoint {self.saved!r}, now {self.now!r}"
 
 
-def _flatten(d: Mapping, prefix: str = "") -> dict:
-  out = {}
-  for key, value in d.items():
-    if isinstance(value, Mapping):
-      out.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
-
-
 def changes(saved: Mapping, current: Mapping) -> list:
   """Every field, in every section, whose value differs between two configs (as dicts).
 
   A field that only one of them has (added or removed between versions of
   this code) is not a change: new fields default to the earlier behaviour.
   """
-  a, b = _flatten(saved), _flatten(current)
+  a, b = (dict(leaves(ml_collections.ConfigDict(c))) for c in (saved, current))
   return [Change(k, a[k], b[k]) for k in sorted(set(a) & set(b))
           if k not in LEGACY_FIELDS and a[k] != b[k]]
 
