@@ -362,9 +362,9 @@ def _find_idx(directory: str, split: str) -> str:
   found = _idx_files(directory, split)
   if not found:
     raise errors.UserError(
-        f"No {split}-images-idx3-ubyte[.gz] in data.dir={directory!r}. Point data.dir at a "
-        f"folder with the standard IDX files train-images-idx3-ubyte.gz and "
-        "t10k-images-idx3-ubyte.gz (MNIST or Fashion-MNIST), or set "
+        f"No {split}-images-idx3-ubyte in data.dir={directory!r} (nor {split}-images."
+        "idx3-ubyte; gzipped or not). Point data.dir at a folder with the IDX image files "
+        "train-images-idx3-ubyte and t10k-images-idx3-ubyte (MNIST or Fashion-MNIST), or set "
         "--config.data.download=True to fetch them (needs internet). " + OFFLINE_OPTIONS)
   return os.path.join(directory, found[0])  # the same images, compressed or not
 

@@ -115,8 +115,10 @@ def make_test_evaluator(task: experiment_lib.Task, eval_config: ml_collections.C
   ev.batch_size = min(ev.batch_size, len(examples))
   ev.batch_size -= ev.batch_size % par.num_devices
   if ev.batch_size < 1:
-    raise ValueError(f"The test split ({len(examples)} examples) is smaller than the "
-                     f"{par.num_devices} devices.")
+    raise errors.UserError(
+        f"The test split ({len(examples)} examples) is smaller than the {par.num_devices} "
+        "devices each test batch is split over: hold out more examples (data.test_fraction "
+        "for a folder), or use fewer devices (--cpu_devices).")
   if ev.method == "stratified":
     examples = test_examples(examples, ev.num_images, ev.batch_size, ev.seed)
   count = ({"eval/num_batches": ev.num_batches} if ev.method == "one_t"
@@ -293,7 +295,8 @@ def evaluate_run(task: experiment_lib.Task, run, eval_config: ml_collections.Con
   """The bound of a run (dpm_jax.rundir.Run) on its test examples by eval_config (config.eval's
   fields; method may also be 'all_t'), and, with parzen_samples, the Parzen window; writes
   eval_<method>_test.json into output_dir (default: the run's directory; all_t also
-  kl_per_t_test.npz/.png; Parzen: eval_parzen_test.json).
+  kl_per_t_test.npz/.png; Parzen: eval_parzen_test.json), with _raw before _test for
+  the raw parameters of a run that keeps their moving average.
 
   Returns:
     The report (with 'parzen' when asked for) and 'written', the files' paths.
@@ -303,6 +306,7 @@ def evaluate_run(task: experiment_lib.Task, run, eval_config: ml_collections.Con
       (then nothing is written).
   """
   ev, workdir, start = eval_config, output_dir or run.workdir, time.time()
+  raw = "_raw" if run.params_kind == "raw" and run.config.train.ema_decay else ""
   T = run.config.model.trajectory_length
   if ev.method == "stratified" and ev.num_strata > T - 1:
     raise errors.UserError(f"--num_strata={ev.num_strata} exceeds the run's {T - 1} time steps "
@@ -320,14 +324,14 @@ def evaluate_run(task: experiment_lib.Task, run, eval_config: ml_collections.Con
   parzen = parzen_samples and parzen_window(
       task, run.params, test, key, num_samples=parzen_samples, num_validation=parzen_validation,
       skip_first_step=run.config.sample.skip_first_step, should_stop=should_stop)
-  written = [outputs.write_json(os.path.join(workdir, f"eval_{ev.method}_test.json"), out)]
+  written = [outputs.write_json(os.path.join(workdir, f"eval_{ev.method}{raw}_test.json"), out)]
   if ev.method == "all_t":
-    written.append(outputs.save_npz(os.path.join(workdir, "kl_per_t_test.npz"), t=result["t"],
+    written.append(outputs.save_npz(os.path.join(workdir, f"kl_per_t{raw}_test.npz"), t=result["t"],
                                     kl=result["kl_per_t"]))
     written.append(plotting.plot_kl_per_t(result["t"], result["kl_per_t"],
-                                          os.path.join(workdir, "kl_per_t_test.png")))
+                                          os.path.join(workdir, f"kl_per_t{raw}_test.png")))
   if parzen:
-    written.append(outputs.write_json(os.path.join(workdir, "eval_parzen_test.json"), {
+    written.append(outputs.write_json(os.path.join(workdir, f"eval_parzen{raw}_test.json"), {
         **parzen, "step": run.step, "experiment": task.experiment.name, "source": "test",
         "params": run.params_kind}))
   return {**result, "method": ev.method, "step": run.step, "params": run.params_kind,

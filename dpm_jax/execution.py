@@ -67,8 +67,12 @@ def _environment_count() -> tuple[str, int]:
   match = re.search(_XLA_COUNT + r"=(\d+)", os.environ.get("XLA_FLAGS", ""))
   if match:
     return "XLA_FLAGS", int(match.group(1))
-  if os.environ.get("JAX_NUM_CPU_DEVICES", "").strip().isdigit():
-    return "JAX_NUM_CPU_DEVICES", int(os.environ["JAX_NUM_CPU_DEVICES"])
+  value = os.environ.get("JAX_NUM_CPU_DEVICES", "").strip()
+  if value:
+    if not value.isdigit() or int(value) < 1:
+      raise errors.UserError(f"JAX_NUM_CPU_DEVICES={value!r} is not a count of devices; set it "
+                             "to a positive integer, or unset it.")
+    return "JAX_NUM_CPU_DEVICES", int(value)
   return "", 0
 
 
@@ -90,11 +94,14 @@ def show_cpu_devices(count: Optional[int], default: Optional[int] = None) -> int
     raise errors.UserError(f"cpu_devices={count} must be at least 1.")
   variable, env_count = _environment_count()
   if variable == "XLA_FLAGS" or (variable and count is None):
-    if count is not None and count != env_count:
-      logging.warning("Keeping the %d CPU devices %s sets (asked for %d): change %s to change "
-                      "them.", env_count, variable, count, variable)
-    else:
+    if count is None or count == env_count:
       logging.info("Using the %d CPU devices %s sets.", env_count, variable)
+    elif count < env_count:  # the execution plan takes the first `count`
+      logging.info("%s shows %d CPU devices; the run uses the first %d.", variable, env_count,
+                   count)
+    else:
+      logging.warning("%s shows %d CPU devices, fewer than the %d asked for; change %s for "
+                      "more.", variable, env_count, count, variable)
     return 0
   if variable:
     logging.info("--cpu_devices / compute.cpu_devices=%d replaces JAX_NUM_CPU_DEVICES=%d.",
@@ -171,9 +178,10 @@ def check_batch_divides(batch_size: int, num_devices: int,
   if batch_size % num_devices:
     raise errors.UserError(
         f"{what}={batch_size} is not divisible by the {num_devices} devices; choose a "
-        "multiple of the device count, or another count (" + (
-            f"XLA_FLAGS' {_XLA_COUNT}, which sets it here" if _environment_count()[0] ==
-            "XLA_FLAGS" else "--cpu_devices, compute.cpu_devices on a CPU") + ").")
+        "multiple of the device count, or another count (--cpu_devices, "
+        "compute.cpu_devices on a CPU" + (
+            f": at most the devices XLA_FLAGS' {_XLA_COUNT} shows, or change it"
+            if _environment_count()[0] == "XLA_FLAGS" else "") + ").")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,10 +232,12 @@ def plan(compute: ml_collections.ConfigDict, batch_size: int, model,
     n = compute.cpu_devices
     if n and on_cpu() and jax.process_count() == 1:
       if n > len(devices):
+        variable = _environment_count()[0]
         raise errors.UserError(
             f"compute.cpu_devices={n} exceeds the {len(devices)} CPU devices JAX shows; "
-            f"use --cpu_devices={n} (the entry points show that many), or at most "
-            f"{len(devices)}.")
+            + (f"{variable} sets that count: change it, or use at most {len(devices)}."
+               if variable else f"use --cpu_devices={n} (the entry points show that many), "
+               f"or at most {len(devices)}."))
       devices = devices[:n]
   devices = tuple(devices)
   check_batch_divides(batch_size, len(devices))

@@ -150,12 +150,19 @@ def _free_space_note(workdir: str) -> str:
   return f"{free / 2**20:.1f} MiB are free there."
 
 
+def _committed_steps(manager: ocp.CheckpointManager) -> list[int]:
+  """The steps of complete checkpoints: Orbax lists any folder named by a step, and one
+  it committed holds its step metadata (written before the commit's rename)."""
+  return [s for s in manager.all_steps() if os.path.exists(
+      os.path.join(str(manager.directory), str(s), "_CHECKPOINT_METADATA"))]
+
+
 def _unfinished_steps(manager: ocp.CheckpointManager) -> list[int]:
-  """Step folders that Orbax does not list as complete checkpoints."""
+  """Step folders that are not complete checkpoints."""
   directory = str(manager.directory)
   if not os.path.isdir(directory):
     return []
-  complete = set(manager.all_steps())
+  complete = set(_committed_steps(manager))
   return sorted(int(n) for n in os.listdir(directory)
                 if re.fullmatch(r"\d+", n) and int(n) not in complete)
 
@@ -174,7 +181,7 @@ def latest_step(manager: ocp.CheckpointManager) -> Optional[int]:
         "exist but are not complete Orbax checkpoints (corrupt, or written by "
         "another tool). Move them out of the checkpoints folder to resume from "
         "the newest complete checkpoint, or use a new --workdir.")
-  return manager.latest_step()
+  return max(_committed_steps(manager), default=None)
 
 
 def _on_first_device(tree):
@@ -277,14 +284,19 @@ def restore_newest_verified(manager: ocp.CheckpointManager,
                             restore_fn: Callable[[int], Any]) -> tuple[Optional[int], Any]:
   """(step, restore_fn(step)) of the newest checkpoint that restores and verifies,
   moving every newer one (and unfinished step folders) aside; (None, None) if none."""
+  moved = []
   for step in _unfinished_steps(manager):
-    logging.warning("Moved the unfinished checkpoint folder of step %d to %s", step,
-                    move_aside(manager, step))
-  for step in sorted(manager.all_steps(), reverse=True):
+    moved.append(move_aside(manager, step))
+    logging.warning("Moved the unfinished checkpoint folder of step %d to %s", step, moved[-1])
+  for step in sorted(_committed_steps(manager), reverse=True):
     try:
       return step, restore_fn(step)
     except _Corrupt as err:
-      logging.warning("%s\nMoved it to %s", str(err).splitlines()[0], move_aside(manager, step))
+      moved.append(move_aside(manager, step))
+      logging.warning("%s\nMoved it to %s", str(err).splitlines()[0], moved[-1])
+  if moved:
+    logging.warning("No checkpoint of this run verifies: training starts again at step 0 (the "
+                    "%d moved aside are in %s).", len(moved), os.path.dirname(moved[-1]))
   return None, None
 
 
@@ -375,9 +387,7 @@ def _read_committed(workdir: str, step: Optional[int]) -> tuple[int, Any, dict]:
     except FileNotFoundError:  # a step removed while Orbax listed it
       continue
     try:
-      # Orbax lists any folder named by a step; one it committed holds its step metadata.
-      steps = [s for s in manager.all_steps() if os.path.exists(os.path.join(
-          str(manager.directory), str(s), "_CHECKPOINT_METADATA"))]
+      steps = _committed_steps(manager)
       if step is not None and step not in steps:
         raise errors.UserError(
             f"No checkpoint at step {step} in {manager.directory}; available: {sorted(steps)}"

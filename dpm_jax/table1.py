@@ -161,7 +161,7 @@ def summary_line(report: dict) -> str:
   return line + f"; {report['num_images']} {report['source'].replace('_', '-')} examples"
 
 
-def write_table(rows: Sequence[Mapping], workdir: str) -> dict:
+def write_table(rows: Sequence[Mapping], workdir: str, quick: bool = False) -> dict:
   """Writes table1.json, table1.md and table1.png into workdir from its rows' final
   reports.
 
@@ -169,6 +169,8 @@ def write_table(rows: Sequence[Mapping], workdir: str) -> dict:
     rows: per row, its final report (eval.json) with 'run' (the row's run directory,
       relative to workdir), 'steps' and 'seconds' (its training's wall time, None if
       unknown) added.
+    quick: the rows are tiny configs' (the table says so, and its files are
+      table1_quick.*).
 
   Returns:
     {'rows': ..., 'markdown': the table}.
@@ -189,8 +191,9 @@ def write_table(rows: Sequence[Mapping], workdir: str) -> dict:
   def number(value, digits=3):
     return "-" if value is None else f"{value:.{digits}f}"
 
-  lines = ["| row | K | paper K | (K - paper) / s.e. | K - L_null | paper | L_null | "
-           "ceiling of K | steps | training |", "|---" * 10 + "|"]
+  lines = (["Tiny configs (--quick): a smoke test, not a result.", ""] if quick else []) + [
+      "| row | K | paper K | (K - paper) / s.e. | K - L_null | paper | L_null | "
+      "ceiling of K | steps | training |", "|---" * 10 + "|"]
   for t in table:
     lines.append(
         f"| {t['experiment']} (bits per {t['unit']}) | {number(t['K_bits'])} +- "
@@ -200,11 +203,12 @@ def write_table(rows: Sequence[Mapping], workdir: str) -> dict:
         f"{number(t['ceiling_bits'])} | {t['steps']} | "
         + ("-" if t["seconds"] is None else f"{t['seconds'] / 60:.1f} min") + " |")
   markdown = "\n".join(lines) + "\n"
-  outputs.write_json(os.path.join(workdir, "table1.json"), {"rows": table})
-  with outputs.atomic_path(os.path.join(workdir, "table1.md")) as tmp, open(tmp, "w") as f:
+  stem = os.path.join(workdir, "table1_quick" if quick else "table1")
+  outputs.write_json(stem + ".json", {"rows": table, "quick": quick})
+  with outputs.atomic_path(stem + ".md") as tmp, open(tmp, "w") as f:
     f.write(markdown)
   figures = [next(os.path.join(workdir, r["run"], p) for p in r["figures"] if "kl_per_t" not in p)
              for r in rows]  # each row's own figure: its samples beside its data
   titles = [f"{r['experiment']}: {os.path.basename(p)}" for r, p in zip(rows, figures)]
-  plotting.save_pictures(figures, titles, os.path.join(workdir, "table1.png"))
+  plotting.save_pictures(figures, titles, stem + ".png")
   return {"rows": table, "markdown": markdown}

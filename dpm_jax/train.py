@@ -277,17 +277,18 @@ def restore_or_create(experiment, config, workdir, manager, tx, dataset, resume_
           f"train.ema_decay: checkpoint {saved.train.ema_decay}, now {config.train.ema_decay}: "
           "the average starts at a run's first step, so it is on or off for the whole run "
           "(its decay may change); keep it as the run has it, or use a new --workdir.")
-    saved_fields = dict(config_lib.leaves(ml_collections.ConfigDict(meta["config"])))
-    for change in changes:
-      logging.info("Resuming with a changed setting: %s%s", change,
-                   "" if change.field in saved_fields
-                   else " (the checkpoint predates the field: its default)")
     check_same_data(meta.get("data"), dataset, workdir)
     task = experiment_lib.build(experiment, config, dataset, meta["data_stats"])
     target = jax.eval_shape(lambda: step_lib.create_train_state(
         task.model, diffusion.init_params(task.model, jax.random.key(0)), tx,
         config.train.ema_decay))
-    return task, rundir.restore(manager, step, target)[0]
+    state = rundir.restore(manager, step, target)[0]
+    saved_fields = dict(config_lib.leaves(ml_collections.ConfigDict(meta["config"])))
+    for change in changes:  # said once the checkpoint has restored and verified
+      logging.info("Resuming with a changed setting: %s%s", change,
+                   "" if change.field in saved_fields
+                   else " (the checkpoint predates the field: its default)")
+    return task, state
 
   if resume_verified:
     start, restored = rundir.restore_newest_verified(manager, restore_step)

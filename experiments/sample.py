@@ -21,8 +21,9 @@ def define(values: flags.FlagValues, argv) -> None:
   flags.DEFINE_string("mode", "sample", "sample, or a conditional mode of the experiment "
                       "(images: inpaint, denoise, superres).", flag_values=values)
   flags.DEFINE_integer("num_images", 36, "Examples to draw.", lower_bound=1, flag_values=values)
-  flags.DEFINE_string("output", None, "PNG path; a bare name goes into the run directory "
-                      "(default: samples/<mode>-step<step>-seed<seed>.png).", flag_values=values)
+  flags.DEFINE_string("output", None, "PNG path (a bare name goes into the run directory), "
+                      "or a folder ending in / (default: the run's samples/, named "
+                      "<mode>-step<step>-seed<seed>.png).", flag_values=values)
   flags.DEFINE_bool("intermediate", False, "Show states at several t.", flag_values=values)
   flags.DEFINE_integer("num_intermediate", None, "Intermediate columns (default: config.sample).",
                        lower_bound=1, flag_values=values)
@@ -53,14 +54,19 @@ def define(values: flags.FlagValues, argv) -> None:
                              flag_values=values)
 
 
-def output_path(values, step: int) -> str:
-  """--output as given if it has a folder, else in the run directory."""
-  if not values.output:
-    suffix = "-trajectory" if values.intermediate else ""
-    return os.path.join(values.workdir, "samples",
-                        f"{values.mode}-step{step}-seed{values.seed}{suffix}.png")
-  return values.output if os.path.dirname(values.output) else os.path.join(values.workdir,
-                                                                            values.output)
+def output_path(values, step: int, raw: bool = False) -> str:
+  """The picture's path: --output as given (a bare name into the run directory; a folder,
+  one ending in '/' or existing, holds the default name), by default
+  samples/<mode>-step<step>-seed<seed>[-raw][-trajectory].png in the run directory
+  (-raw: the raw parameters of a run that keeps their moving average)."""
+  name = (f"{values.mode}-step{step}-seed{values.seed}" + ("-raw" if raw else "")
+          + ("-trajectory" if values.intermediate else "") + ".png")
+  out = values.output
+  if not out:
+    return os.path.join(values.workdir, "samples", name)
+  if out.endswith(os.sep) or os.path.isdir(out):
+    return os.path.join(out, name)
+  return out if os.path.dirname(out) else os.path.join(values.workdir, out)
 
 
 def main(values: flags.FlagValues) -> None:
@@ -94,8 +100,9 @@ def main(values: flags.FlagValues) -> None:
         box=box, denoise_sigma=values.denoise_sigma or cfg.sample.denoise_sigma,
         superres_factor=values.superres_factor, superres_noise=values.superres_noise))
   used_ema = np.asarray(run.params_kind == "ema")
+  raw = run.params_kind == "raw" and bool(cfg.train.ema_decay)
   path = experiment.write_outputs(task, dict(out, ema_params=used_ema),
-                                  output_path(values, run.step))
+                                  output_path(values, run.step, raw))
   print(f"{values.mode}: {n} examples from step {run.step} ({run.params_kind} parameters) -> "
         f"{path} (+ .npz)")
 

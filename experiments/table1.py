@@ -5,7 +5,8 @@ run directory under --workdir, and writes table1.md, table1.json and table1.png 
   python -m experiments.table1 --workdir=runs/table1 --quick    # tiny configs, seconds
   python -m experiments.table1 --workdir=runs/table1 --rows=heartbeat,swiss_roll
 
-A rerun continues unfinished rows and reuses finished ones.
+A rerun continues unfinished rows and reuses finished ones; --quick rows have run
+directories of their own (<row>_quick).
 """
 
 import importlib
@@ -32,8 +33,9 @@ def define(values: flags.FlagValues, argv) -> None:
 
 def main(values: flags.FlagValues) -> None:
   unknown = [row for row in values.rows if row not in ROWS]
-  if unknown:
-    raise errors.UserError(f"--rows: {unknown} are not Table 1 rows; choose from {ROWS}.")
+  if unknown or not values.rows:
+    raise errors.UserError(f"--rows: {unknown or 'none'} are not Table 1 rows; choose one or "
+                           f"more of {', '.join(ROWS)}.")
   configs = {row: importlib.import_module(f"{__package__}.configs.{row}").get_config(
       "tiny" if values.quick else "") for row in values.rows}
   common.show_cpu_devices(values, *(c.train.batch_size for c in configs.values()))
@@ -41,7 +43,7 @@ def main(values: flags.FlagValues) -> None:
   reports = []
   for i, (row, config) in enumerate(configs.items()):
     print(f"Table 1, row {i + 1} of {len(configs)}: {row}", flush=True)
-    workdir = os.path.join(values.workdir, row)
+    workdir = os.path.join(values.workdir, row + ("_quick" if values.quick else ""))
     timing = os.path.join(workdir, "table1_row.json")
     done = outputs.read_json(os.path.join(workdir, "eval.json"))
     seconds = (outputs.read_json(timing) or {}).get("seconds")  # None: trained elsewhere
@@ -53,9 +55,11 @@ def main(values: flags.FlagValues) -> None:
       done = safety.stoppable("the final report (rerun to make it)",
                               lambda should_stop: common.final_report(workdir, config,
                                                                       should_stop))
-    reports.append(dict(done, run=row, steps=int(state.step), seconds=seconds))
-  table = table1.write_table(reports, values.workdir)
-  print(table["markdown"] + f"wrote {os.path.join(values.workdir, 'table1.md')}, .json, .png")
+    reports.append(dict(done, run=os.path.basename(workdir), steps=int(state.step),
+                        seconds=seconds))
+  table = table1.write_table(reports, values.workdir, quick=values.quick)
+  stem = os.path.join(values.workdir, "table1_quick" if values.quick else "table1")
+  print(table["markdown"] + f"wrote {stem}.md, .json, .png")
 
 
 def run(argv) -> int:

@@ -283,10 +283,20 @@ def test_a_run_with_a_moving_average_is_evaluated_and_sampled_with_it(tmp_path):
                                                  f"--output={tmp_path / params}"])
     assert code == 0, err
     assert f"({params} parameters)" in out
-    result = json.loads((tmp_path / params / "eval_stratified_test.json").read_text())
+    name = "eval_stratified_test.json" if params == "ema" else "eval_stratified_raw_test.json"
+    result = json.loads((tmp_path / params / name).read_text())
     assert result["params"] == params
     printed[params] = result["neg_K_minus_L_null_bits_per_pixel"]
   assert printed["ema"] != printed["raw"]
+  for params in ("ema", "raw"):  # into the run directory: one file each, none replaced
+    assert call(evaluate_program.run, ["e", f"--workdir={tmp_path}", "--num_images=8",
+                                       f"--params={params}"])[0] == 0
+    assert call(sample_program.run, ["s", f"--workdir={tmp_path}", "--num_images=2",
+                                     f"--params={params}"])[0] == 0
+  assert {p.name for p in tmp_path.glob("eval_*")} == {"eval_stratified_test.json",
+                                                       "eval_stratified_raw_test.json"}
+  assert {p.name for p in (tmp_path / "samples").glob("sample-*.png")} == {
+      "sample-step4-seed0.png", "sample-step4-seed0-raw.png"}
   code, out, err = call(sample_program.run, ["s", f"--workdir={tmp_path}", "--num_images=2",
                                              f"--output={tmp_path}/s.png"])
   assert code == 0 and "(ema parameters)" in out, err
@@ -296,3 +306,11 @@ def test_a_run_with_a_moving_average_is_evaluated_and_sampled_with_it(tmp_path):
   with pytest.raises(errors.UserError, match=r"train.ema_decay: checkpoint 0.5, now 0.0: the "
                                              r"average starts at a run's first step"):
     runs.train(config, str(tmp_path))
+
+
+def test_an_output_folder_holds_the_default_name(run_dir, tmp_path):
+  for output in (f"{tmp_path}/new/", f"{tmp_path}"):  # a folder to make, an existing one
+    code, out, err = call(sample_program.run, ["s", f"--workdir={run_dir}", "--num_images=2",
+                                               f"--output={output}"])
+    assert code == 0, err
+    assert os.path.exists(os.path.join(output, "sample-step4-seed0.png"))

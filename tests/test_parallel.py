@@ -168,7 +168,9 @@ def test_plan(monkeypatch):
     ({"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}, None, 3,
      "Using the 3 CPU devices XLA_FLAGS sets"),
     ({"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}, 2, 3,
-     "Keeping the 3 CPU devices XLA_FLAGS sets (asked for 2): change XLA_FLAGS"),
+     "XLA_FLAGS shows 3 CPU devices; the run uses the first 2"),
+    ({"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}, 4, 3,
+     "XLA_FLAGS shows 3 CPU devices, fewer than the 4 asked for; change XLA_FLAGS"),
     ({"JAX_NUM_CPU_DEVICES": "4"}, None, 4, "Using the 4 CPU devices JAX_NUM_CPU_DEVICES sets"),
     ({"JAX_NUM_CPU_DEVICES": "4"}, 2, 2, "compute.cpu_devices=2 replaces JAX_NUM_CPU_DEVICES=4"),
 ])
@@ -183,9 +185,17 @@ def test_the_user_s_device_settings_are_used_or_named(env, count, devices, logge
                        capture_output=True, text=True, timeout=120)
   assert res.returncode == 0, res.stderr[-3000:]
   assert res.stdout.split()[0] == str(devices) and logged in res.stderr, res.stderr
-  fix = ("XLA_FLAGS' --xla_force_host_platform_device_count" if "XLA_FLAGS" in env
-         else "--cpu_devices")
-  assert fix in res.stdout
+  assert "--cpu_devices" in res.stdout
+  assert ("at most the devices XLA_FLAGS' --xla_force_host_platform_device_count shows, or "
+          "change it" in res.stdout) == ("XLA_FLAGS" in env)
+
+
+def test_a_device_count_in_the_environment_that_is_not_one_is_an_error(monkeypatch):
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  for value in ("abc", "0"):
+    monkeypatch.setenv("JAX_NUM_CPU_DEVICES", value)
+    with pytest.raises(errors.UserError, match=rf"JAX_NUM_CPU_DEVICES='{value}' is not a count"):
+      execution.show_cpu_devices(None, 2)
 
 
 def _matmuls(stablehlo: str) -> list:

@@ -101,7 +101,7 @@ def test_the_table_1_command_writes_the_table_and_reuses_finished_rows(tmp_path)
   from experiments import cli  # pylint: disable=g-import-not-at-top
   args = ["table1", f"--workdir={tmp_path}", "--quick", "--rows=heartbeat,swiss_roll"]
   assert cli.main(args) == 0
-  rows = json.loads((tmp_path / "table1.json").read_text())["rows"]
+  rows = json.loads((tmp_path / "table1_quick.json").read_text())["rows"]
   assert [r["experiment"] for r in rows] == ["heartbeat", "swiss_roll"]
   for r in rows:
     assert r["K_bits"] == pytest.approx(r["L_null_bits"] + r["K_minus_L_null_bits"])
@@ -110,11 +110,13 @@ def test_the_table_1_command_writes_the_table_and_reuses_finished_rows(tmp_path)
     assert r["K_bits"] <= r["ceiling_bits"] + 5 * r["K_bits_stderr"] and r["steps"] == 20
     assert r["seconds"] > 0
   assert rows[0]["ceiling_bits"] == pytest.approx(-math.log2(5))  # the data's entropy
-  table = (tmp_path / "table1.md").read_text()
-  assert table.count("\n") == 4 and "| swiss_roll (bits per point) |" in table
-  assert (tmp_path / "table1.png").stat().st_size > 10000
-  report = tmp_path / "heartbeat" / "eval.json"
+  table = (tmp_path / "table1_quick.md").read_text()
+  assert table.startswith("Tiny configs (--quick): a smoke test, not a result.")
+  assert table.count("\n") == 6 and "| swiss_roll (bits per point) |" in table
+  assert (tmp_path / "table1_quick.png").stat().st_size > 10000
+  report = tmp_path / "heartbeat_quick" / "eval.json"
   before = report.stat().st_mtime_ns
   assert cli.main(args) == 0  # finished rows: reused, not evaluated again
   assert report.stat().st_mtime_ns == before
-  assert json.loads((tmp_path / "table1.json").read_text())["rows"] == rows
+  assert json.loads((tmp_path / "table1_quick.json").read_text())["rows"] == rows
+  assert cli.main(["table1", f"--workdir={tmp_path}", "--rows="]) == 2

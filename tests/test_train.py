@@ -291,7 +291,8 @@ def test_corrupt_checkpoint_is_an_error_not_a_restart(run_copy):
 @pytest.mark.slow
 def test_unfinished_step_folder_is_an_error(run_copy):
   os.makedirs(run_copy / "checkpoints" / "15")
-  with pytest.raises(errors.UserError, match=r"(?s)checkpoints/15.*corrupt"):
+  with pytest.raises(errors.UserError, match=r"(?s)checkpoints/15'\] exist but are not "
+                                             r"complete Orbax checkpoints"):
     runs.train(tiny_config(num_steps=20), str(run_copy), dataset=digits())
 
 
