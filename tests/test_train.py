@@ -209,7 +209,7 @@ def _wait_for_step(workdir, step, proc, timeout=240):
 KILL_ARGS = ["experiments.mnist", "--config=experiments/configs/test.py", "--cpu_devices=2",
              "--config.train.num_steps=60", "--config.train.log_every_steps=2",
              "--config.train.checkpoint_every_steps=7", "--config.train.eval_every_steps=20",
-             "--config.train.ema_decay=0.9"]  # the average too resumes bit for bit
+             "--config.train.ema_decay=0.999"]  # the average too resumes bit for bit
 
 
 @pytest.fixture(scope="module")
