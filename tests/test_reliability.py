@@ -140,7 +140,7 @@ def test_readers_of_a_run_that_checkpoints_every_step_see_verified_states(tmp_pa
   trainer = subprocess.Popen(
       [sys.executable, "-m", "experiments.heartbeat",
        "--config=experiments/configs/heartbeat.py:tiny", f"--workdir={workdir}",
-       "--config.train.num_steps=150", "--config.train.checkpoint_every_steps=1",
+       "--config.train.num_steps=80", "--config.train.checkpoint_every_steps=1",
        "--config.train.eval_every_steps=0", "--config.train.keep_checkpoints=2"],
       cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   loaded, failures = [], []
