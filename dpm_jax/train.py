@@ -195,6 +195,7 @@ def train_metrics(state, step_metrics, schedule, step, throughput) -> dict:
 def evaluate_test(evaluator, state, step, unit, stop, summary) -> dict:
   """The periodic test bound (eval/*), polling for a stop between batches."""
   record = evaluator(state.eval_params, should_stop=stop.should_stop)
+  record["eval/ema_params"] = hasattr(state, "ema_params")  # which parameters it used
   report(f"step {step}: eval bound {record['eval/loss']:.4f} +- "
          f"{record['eval/loss_stderr']:.4f} bits/{unit} (-(K-L_null))" + summary(record))
   return record

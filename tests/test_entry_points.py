@@ -276,6 +276,9 @@ def test_a_run_with_a_moving_average_is_evaluated_and_sampled_with_it(tmp_path):
   config = runs.config("mnist", "tiny")
   config.train.update(num_steps=4, ema_decay=0.5)
   runs.train(config, str(tmp_path))
+  from dpm_jax import metrics  # pylint: disable=g-import-not-at-top
+  assert [r["eval/ema_params"] for r in metrics.read_metrics(str(tmp_path))
+          if "eval/loss" in r] == [True]
   printed = {}
   for params in ("ema", "raw"):
     code, out, err = call(evaluate_program.run, ["e", f"--workdir={tmp_path}", "--num_images=8",
