@@ -95,8 +95,7 @@ def main(argv=None) -> dict:
       bounds=bounds(args.workdir, args.quick), benchmark=bench)
   results["markdown"] = markdown(results)
   outputs.write_json(output, results)
-  with outputs.atomic_path(os.path.splitext(output)[0] + ".md") as tmp, open(tmp, "w") as f:
-    f.write(results["markdown"])
+  outputs.write_text(os.path.splitext(output)[0] + ".md", results["markdown"])
   print(results["markdown"] + f"\nwrote {output} and its .md")
   return results
 

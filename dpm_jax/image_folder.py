@@ -210,7 +210,8 @@ def _files(data_config: ml_collections.ConfigDict, crops: Mapping[str, int]) -> 
     small = [f for f, (w, h) in zip(files, sizes) if min(w, h) < width]
     if small:
       raise errors.UserError(
-          f"{len(small)} image(s) in {folder} (e.g. {shown(small[0])}, {sizes[files.index(small[0])]}) "
+          f"{len(small)} image(s) in {folder} (e.g. {shown(small[0])}, "
+          f"{sizes[files.index(small[0])]}) "
           f"are smaller than the {width} x {width} crop of {setting}: use larger images, lower "
           "that width, or use data.folder_mode='resize'.")
   if len(files) == 1:

@@ -47,7 +47,8 @@ def writable_folder(what: str, folder: str, fix: str) -> str:
       f.write("ok")
     os.remove(probe)
   except OSError as err:
-    raise errors.UserError(f"Cannot write to {what} {folder} ({err.strerror or err}); {fix}.") from err
+    raise errors.UserError(
+        f"Cannot write to {what} {folder} ({err.strerror or err}); {fix}.") from err
   return folder
 
 
@@ -64,14 +65,18 @@ def json_ready(obj: Any) -> Any:
   return obj
 
 
-def write_json(path: str, obj: Any) -> str:
-  """Writes JSON; NaN and Inf become null. A str is written as it is."""
-  text = obj if isinstance(obj, str) else json.dumps(json_ready(obj), indent=2, sort_keys=True,
-                                                     allow_nan=False)
+def write_text(path: str, text: str) -> str:
+  """Writes `text` to `path` atomically."""
   with atomic_path(path) as tmp:
     with open(tmp, "w") as f:
       f.write(text)
   return path
+
+
+def write_json(path: str, obj: Any) -> str:
+  """Writes JSON; NaN and Inf become null. A str is written as it is."""
+  return write_text(path, obj if isinstance(obj, str) else json.dumps(
+      json_ready(obj), indent=2, sort_keys=True, allow_nan=False))
 
 
 def read_json(path: str) -> Optional[Any]:

@@ -205,8 +205,7 @@ def write_table(rows: Sequence[Mapping], workdir: str, quick: bool = False) -> d
   markdown = "\n".join(lines) + "\n"
   stem = os.path.join(workdir, "table1_quick" if quick else "table1")
   outputs.write_json(stem + ".json", {"rows": table, "quick": quick})
-  with outputs.atomic_path(stem + ".md") as tmp, open(tmp, "w") as f:
-    f.write(markdown)
+  outputs.write_text(stem + ".md", markdown)
   figures = [next(os.path.join(workdir, r["run"], p) for p in r["figures"] if "kl_per_t" not in p)
              for r in rows]  # each row's own figure: its samples beside its data
   titles = [f"{r['experiment']}: {os.path.basename(p)}" for r, p in zip(rows, figures)]
