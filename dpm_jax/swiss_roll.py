@@ -99,15 +99,21 @@ def true_log_likelihood_bits(cfg=None, n_points: int = 5000, n_theta: int = 2000
   mean, scale = _moments(sd)
   shrink = math.sqrt(1.0 - beta)
   var = (shrink * sd / scale) ** 2 + beta
-  # The mixture's centres closer than a third of its width along the roll (~13 units
-  # long), so that it is a smooth density and not a string of beads.
-  n_theta = max(n_theta, int(3 * 13.0 * shrink / math.sqrt(var)))
-  theta = np.linspace(*THETA_RANGE, n_theta)
-  centres = shrink * (np.stack([theta * np.cos(theta), theta * np.sin(theta)], 1) - mean) / scale
+
+  def roll(n):  # n centres, evenly spaced in the angle, as the data are
+    theta = np.linspace(*THETA_RANGE, n)
+    return shrink * (np.stack([theta * np.cos(theta), theta * np.sin(theta)], 1) - mean) / scale
+
+  # Centres closer than a third of the mixture's width along the roll, so that it is a
+  # smooth density and not a string of beads.
+  centres = roll(n_theta)
+  length = float(np.sum(np.linalg.norm(np.diff(centres, axis=0), axis=1)))
+  if 3 * length / math.sqrt(var) > n_theta:
+    centres = roll(int(3 * length / math.sqrt(var)))
   x = sample_data(n_points, 2024, cfg).astype(np.float64)
   x = shrink * x + math.sqrt(beta) * np.random.default_rng(2025).standard_normal(x.shape)
   out = []
-  for chunk in np.array_split(x, max(1, n_points * n_theta // 2_000_000)):
+  for chunk in np.array_split(x, max(1, n_points * len(centres) // 2_000_000)):
     d2 = np.sum((chunk[:, None, :] - centres[None]) ** 2, axis=-1)
     log_comp = -d2 / (2 * var) - math.log(2 * math.pi * var)
     m = log_comp.max(axis=1, keepdims=True)
