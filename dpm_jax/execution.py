@@ -199,7 +199,7 @@ class Plan:
   conv: str
   micro_batch_size: int
   concurrent_micro_batches: int
-  precision: str = "highest"
+  precision: str
 
   @property
   def par(self) -> parallel.DataParallel:

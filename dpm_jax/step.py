@@ -40,7 +40,7 @@ class EMATrainState(TrainState):
   updated after every step, which evaluation and sampling use. Its checkpoints hold
   the average, so a resumed run continues it exactly."""
   ema_params: Any
-  ema_decay: float = struct.field(pytree_node=False, default=0.999)
+  ema_decay: float = struct.field(pytree_node=False)
 
   @property
   def eval_params(self) -> Any:
