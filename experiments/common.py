@@ -200,9 +200,9 @@ def training_run(name: str, doc: str, argv: Sequence[str]) -> int:
 def final_report(workdir: str, config, should_stop=None) -> dict:
   """The final report of a finished run of a Table 1 experiment, by the program's config:
   a setting changed on resume holds to the end, also for a run that had finished."""
-  from dpm_jax import execution, experiment as experiment_lib, registry  # pylint: disable=g-import-not-at-top
-  run_, experiment = registry.open_run(workdir)
-  run_.config = config
+  from dpm_jax import execution, experiment as experiment_lib, registry, rundir  # pylint: disable=g-import-not-at-top
+  run_, experiment = rundir.load_run(workdir), registry.of_config(config)
+  run_.config = config  # not the checkpoint's: read and checked only to be replaced
   task = experiment_lib.build(experiment, config, experiment_lib.empty_dataset(experiment, config),
                               run_.stats)
   with execution.matmul_precision(config.compute):
