@@ -1,9 +1,11 @@
-"""How a run executes: its devices, the batch's split, micro-batches and the convolution kernel.
+"""How a run executes: its devices, the batch's split, micro-batches, the convolution kernel
+and the precision of float32 matmuls.
 
 Decided once, by `plan(compute, batch_size, model)`, from config.compute and
-the devices JAX shows, before a run writes anything. Nothing here changes
-what is computed: results equal the one-device results up to float summation
-order, so a run may resume with another plan. This is the one module that
+the devices JAX shows, before a run writes anything. Nothing here but the
+matmul precision on GPUs and TPUs changes what is computed: results equal the
+one-device results up to float summation order, so a run may resume with
+another plan. This is the one module that
 asks which backend JAX runs on.
 """
 
